@@ -1,0 +1,211 @@
+"""LLMEngine: requests in, `RequestOutput`s out, one `step()` at a time.
+
+    step():  Scheduler.schedule() -> runner.execute() -> OutputProcessor.append_token() -> outputs
+
+Plain Python: the runner is handed in (anything with `execute(scheduler_output, block_manager)` and
+`model_config`), so the engine never imports jax and can be tested with a fake runner.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from typing import Any
+
+from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
+from jaxllm.engine.block_manager import BlockManager
+from jaxllm.engine.output_processor import OutputProcessor, RequestGroup
+from jaxllm.engine.request import Request, RequestStatus
+from jaxllm.engine.scheduler import Scheduler
+from jaxllm.outputs import RequestOutput
+from jaxllm.sampling_params import SamplingParams
+from jaxllm.tokenizer import IncrementalDetokenizer
+
+logger = logging.getLogger(__name__)
+
+MAX_LOGPROBS = 20
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        scheduler_config: SchedulerConfig,
+        tokenizer: Any,
+        runner: Any,
+        generation_config: dict | None = None,
+        seed: int | None = 0,
+    ):
+        self.model_config = model_config
+        self.scheduler_config = scheduler_config
+        self.tokenizer = tokenizer
+        self.runner = runner
+        self.generation_config = generation_config or {}
+        self.block_manager = BlockManager(cache_config.num_blocks, cache_config.block_size)
+        self.scheduler = Scheduler(scheduler_config, self.block_manager)
+        self.output_processor = OutputProcessor(tokenizer, scheduler_config.max_model_len)
+        self._rng = random.Random(seed)
+        self._groups: dict[str, RequestGroup] = {}
+        self._arrival = itertools.count()
+        eos = getattr(tokenizer, "eos_token_id", None)
+        self.eos_token_ids = frozenset([eos] if eos is not None else model_config.eos_token_ids)
+        self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "preemptions": 0}
+
+    # ---- requests in ---------------------------------------------------------------------------
+
+    def tokenize_prompt(self, prompt: Any) -> tuple[str | None, list[int]]:
+        """(prompt text or None, token ids) from a str, {"prompt": str} or {"prompt_token_ids": [...]}."""
+        if isinstance(prompt, str):
+            text, ids = prompt, None
+        elif isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            text, ids = prompt.get("prompt"), prompt["prompt_token_ids"]
+        elif isinstance(prompt, dict) and "prompt" in prompt:
+            text, ids = prompt["prompt"], None
+            if not isinstance(text, str):
+                raise ValueError(f"prompt must be a string, got {type(text).__name__}.")
+        else:
+            raise ValueError(
+                "Each prompt must be a str, {'prompt': str} or {'prompt_token_ids': list[int]}; "
+                f"got {type(prompt).__name__}."
+            )
+        if ids is None:
+            if self.tokenizer is None:
+                raise ValueError("Text prompts need a tokenizer; pass prompt_token_ids instead.")
+            ids = self.tokenizer(text).input_ids
+        ids = list(ids)
+        vocab = self.model_config.vocab_size
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+                raise ValueError(f"Token id {t!r} in prompt_token_ids is out of vocabulary (size {vocab}).")
+        return text, ids
+
+    def add_request(self, request_id: str, prompt: Any, params: SamplingParams | None = None) -> None:
+        """Queue a request. Raises ValueError (and queues nothing) if the prompt or params are invalid."""
+        if request_id in self._groups:
+            raise ValueError(f"Request id {request_id!r} is already in use.")
+        params = (params or SamplingParams()).clone()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}.")
+        text, ids = self.tokenize_prompt(prompt)
+        if params.truncate_prompt_tokens is not None and params.truncate_prompt_tokens > 0:
+            ids = ids[-params.truncate_prompt_tokens :]
+        max_len = self.scheduler_config.max_model_len
+        if not ids:
+            raise ValueError("The decoder prompt cannot be empty.")
+        if len(ids) > max_len:
+            raise ValueError(
+                f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of {max_len}. "
+                "Make sure that `max_model_len` is no smaller than the number of text tokens."
+            )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(params, name)
+            if value is not None and (value < 0 or value > MAX_LOGPROBS):
+                raise ValueError(
+                    f"Requested {name.replace('_', ' ')} of {value}, which is greater than max allowed: {MAX_LOGPROBS}"
+                )
+        vocab = self.model_config.vocab_size
+        for t in list(params.stop_token_ids or ()) + list(params.allowed_token_ids or ()):
+            if not 0 <= t < vocab:
+                raise ValueError(f"Token id {t} in stop_token_ids/allowed_token_ids is out of vocabulary (size {vocab}).")
+        params.update_from_generation_config(self.generation_config, next(iter(self.eos_token_ids), None))
+        budget = max_len - len(ids)
+        max_tokens = budget if params.max_tokens is None else min(params.max_tokens, max(1, budget))
+        bad_words_ids = self._bad_words_ids(params.bad_words)
+        group = RequestGroup(request_id, text, ids, params)
+        for i in range(params.best_of or params.n):
+            seed = params.seed + i if params.seed is not None else self._rng.getrandbits(63)
+            seq = Request(
+                request_id=f"{request_id}-{i}",
+                prompt_token_ids=ids,
+                sampling_params=params,
+                seed=seed,
+                eos_token_ids=self.eos_token_ids,
+                max_tokens=max_tokens,
+                parent_id=request_id,
+                index=i,
+                arrival=next(self._arrival),
+                logprobs=[] if params.logprobs is not None else None,
+            )
+            seq.bad_words_ids = bad_words_ids
+            if params.detokenize and self.tokenizer is not None:
+                seq.detokenizer = IncrementalDetokenizer(
+                    self.tokenizer, ids, params.skip_special_tokens, params.spaces_between_special_tokens
+                )
+            group.sequences.append(seq)
+        self._groups[request_id] = group
+        for seq in group.sequences:
+            self.scheduler.add(seq)
+
+    def _bad_words_ids(self, words) -> list[list[int]]:
+        if not words or self.tokenizer is None:
+            return []
+        out = []
+        for word in words:
+            for variant in (word, " " + word.lstrip()):
+                ids = self.tokenizer(variant, add_special_tokens=False).input_ids
+                if ids and ids not in out:
+                    out.append(ids)
+        return out
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
+            group = self._groups.pop(rid, None)
+            if group is None:
+                continue
+            for seq in group.sequences:
+                if not seq.is_finished:
+                    self.scheduler.remove(seq)
+                    seq.status = RequestStatus.FINISHED_ABORTED
+
+    # ---- the step ------------------------------------------------------------------------------
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self._groups)
+
+    def step(self, cursors: dict | None = None) -> list[RequestOutput]:
+        """Run one scheduled step; return outputs of the requests it touched (finished ones last sent)."""
+        sched = self.scheduler.schedule()
+        self.stats["preemptions"] += len(sched.preempted)
+        if not sched:
+            return []
+        try:
+            result = self.runner.execute(sched, self.block_manager)
+        except Exception as err:  # a failed step fails its sequences, never the engine
+            logger.exception("Model step failed; finishing its %d sequences with an error", len(sched.requests))
+            for seq in sched.requests:
+                seq.status, seq.error = RequestStatus.FINISHED_ERROR, f"{type(err).__name__}: {err}"
+                self.scheduler.remove(seq)
+            return self._collect(sched.requests, cursors)
+        if sched.is_prefill:
+            self.stats["prompt_tokens"] += sum(s.num_prompt_tokens for s in sched.requests)
+        for i, seq in enumerate(sched.requests):
+            seq.num_computed_tokens = seq.num_tokens
+            if seq.request_id in result.prompt_logprobs:
+                self.output_processor.set_prompt_logprobs(self._groups[seq.parent_id], result.prompt_logprobs[seq.request_id])
+            top_ids = result.top_ids[i] if result.top_ids is not None else None
+            top_lps = result.top_logprobs[i] if result.top_logprobs is not None else None
+            self.output_processor.append_token(
+                seq, result.sampled_token_ids[i], result.logprobs[i], result.ranks[i], top_ids, top_lps
+            )
+            self.stats["generation_tokens"] += 1
+            if seq.is_finished:
+                self.scheduler.remove(seq)
+        return self._collect(sched.requests, cursors)
+
+    def _collect(self, seqs: list[Request], cursors: dict | None) -> list[RequestOutput]:
+        outputs = []
+        for parent in dict.fromkeys(s.parent_id for s in seqs):
+            group = self._groups.get(parent)
+            if group is None:
+                continue
+            out = self.output_processor.make_output(group, cursors)
+            if out is not None:
+                outputs.append(out)
+            if group.finished:
+                del self._groups[parent]
+        return outputs

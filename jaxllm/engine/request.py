@@ -1,0 +1,71 @@
+"""One sequence being generated: its tokens, its KV blocks, its sampling state and its text."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"  # blocks freed; waits to be recomputed from its tokens
+    FINISHED_STOPPED = "stop"
+    FINISHED_LENGTH = "length"
+    FINISHED_ABORTED = "abort"
+    FINISHED_ERROR = "error"
+
+    @property
+    def finished(self) -> bool:
+        return self.value in ("stop", "length", "abort", "error")
+
+
+@dataclass(eq=False)
+class Request:
+    """A single sequence. A user request with `n` > 1 becomes `n` of these sharing a `parent_id`.
+
+    The scheduler and the runner read these fields; only the engine mutates them.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: Any  # SamplingParams
+    seed: int  # the request's seed, or one drawn by the engine: keys the per-token randomness
+    eos_token_ids: frozenset[int] = frozenset()
+    max_tokens: int = 16  # resolved: never None
+    parent_id: str = ""
+    index: int = 0  # position among the parent's `n` completions
+    arrival: int = 0  # FCFS order
+    status: RequestStatus = RequestStatus.WAITING
+    output_token_ids: list[int] = field(default_factory=list)
+    block_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0  # tokens whose K/V are in the pool
+    cumulative_logprob: float = 0.0
+    logprobs: list[dict] | None = None  # per generated token: {token_id: Logprob}
+    prompt_logprobs: list[dict | None] | None = None
+    detokenizer: Any = None
+    output_text: str = ""
+    stop_reason: int | str | None = None
+    num_preemptions: int = 0
+    error: str | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.finished
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.sampling_params.prompt_logprobs is not None and self.prompt_logprobs is None

@@ -1,0 +1,100 @@
+"""Continuous batching: which sequences run this step, and with how many tokens.
+
+Each step is either a prefill (waiting sequences, whole prompts packed together, FCFS, under
+`max_num_seqs` and `max_num_batched_tokens`) or a decode (one token for every running sequence).
+When the pool has no page for a decode token, the youngest running sequence is preempted: its pages
+are freed and it goes back to the front of the queue, to be recomputed from its tokens later.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from jaxllm.config import SchedulerConfig
+from jaxllm.engine.block_manager import BlockManager
+from jaxllm.engine.request import Request, RequestStatus
+
+
+@dataclass
+class SchedulerOutput:
+    """One step's work. For a prefill, each sequence computes all its tokens from position 0."""
+
+    is_prefill: bool
+    requests: list[Request] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(r.num_tokens for r in self.requests) if self.is_prefill else len(self.requests)
+
+    def __bool__(self) -> bool:
+        return bool(self.requests)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
+        self.config = config
+        self.block_manager = block_manager
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    def add(self, request: Request) -> None:
+        request.status = RequestStatus.WAITING
+        self.waiting.append(request)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def remove(self, request: Request) -> None:
+        """Take a sequence out of the queues (finished or aborted) and free its pages."""
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.block_manager.free(request)
+
+    def schedule(self) -> SchedulerOutput:
+        out = self._schedule_prefill()
+        return out if out else self._schedule_decode()
+
+    def _schedule_prefill(self) -> SchedulerOutput:
+        out = SchedulerOutput(is_prefill=True)
+        budget = self.config.max_num_batched_tokens
+        while self.waiting and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[0]
+            n = request.num_tokens
+            if n > budget or not self.block_manager.can_allocate(request, n):
+                break
+            self.block_manager.allocate(request, n)
+            self.waiting.popleft()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            out.requests.append(request)
+            budget -= n
+        return out
+
+    def _schedule_decode(self) -> SchedulerOutput:
+        out = SchedulerOutput(is_prefill=False)
+        queue = deque(self.running)
+        while queue:
+            request = queue.popleft()
+            while not self.block_manager.can_allocate(request, request.num_tokens):
+                victim = queue.pop() if queue else request
+                self._preempt(victim, out)
+                if victim is request:
+                    break
+            else:
+                self.block_manager.allocate(request, request.num_tokens)
+                out.requests.append(request)
+        self.running = list(out.requests)
+        return out
+
+    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
+        self.block_manager.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+        out.preempted.append(request)

@@ -1,0 +1,224 @@
+"""`LLM`: vLLM's offline API (`generate`) as a synchronous face over `LLMEngine` + `ModelRunner`."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
+from jaxllm.engine.llm_engine import LLMEngine
+from jaxllm.model_loader import load_generation_config, resolve_model_path
+from jaxllm.outputs import RequestOutput
+from jaxllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+# vLLM engine arguments that change nothing here (GPU-runtime knobs of PyTorch engines); accepted so
+# that vLLM code runs unchanged.
+_IGNORED_ENGINE_ARGS = frozenset(
+    {
+        "swap_space", "cpu_offload_gb", "enforce_eager", "disable_custom_all_reduce", "disable_log_stats",
+        "max_seq_len_to_capture", "load_format", "enable_chunked_prefill", "tokenizer_pool_size",
+        "compilation_config", "disable_async_output_proc", "worker_cls", "distributed_executor_backend",
+        "mm_processor_kwargs", "limit_mm_per_prompt", "hf_token", "task", "runner", "convert",
+        "pipeline_parallel_size", "enable_lora", "max_lora_rank", "max_loras", "kv_cache_dtype",
+        "use_v2_block_manager", "preemption_mode", "logits_processors", "structured_outputs_config",
+        "guided_decoding_backend", "attention_config", "enable_prefix_caching", "served_model_name",
+    }
+)
+
+
+def default_model_path() -> str:
+    """The folder of the small model that ships inside the package (used when no model is given)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+
+
+class LLM:
+    """Generate text from a model, offline, with continuous batching over a paged KV pool.
+
+    Arguments and defaults follow `vllm.LLM`. `model` is a local Hugging Face folder or a hub id
+    (resolved from the local cache, downloaded only when a network exists); None uses the embedded
+    default model.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        tokenizer: str | None = None,
+        tokenizer_mode: str = "auto",
+        skip_tokenizer_init: bool = False,
+        trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        quantization: str | None = None,
+        revision: str | None = None,
+        tokenizer_revision: str | None = None,
+        seed: int | None = 0,
+        gpu_memory_utilization: float = 0.9,
+        kv_cache_memory_bytes: int | None = None,
+        num_gpu_blocks_override: int | None = None,
+        block_size: int = 16,
+        max_model_len: int | None = None,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        max_logprobs: int = 20,
+        download_dir: str | None = None,
+        hf_overrides: dict | None = None,
+        **kwargs: Any,
+    ):
+        unknown = sorted(set(kwargs) - _IGNORED_ENGINE_ARGS)
+        if unknown:
+            raise TypeError(f"LLM() got unexpected keyword argument(s): {', '.join(unknown)}")
+        if quantization is not None:
+            raise ValueError(f"Unknown quantization method {quantization!r}; this build loads unquantized models.")
+        if tensor_parallel_size != 1:
+            import jax
+
+            if tensor_parallel_size > jax.device_count():
+                raise ValueError(
+                    f"tensor_parallel_size={tensor_parallel_size} is larger than the {jax.device_count()} "
+                    "available device(s)."
+                )
+            raise ValueError("tensor_parallel_size > 1 needs the sharded runner, which this build lacks.")
+        self.model = model or default_model_path()
+        path = resolve_model_path(self.model, revision=revision, download_dir=download_dir)
+        self.model_config = ModelConfig.from_pretrained(path, dtype=dtype)
+        if hf_overrides:
+            merged = {**self.model_config.hf_config, **hf_overrides}
+            self.model_config = ModelConfig.from_dict(merged, path=path, dtype=dtype)
+        self.scheduler_config = SchedulerConfig(
+            max_model_len=self._max_model_len(max_model_len),
+            max_num_seqs=max_num_seqs or 256,
+            max_num_batched_tokens=max_num_batched_tokens,
+        )
+        self.cache_config = CacheConfig(
+            block_size=block_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            num_gpu_blocks_override=num_gpu_blocks_override,
+        )
+        self.tokenizer = None
+        if not skip_tokenizer_init:
+            from jaxllm.tokenizer import get_tokenizer
+
+            self.tokenizer = get_tokenizer(
+                tokenizer or path, trust_remote_code=trust_remote_code, revision=tokenizer_revision,
+                tokenizer_mode=tokenizer_mode,
+            )
+        self.generation_config = load_generation_config(path)
+        self.max_logprobs = max_logprobs
+
+        from jaxllm.runner.model_runner import ModelRunner  # the first import of jax
+
+        self.runner = ModelRunner(self.model_config, self.cache_config, self.scheduler_config)
+        self.llm_engine = LLMEngine(
+            self.model_config,
+            self.cache_config,
+            self.scheduler_config,
+            self.tokenizer,
+            self.runner,
+            generation_config=self.generation_config,
+            seed=seed,
+        )
+        self._counter = itertools.count()
+
+    def _max_model_len(self, requested: int | None) -> int:
+        cfg = self.model_config
+        derived = cfg.max_position_embeddings
+        if requested is not None and requested > derived:
+            raise ValueError(
+                f"User-specified max_model_len ({requested}) is greater than the derived max_model_len "
+                f"(max_position_embeddings={derived} in the model's config.json)."
+            )
+        length = requested or derived
+        if cfg.sliding_window and length > cfg.sliding_window:
+            logger.warning("Capping max_model_len to the sliding window (%d).", cfg.sliding_window)
+            length = cfg.sliding_window
+        return length
+
+    # ---- vLLM's public surface -----------------------------------------------------------------
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams with the model's generation_config.json defaults, as vLLM does."""
+        names = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty"}
+        kw = {k: v for k, v in self.generation_config.items() if k in names and v is not None}
+        if self.generation_config.get("max_new_tokens"):
+            kw["max_tokens"] = self.generation_config["max_new_tokens"]
+        return SamplingParams(**kw) if kw else SamplingParams()
+
+    def generate(
+        self,
+        prompts: Any,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool | Any = True,
+        lora_request: Any = None,
+        priority: list[int] | None = None,
+        tokenization_kwargs: dict | None = None,
+    ) -> list[RequestOutput]:
+        """Generate completions for `prompts`; outputs come back in input order."""
+        if lora_request is not None:
+            raise ValueError("LoRA adapters are not supported.")
+        prompts = self._normalize_prompts(prompts)
+        params = self._normalize_params(sampling_params, len(prompts))
+        ids = [str(next(self._counter)) for _ in prompts]
+        added = []
+        try:
+            for rid, prompt, sp in zip(ids, prompts, params):
+                self.llm_engine.add_request(rid, prompt, sp)
+                added.append(rid)
+        except Exception:
+            self.llm_engine.abort_request(added)
+            raise
+        return self._run_engine(ids, use_tqdm)
+
+    @staticmethod
+    def _normalize_prompts(prompts: Any) -> list:
+        if isinstance(prompts, (str, dict)):
+            return [prompts]
+        if not isinstance(prompts, Sequence) or isinstance(prompts, bytes):
+            raise ValueError(f"prompts must be a str, a prompt dict, or a list of them; got {type(prompts).__name__}.")
+        prompts = list(prompts)
+        if prompts and all(isinstance(p, int) for p in prompts):
+            raise ValueError("A list of ints is not a prompt; pass {'prompt_token_ids': [...]} instead.")
+        return prompts
+
+    def _normalize_params(self, sampling_params, count: int) -> list[SamplingParams]:
+        if sampling_params is None:
+            return [self.get_default_sampling_params()] * count
+        if isinstance(sampling_params, SamplingParams):
+            return [sampling_params] * count
+        params = list(sampling_params)
+        if len(params) != count:
+            raise ValueError("The lengths of prompts and sampling_params must be the same.")
+        for p in params:
+            if not isinstance(p, SamplingParams):
+                raise ValueError(f"sampling_params must be SamplingParams, got {type(p).__name__}.")
+        return params
+
+    def _run_engine(self, ids: list[str], use_tqdm: bool | Any) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        bar = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+
+            factory = use_tqdm if callable(use_tqdm) else tqdm
+            bar = factory(total=len(ids), desc="Processed prompts", dynamic_ncols=True)
+        try:
+            while self.llm_engine.has_unfinished_requests():
+                for out in self.llm_engine.step():
+                    if out.finished:
+                        finished[out.request_id] = out
+                        if bar is not None:
+                            bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return [finished[i] for i in ids]

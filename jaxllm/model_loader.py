@@ -1,0 +1,135 @@
+"""Find a model on disk (local folder or the Hugging Face cache) and load its safetensors into a pytree.
+
+Weights go from safetensors (read as NumPy, bf16 through ml_dtypes) straight into the parameter tree
+named by the architecture's name table; nothing of the checkpoint is kept besides what the table names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+
+
+def hf_cache_dir() -> str:
+    """The hub cache folder, following HF_HUB_CACHE, then HF_HOME, as huggingface_hub does."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface"
+    )
+    return os.path.join(os.path.expanduser(home), "hub")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", "0"
+    ).lower() in ("1", "true", "yes")
+
+
+def resolve_model_path(model: str, revision: str | None = None, download_dir: str | None = None) -> str:
+    """A local folder for `model`: itself if it is a folder, else the cached (or downloaded) snapshot."""
+    expanded = os.path.expanduser(model)
+    if os.path.isdir(expanded):
+        return os.path.abspath(expanded)
+    cache = download_dir or hf_cache_dir()
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_local:
+        raise ValueError(f"Model {model!r} not found: {os.path.abspath(expanded)} is not a directory.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(
+            model, revision=revision, cache_dir=cache, local_files_only=True, allow_patterns=WEIGHT_PATTERNS
+        )
+    except Exception as cache_err:  # not in the cache: try the network unless told not to
+        if _offline():
+            raise ValueError(
+                f"Model {model!r} not found: not a local directory, and not in the Hugging Face cache at "
+                f"{cache} (offline mode, so no download was tried)."
+            ) from cache_err
+        try:
+            return snapshot_download(model, revision=revision, cache_dir=cache, allow_patterns=WEIGHT_PATTERNS)
+        except Exception as net_err:
+            raise ValueError(
+                f"Model {model!r} not found: not a local directory, not in the Hugging Face cache at {cache}, "
+                f"and the download failed ({type(net_err).__name__}: {net_err})."
+            ) from net_err
+
+
+def safetensors_files(path: str) -> list[str]:
+    """The weight files of a model folder: the sharded index if present, else model.safetensors, else *.safetensors."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
+        if missing:
+            raise ValueError(f"Weight shards listed in {index} are missing: {', '.join(missing)}.")
+        return [os.path.join(path, f) for f in files]
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(single):
+        return [single]
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not files:
+        others = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        hint = f" (found {', '.join(others)}: convert them to safetensors)" if others else ""
+        raise ValueError(f"No weights in {path}: no model.safetensors or *.safetensors files{hint}.")
+    return [os.path.join(path, f) for f in files]
+
+
+def iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (checkpoint name, NumPy array) for every tensor of every weight file."""
+    from safetensors import safe_open
+
+    for file in safetensors_files(path):
+        with safe_open(file, framework="numpy") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def load_params(config: Any, name_table: dict[str, tuple[tuple, bool]], put: Any) -> dict:
+    """Build the parameter pytree from safetensors.
+
+    name_table maps a checkpoint name to (path in the tree, transpose?). `put(path, array)` turns a host
+    array (already cast to the model dtype) into a device array; it is where sharding happens.
+    Unknown checkpoint names are ignored (e.g. rotary caches); missing ones raise.
+    """
+    import ml_dtypes
+
+    np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[config.dtype]
+    params: dict = {}
+    seen: set[str] = set()
+    for name, array in iter_safetensors(config.path):
+        entry = name_table.get(name)
+        if entry is None:
+            continue
+        tree_path, transpose = entry
+        host = np.ascontiguousarray(array.T if transpose else array).astype(np_dtype)
+        node = params
+        for key in tree_path[:-1]:
+            node = node.setdefault(key, {})
+        node[tree_path[-1]] = put(tree_path, host)
+        seen.add(name)
+    missing = sorted(set(name_table) - seen)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise ValueError(f"The checkpoint in {config.path} lacks weights the model needs: {shown}.")
+    return params
+
+
+def load_generation_config(path: str) -> dict[str, Any]:
+    file = os.path.join(path, "generation_config.json")
+    if not os.path.isfile(file):
+        return {}
+    with open(file) as f:
+        return json.load(f)

@@ -1,0 +1,120 @@
+"""Pieces shared by the model families: norms, rotary embeddings, attention over the paged pool.
+
+Pure functions over arrays. Dimension alphabet: B batch, T tokens, D model dim, N query heads,
+K kv heads, G = N // K, H head dim, F MLP hidden, V vocab, P pages, S page size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.paged_attention import paged_attention, write_to_kv_pages
+
+
+class AttentionMetadata(NamedTuple):
+    """Where this step's tokens go in the pool and what they attend to.
+
+    Prefill (packed prompts): `segment_ids` is set; each token attends to earlier tokens of its own
+    segment (padding tokens have segment -1). Decode: `block_tables` and `context_lens` are set; each
+    token attends to its whole sequence in the pool through the paged-attention kernel.
+    """
+
+    slot_mapping: jax.Array  # [T] int32: page_id * S + offset of each new token's K/V
+    segment_ids: jax.Array | None = None  # [T] int32, prefill only
+    block_tables: jax.Array | None = None  # [B, W] int32, decode only
+    context_lens: jax.Array | None = None  # [B] int32, decode only
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.segment_ids is not None
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float = 0.0) -> jax.Array:
+    """RMSNorm computed in float32, then cast back (as Hugging Face does)."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (x32.astype(x.dtype) * (weight + offset).astype(x.dtype)).astype(x.dtype)
+
+
+def rope_inv_freq(rotary_dim: int, theta: float, scaling: dict | None) -> jax.Array:
+    """Inverse frequencies [rotary_dim // 2], with linear and Llama-3 scaling."""
+    inv = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
+    if not scaling:
+        return inv
+    kind = scaling["rope_type"]
+    if kind == "linear":
+        return inv / float(scaling["factor"])
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * inv / factor + smooth * inv
+        out = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+        middle = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(middle, smoothed, out)
+    raise ValueError(f"Unsupported rope scaling type {kind!r}; supported: default, linear, llama3.")
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate the first 2 * len(inv_freq) dims of x [T, heads, H] ("rotate_half" convention)."""
+    rot = 2 * inv_freq.shape[0]
+    freqs = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [T, rot/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, None, :]  # [T, 1, rot]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    half = rot // 2
+    rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
+    out = x_rot * cos + rotated * sin
+    return jnp.concatenate([out, x_pass], axis=-1) if x_pass.shape[-1] else out
+
+
+def prefill_attention(
+    q: jax.Array,  # [T, N, H]
+    k: jax.Array,  # [T, K, H]
+    v: jax.Array,  # [T, K, H]
+    positions: jax.Array,  # [T]
+    segment_ids: jax.Array,  # [T]
+    scale: float,
+    alibi_slopes: jax.Array | None = None,  # [N]
+) -> jax.Array:
+    """Causal attention within each packed prompt; softmax in float32. Returns [T, N, H]."""
+    t, n, h = q.shape
+    kv = k.shape[1]
+    qg = q.reshape(t, kv, n // kv, h)  # [T, K, G, H]
+    scores = jnp.einsum("tkgh,skh->kgts", qg, k, preferred_element_type=jnp.float32) * scale
+    if alibi_slopes is not None:
+        rel = (positions[None, :] - positions[:, None]).astype(jnp.float32)  # [T, S]: key - query
+        scores = scores + alibi_slopes.reshape(kv, n // kv, 1, 1) * rel
+    mask = (segment_ids[:, None] == segment_ids[None, :]) & (positions[None, :] <= positions[:, None])
+    scores = jnp.where(mask, scores, -jnp.inf)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("kgts,skh->tkgh", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(t, n, h).astype(q.dtype)
+
+
+def attention(
+    q: jax.Array,  # [T, N, H]
+    k: jax.Array,  # [T, K, H]
+    v: jax.Array,  # [T, K, H]
+    kv_cache: tuple[jax.Array, jax.Array],  # ([K, P, S, H], [K, P, S, H])
+    positions: jax.Array,
+    md: AttentionMetadata,
+    scale: float,
+    alibi_slopes: jax.Array | None = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Write this step's K/V into the pool, then attend: dense over the prompt, or paged for decode."""
+    k_pages, v_pages = write_to_kv_pages(kv_cache[0], kv_cache[1], k, v, md.slot_mapping)
+    if md.is_prefill:
+        out = prefill_attention(q, k, v, positions, md.segment_ids, scale, alibi_slopes)
+    else:
+        out = paged_attention(
+            q, k_pages, v_pages, md.block_tables, md.context_lens, alibi_slopes=alibi_slopes, scale=scale
+        )
+    return out, (k_pages, v_pages)

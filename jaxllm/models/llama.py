@@ -1,0 +1,102 @@
+"""Llama, Qwen2 and Mistral: one pure forward function over a parameter pytree.
+
+The three differ only in config: Qwen2 has biases on q/k/v (`attention_bias`), Llama-3 scales its
+rotary frequencies (`rope_scaling`), Mistral may declare a sliding window (the engine caps the context
+to it). Parameters, with weights stored [in, out] so that `x @ w` needs no transpose:
+
+    embed        [V, D]         final_norm [D]        lm_head [D, V] (absent when tied)
+    layers[i]:   input_norm [D]  wq [D, N*H]  wk, wv [D, K*H]  (bq [N*H], bk, bv [K*H])  wo [N*H, D]
+                 post_norm [D]   w_gate, w_up [D, F]  w_down [F, D]
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import ModelConfig
+from jaxllm.models.layers import AttentionMetadata, apply_rope, attention, rms_norm, rope_inv_freq
+
+_LAYER_WEIGHTS = {
+    "self_attn.q_proj": "q",
+    "self_attn.k_proj": "k",
+    "self_attn.v_proj": "v",
+    "self_attn.o_proj": "o",
+    "mlp.gate_proj": "_gate",
+    "mlp.up_proj": "_up",
+    "mlp.down_proj": "_down",
+}
+
+
+def name_table(cfg: ModelConfig) -> dict[str, tuple[tuple, bool]]:
+    """Checkpoint name -> (path in the parameter tree, transpose?)."""
+    table: dict[str, tuple[tuple, bool]] = {
+        "model.embed_tokens.weight": (("embed",), False),
+        "model.norm.weight": (("final_norm",), False),
+    }
+    if not cfg.tie_word_embeddings:
+        table["lm_head.weight"] = (("lm_head",), True)
+    for i in range(cfg.num_layers):
+        pre = f"model.layers.{i}."
+        table[pre + "input_layernorm.weight"] = (("layers", i, "input_norm"), False)
+        table[pre + "post_attention_layernorm.weight"] = (("layers", i, "post_norm"), False)
+        for hf, ours in _LAYER_WEIGHTS.items():
+            table[f"{pre}{hf}.weight"] = (("layers", i, "w" + ours), True)
+        if cfg.attention_bias:
+            for hf in ("q", "k", "v"):
+                table[f"{pre}self_attn.{hf}_proj.bias"] = (("layers", i, "b" + hf), False)
+        if cfg.mlp_bias:
+            for hf, ours in (("gate", "_gate"), ("up", "_up"), ("down", "_down")):
+                table[f"{pre}mlp.{hf}_proj.bias"] = (("layers", i, "b" + ours), False)
+    return table
+
+
+def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
+    y = x @ p["w" + name]
+    return y + p["b" + name] if ("b" + name) in p else y
+
+
+def _act(cfg: ModelConfig):
+    if cfg.hidden_act in ("silu", "swish"):
+        return jax.nn.silu
+    if cfg.hidden_act in ("gelu_pytorch_tanh", "gelu_new"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if cfg.hidden_act == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    raise ValueError(f"Unsupported hidden_act {cfg.hidden_act!r} for {cfg.architecture}.")
+
+
+def forward(
+    params: dict,
+    cfg: ModelConfig,
+    tokens: jax.Array,  # [T] int32
+    positions: jax.Array,  # [T] int32
+    kv_caches: list[tuple[jax.Array, jax.Array]],  # per layer ([K, P, S, H], [K, P, S, H])
+    md: AttentionMetadata,
+) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+    """Hidden states after the final norm [T, D], and the pool with this step's K/V written."""
+    t = tokens.shape[0]
+    n, kv, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    inv_freq = rope_inv_freq(h, cfg.rope_theta, cfg.rope_scaling)
+    act = _act(cfg)
+    x = params["embed"][tokens]  # [T, D]
+    new_caches = []
+    for i in range(cfg.num_layers):  # unrolled on purpose: a scan over layers is slower for decode
+        p = params["layers"][i]
+        y = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
+        q = apply_rope(_linear(y, p, "q").reshape(t, n, h), positions, inv_freq)  # [T, N, H]
+        k = apply_rope(_linear(y, p, "k").reshape(t, kv, h), positions, inv_freq)  # [T, K, H]
+        v = _linear(y, p, "v").reshape(t, kv, h)  # [T, K, H]
+        o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
+        new_caches.append(cache)
+        x = x + _linear(o.reshape(t, n * h), p, "o")
+        y = rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
+        x = x + _linear(act(_linear(y, p, "_gate")) * _linear(y, p, "_up"), p, "_down")
+    return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_caches
+
+
+def compute_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
+    """[..., D] -> float32 logits [..., V]."""
+    if "lm_head" in params:
+        return jnp.dot(hidden, params["lm_head"], preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,vd->...v", hidden, params["embed"], preferred_element_type=jnp.float32)

@@ -1,0 +1,69 @@
+"""Sizing and allocating the paged KV pool.
+
+    per layer:  k_pages, v_pages  [K, P, S, H]   (kv-head major: shards on K, pages contiguous per head)
+    page 0 is the null page: padding tokens write there and no block table points at it for real data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
+
+logger = logging.getLogger(__name__)
+
+CPU_KV_CACHE_GIB = float(os.environ.get("JAXLLM_CPU_KVCACHE_SPACE", "4"))  # as vLLM's CPU backend
+
+
+def _activation_reserve(model: ModelConfig, sched: SchedulerConfig) -> int:
+    """Rough upper bound of the largest step's temporaries (prefill scores and logits dominate)."""
+    t = sched.max_num_batched_tokens
+    scores = 4 * model.num_heads * t * t
+    logits = 4 * 3 * max(t, sched.max_num_seqs) * model.vocab_size
+    hidden = 4 * 8 * t * max(model.hidden_size, model.intermediate_size)
+    return scores + logits + hidden
+
+
+def plan_num_blocks(model: ModelConfig, cache: CacheConfig, sched: SchedulerConfig) -> int:
+    """Number of pages P (including the null page), from the overrides or the device memory."""
+    per_block = model.kv_bytes_per_token() * cache.block_size
+    pages_per_seq = -(-sched.max_model_len // cache.block_size)
+    if cache.num_gpu_blocks_override is not None:
+        num_blocks = cache.num_gpu_blocks_override
+        source = "num_gpu_blocks_override"
+    elif cache.kv_cache_memory_bytes is not None:
+        num_blocks = cache.kv_cache_memory_bytes // per_block
+        source = f"kv_cache_memory_bytes={cache.kv_cache_memory_bytes}"
+    else:
+        device = jax.local_devices()[0]
+        stats = device.memory_stats() if device.platform != "cpu" else None
+        if not stats or "bytes_limit" not in stats:
+            budget = int(CPU_KV_CACHE_GIB * 2**30)
+            # Never more than every sequence at full length could use.
+            num_blocks = min(budget // per_block, 1 + sched.max_num_seqs * pages_per_seq)
+            source = f"the CPU KV space of {CPU_KV_CACHE_GIB:g} GiB"
+        else:
+            total, used = stats["bytes_limit"], stats.get("bytes_in_use", 0)
+            free = cache.gpu_memory_utilization * total - used - _activation_reserve(model, sched)
+            num_blocks = int(max(0, free) // per_block)
+            source = f"gpu_memory_utilization={cache.gpu_memory_utilization}"
+    capacity = (num_blocks - 1) * cache.block_size
+    if capacity < sched.max_model_len:
+        raise ValueError(
+            f"The model's max seq len ({sched.max_model_len}) is larger than the maximum number of tokens "
+            f"that can be stored in KV cache ({max(0, capacity)}, from {source}). Try increasing "
+            "`gpu_memory_utilization` (or `kv_cache_memory_bytes` / `num_gpu_blocks_override`) or "
+            "decreasing `max_model_len` when initializing the engine."
+        )
+    logger.info("KV pool: %d blocks of %d tokens (%s)", num_blocks, cache.block_size, source)
+    return int(num_blocks)
+
+
+def allocate_kv_caches(model: ModelConfig, num_blocks: int, block_size: int) -> list[tuple[jax.Array, jax.Array]]:
+    shape = (model.num_kv_heads, num_blocks, block_size, model.head_dim)
+    dtype = jnp.dtype(model.dtype)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(model.num_layers)]

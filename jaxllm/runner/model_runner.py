@@ -1,0 +1,153 @@
+"""The only place that calls `jax.jit`: one compiled step per (kind, bucket, flags), pool donated.
+
+    SchedulerOutput -> InputBatch (NumPy, padded to a bucket) -> jitted step -> ModelRunnerOutput
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
+from jaxllm.model_loader import load_params
+from jaxllm.models.layers import AttentionMetadata
+from jaxllm.models.registry import get_model_module
+from jaxllm.runner import compile_counter
+from jaxllm.runner.buckets import ladder
+from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
+from jaxllm.runner.kv_cache import allocate_kv_caches, plan_num_blocks
+from jaxllm.runner.logit_bias import step_logit_bias
+from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptLogprobs:
+    """For prompt tokens 1..n-1: logprob, rank and the top alternatives (row j scores token j+1)."""
+
+    logprobs: np.ndarray  # [n-1]
+    ranks: np.ndarray  # [n-1]
+    top_ids: np.ndarray  # [n-1, k]
+    top_logprobs: np.ndarray  # [n-1, k]
+
+
+@dataclass
+class ModelRunnerOutput:
+    """What one step produced for each scheduled sequence, in scheduling order."""
+
+    sampled_token_ids: list[int]
+    logprobs: np.ndarray  # [B] raw logprob of each sampled token
+    ranks: np.ndarray  # [B]
+    top_ids: np.ndarray | None  # [B, k]
+    top_logprobs: np.ndarray | None  # [B, k]
+    prompt_logprobs: dict[str, PromptLogprobs]
+
+
+def _step(params, kv_caches, tokens, positions, md, logits_indices, smd, next_tokens, *, module, cfg, flags):
+    hidden, kv_caches = module.forward(params, cfg, tokens, positions, kv_caches, md)  # [T, D]
+    logits = module.compute_logits(params, cfg, hidden[logits_indices])  # [B, V]
+    out = sample(
+        logits,
+        smd,
+        use_penalties=flags.penalties,
+        use_bias=flags.bias,
+        use_filters=flags.filters,
+        use_top_logprobs=flags.top_logprobs,
+    )
+    prompt = None
+    if flags.prompt_logprobs:
+        prompt = prompt_logprobs(module.compute_logits(params, cfg, hidden), next_tokens)
+    return out, prompt, kv_caches
+
+
+class ModelRunner:
+    """Holds the parameters and the KV pool on device and runs scheduled steps."""
+
+    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, scheduler_config: SchedulerConfig):
+        compile_counter.install()
+        self.model_config = model_config
+        self.cache_config = cache_config
+        self.scheduler_config = scheduler_config
+        self.module = get_model_module(model_config.architecture)
+        self.params = load_params(
+            model_config, self.module.name_table(model_config), lambda path, host: jax.device_put(host)
+        )
+        if cache_config.num_blocks is None:
+            cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config)
+        self.kv_caches = allocate_kv_caches(model_config, cache_config.num_blocks, cache_config.block_size)
+        self.table_width = -(-scheduler_config.max_model_len // cache_config.block_size)
+        self.decode_buckets = ladder(scheduler_config.max_num_seqs)
+        self.prefill_buckets = ladder(scheduler_config.max_num_batched_tokens, start=16)
+        self._steps: dict[tuple, object] = {}
+
+    @property
+    def num_buckets(self) -> int:
+        """Distinct step shapes; each compiles once per flag combination that actually occurs."""
+        return len(self.decode_buckets) + len(self.prefill_buckets)
+
+    def _compiled(self, flags: StepFlags):
+        fn = self._steps.get(flags.key())
+        if fn is None:
+            step = functools.partial(_step, module=self.module, cfg=self.model_config, flags=flags)
+            fn = jax.jit(step, donate_argnums=(1,))
+            self._steps[flags.key()] = fn
+        return fn
+
+    def prepare(self, sched_out, block_manager) -> InputBatch:
+        requests = sched_out.requests
+        vocab = self.model_config.vocab_size
+        bias_rows = [step_logit_bias(r, vocab) for r in requests]
+        max_len = self.scheduler_config.max_model_len
+        if sched_out.is_prefill:
+            return build_prefill(
+                requests,
+                block_manager,
+                self.prefill_buckets,
+                self.scheduler_config.max_num_seqs,
+                vocab,
+                max_len,
+                bias_rows,
+            )
+        return build_decode(requests, block_manager, self.decode_buckets, self.table_width, vocab, max_len, bias_rows)
+
+    def execute(self, sched_out, block_manager) -> ModelRunnerOutput:
+        batch = self.prepare(sched_out, block_manager)
+        md = AttentionMetadata(
+            slot_mapping=batch.slot_mapping,
+            segment_ids=batch.segment_ids,
+            block_tables=batch.block_tables,
+            context_lens=batch.context_lens,
+        )
+        smd = SamplingMetadata(**batch.sampling)
+        next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None
+        out, prompt, self.kv_caches = self._compiled(batch.flags)(
+            self.params, self.kv_caches, batch.tokens, batch.positions, md, batch.logits_indices, smd, next_tokens
+        )
+        n = batch.num_seqs
+        top_ids = np.asarray(out.top_ids)[:n] if out.top_ids is not None else None
+        top_lp = np.asarray(out.top_logprobs)[:n] if out.top_logprobs is not None else None
+        return ModelRunnerOutput(
+            sampled_token_ids=np.asarray(out.token_ids)[:n].tolist(),
+            logprobs=np.asarray(out.logprobs)[:n],
+            ranks=np.asarray(out.ranks)[:n],
+            top_ids=top_ids,
+            top_logprobs=top_lp,
+            prompt_logprobs=self._split_prompt_logprobs(sched_out.requests, batch, prompt),
+        )
+
+    @staticmethod
+    def _split_prompt_logprobs(requests, batch: InputBatch, prompt) -> dict[str, PromptLogprobs]:
+        if prompt is None:
+            return {}
+        lp, ranks, top_ids, top_lp = (np.asarray(a) for a in prompt)
+        result = {}
+        for r, (start, _) in zip(requests, batch.prompt_spans):
+            if r.wants_prompt_logprobs:
+                sl = slice(start, start + r.num_prompt_tokens - 1)
+                result[r.request_id] = PromptLogprobs(lp[sl], ranks[sl], top_ids[sl], top_lp[sl])
+        return result

@@ -1,0 +1,27 @@
+import os
+
+import pytest
+
+from tests.tiny_models import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny Llama (with its torch model and tokenizer), shared by the session."""
+    path = str(tmp_path_factory.mktemp("tiny-llama"))
+    model, tok = make_tiny_model(path, "LlamaForCausalLM")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """{architecture: (path, torch model)} for every core architecture."""
+    out = {}
+    for arch in ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"):
+        path = str(tmp_path_factory.mktemp(arch))
+        model, _ = make_tiny_model(path, arch, seed=len(out))
+        out[arch] = (path, model)
+    return out
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
