@@ -111,10 +111,14 @@ class LLM:
             )
         self.generation_config = load_generation_config(path)
         self.max_logprobs = max_logprobs
+        if max_logprobs != 20:
+            from jaxllm.sampling_params import set_max_logprobs_limit
+
+            set_max_logprobs_limit(max_logprobs)
 
         from jaxllm.runner.model_runner import ModelRunner  # the first import of jax
 
-        self.runner = ModelRunner(self.model_config, self.cache_config, self.scheduler_config)
+        self.runner = ModelRunner(self.model_config, self.cache_config, self.scheduler_config, max_logprobs)
         self.llm_engine = LLMEngine(
             self.model_config,
             self.cache_config,
@@ -123,6 +127,7 @@ class LLM:
             self.runner,
             generation_config=self.generation_config,
             seed=seed,
+            max_logprobs=max_logprobs,
         )
         self._counter = itertools.count()
 

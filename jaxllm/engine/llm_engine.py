@@ -24,9 +24,6 @@ from jaxllm.tokenizer import IncrementalDetokenizer
 
 logger = logging.getLogger(__name__)
 
-MAX_LOGPROBS = 20
-
-
 class LLMEngine:
     def __init__(
         self,
@@ -37,7 +34,9 @@ class LLMEngine:
         runner: Any,
         generation_config: dict | None = None,
         seed: int | None = 0,
+        max_logprobs: int = 20,
     ):
+        self.max_logprobs = max_logprobs
         self.model_config = model_config
         self.scheduler_config = scheduler_config
         self.tokenizer = tokenizer
@@ -99,16 +98,7 @@ class LLMEngine:
                 f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of {max_len}. "
                 "Make sure that `max_model_len` is no smaller than the number of text tokens."
             )
-        for name in ("logprobs", "prompt_logprobs"):
-            value = getattr(params, name)
-            if value is not None and (value < 0 or value > MAX_LOGPROBS):
-                raise ValueError(
-                    f"Requested {name.replace('_', ' ')} of {value}, which is greater than max allowed: {MAX_LOGPROBS}"
-                )
-        vocab = self.model_config.vocab_size
-        for t in list(params.stop_token_ids or ()) + list(params.allowed_token_ids or ()):
-            if not 0 <= t < vocab:
-                raise ValueError(f"Token id {t} in stop_token_ids/allowed_token_ids is out of vocabulary (size {vocab}).")
+        params.verify(max_logprobs=self.max_logprobs, vocab_size=self.model_config.vocab_size)
         params.update_from_generation_config(self.generation_config, next(iter(self.eos_token_ids), None))
         budget = max_len - len(ids)
         max_tokens = budget if params.max_tokens is None else min(params.max_tokens, max(1, budget))

@@ -8,7 +8,7 @@ from typing import Any
 from jaxllm.engine.request import Request, RequestStatus
 from jaxllm.outputs import CompletionOutput, Logprob, RequestOutput
 from jaxllm.sampling_params import RequestOutputKind
-from jaxllm.tokenizer import check_stop_strings
+from jaxllm.tokenizer import check_stop_strings, holdback_text
 
 
 @dataclass(eq=False)
@@ -84,13 +84,13 @@ class OutputProcessor:
                     seq.status, seq.stop_reason = RequestStatus.FINISHED_STOPPED, matched
         if not seq.is_finished and (n_out >= seq.max_tokens or seq.num_tokens >= self.max_model_len):
             seq.status = RequestStatus.FINISHED_LENGTH
+        if seq.is_finished and seq.detokenizer is not None and seq.status is not RequestStatus.FINISHED_STOPPED:
+            seq.output_text += seq.detokenizer.flush()  # a character cut short by the length limit
 
     def _completion(self, seq: Request, index: int, delta_from: tuple[int, int] | None) -> CompletionOutput:
         p = seq.sampling_params
-        text = seq.output_text
-        if not seq.is_finished and p.stop and not p.include_stop_str_in_output:
-            hold = max(len(s) for s in p.stop) - 1
-            text = text[: len(text) - hold] if hold else text  # a stop string may still be forming
+        # while running, hold back the tail that may be the start of a stop string
+        text = holdback_text(seq.output_text, p.output_text_buffer_length, seq.is_finished)
         token_ids = seq.output_token_ids
         logprobs = seq.logprobs
         if delta_from is not None:

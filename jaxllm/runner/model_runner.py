@@ -48,7 +48,7 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, PromptLogprobs]
 
 
-def _step(params, kv_caches, tokens, positions, md, logits_indices, smd, next_tokens, *, module, cfg, flags):
+def _step(params, kv_caches, tokens, positions, md, logits_indices, smd, next_tokens, *, module, cfg, flags, top):
     hidden, kv_caches = module.forward(params, cfg, tokens, positions, kv_caches, md)  # [T, D]
     logits = module.compute_logits(params, cfg, hidden[logits_indices])  # [B, V]
     out = sample(
@@ -58,17 +58,24 @@ def _step(params, kv_caches, tokens, positions, md, logits_indices, smd, next_to
         use_bias=flags.bias,
         use_filters=flags.filters,
         use_top_logprobs=flags.top_logprobs,
+        num_top_logprobs=top,
     )
     prompt = None
     if flags.prompt_logprobs:
-        prompt = prompt_logprobs(module.compute_logits(params, cfg, hidden), next_tokens)
+        prompt = prompt_logprobs(module.compute_logits(params, cfg, hidden), next_tokens, top)
     return out, prompt, kv_caches
 
 
 class ModelRunner:
     """Holds the parameters and the KV pool on device and runs scheduled steps."""
 
-    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, scheduler_config: SchedulerConfig):
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        scheduler_config: SchedulerConfig,
+        max_logprobs: int = 20,
+    ):
         compile_counter.install()
         self.model_config = model_config
         self.cache_config = cache_config
@@ -83,6 +90,8 @@ class ModelRunner:
         self.table_width = -(-scheduler_config.max_model_len // cache_config.block_size)
         self.decode_buckets = ladder(scheduler_config.max_num_seqs)
         self.prefill_buckets = ladder(scheduler_config.max_num_batched_tokens, start=16)
+        vocab = model_config.vocab_size
+        self.num_top_logprobs = vocab if max_logprobs < 0 else max(1, min(max_logprobs, vocab))
         self._steps: dict[tuple, object] = {}
 
     @property
@@ -93,7 +102,9 @@ class ModelRunner:
     def _compiled(self, flags: StepFlags):
         fn = self._steps.get(flags.key())
         if fn is None:
-            step = functools.partial(_step, module=self.module, cfg=self.model_config, flags=flags)
+            step = functools.partial(
+                _step, module=self.module, cfg=self.model_config, flags=flags, top=self.num_top_logprobs
+            )
             fn = jax.jit(step, donate_argnums=(1,))
             self._steps[flags.key()] = fn
         return fn

@@ -13,8 +13,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-NUM_TOP_LOGPROBS = 20  # the most logprobs a request may ask for (vLLM's max_logprobs)
-
 
 class SamplingMetadata(NamedTuple):
     """Per-row sampling parameters, all [B] unless noted. Arrays of an unused feature are None."""
@@ -38,8 +36,8 @@ class SamplerOutput(NamedTuple):
     token_ids: jax.Array  # [B] int32
     logprobs: jax.Array  # [B] float32: raw logprob of the sampled token
     ranks: jax.Array  # [B] int32: 1 + number of tokens with a higher raw logprob
-    top_ids: jax.Array | None  # [B, NUM_TOP_LOGPROBS] int32
-    top_logprobs: jax.Array | None  # [B, NUM_TOP_LOGPROBS] float32
+    top_ids: jax.Array | None  # [B, k] int32
+    top_logprobs: jax.Array | None  # [B, k] float32
 
 
 def apply_penalties(logits: jax.Array, md: SamplingMetadata) -> jax.Array:
@@ -89,6 +87,7 @@ def sample(
     use_bias: bool,
     use_filters: bool,
     use_top_logprobs: bool,
+    num_top_logprobs: int = 20,
 ) -> SamplerOutput:
     raw_logprobs = jax.nn.log_softmax(logits, axis=-1)
     x = logits
@@ -108,7 +107,7 @@ def sample(
     ranks = 1 + jnp.sum(raw_logprobs > chosen[:, None], axis=-1).astype(jnp.int32)
     top_ids = top_lp = None
     if use_top_logprobs:
-        top_lp, top_ids = jax.lax.top_k(raw_logprobs, min(NUM_TOP_LOGPROBS, logits.shape[-1]))
+        top_lp, top_ids = jax.lax.top_k(raw_logprobs, min(num_top_logprobs, logits.shape[-1]))
         top_ids = top_ids.astype(jnp.int32)
     return SamplerOutput(ids, chosen, ranks, top_ids, top_lp)
 
@@ -116,10 +115,11 @@ def sample(
 def prompt_logprobs(
     logits: jax.Array,  # [T, V] float32, logits at every prompt position
     next_tokens: jax.Array,  # [T] int32: the token that follows each position
+    num_top_logprobs: int = 20,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(logprob of the next token [T], its rank [T], top ids [T, 20], top logprobs [T, 20])."""
+    """(logprob of the next token [T], its rank [T], top ids [T, k], top logprobs [T, k])."""
     lp = jax.nn.log_softmax(logits, axis=-1)
     chosen = jnp.take_along_axis(lp, next_tokens[:, None], axis=-1)[:, 0]
     ranks = 1 + jnp.sum(lp > chosen[:, None], axis=-1).astype(jnp.int32)
-    top_lp, top_ids = jax.lax.top_k(lp, min(NUM_TOP_LOGPROBS, logits.shape[-1]))
+    top_lp, top_ids = jax.lax.top_k(lp, min(num_top_logprobs, logits.shape[-1]))
     return chosen, ranks, top_ids.astype(jnp.int32), top_lp

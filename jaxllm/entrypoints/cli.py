@@ -1,0 +1,106 @@
+"""`jaxllm` command line: `generate` (offline completions), `serve` (OpenAI-compatible server)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Engine flags shared by every subcommand, spelled as vLLM spells them."""
+    parser.add_argument("--model", default=None, help="local folder or hub id (default: the embedded model)")
+    parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (half)")
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=None)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
+    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    parser.add_argument("--quantization", "-q", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--download-dir", default=None)
+    parser.add_argument("--trust-remote-code", action="store_true")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """LLM(...) keyword arguments from parsed engine flags."""
+    names = [
+        "tokenizer", "revision", "dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
+        "block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
+        "tensor_parallel_size", "quantization", "seed", "download_dir", "trust_remote_code",
+    ]
+    return {n: getattr(args, n) for n in names if hasattr(args, n)}
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from jaxllm import LLM, SamplingParams
+
+    prompts = list(args.prompts)
+    if args.prompts_file:
+        with open(args.prompts_file) as f:
+            prompts += [line.rstrip("\n") for line in f if line.strip()]
+    if not prompts:
+        prompts = ['def fibonacci(n):\n    """Return the', "import os\n\n\ndef "]
+    try:
+        params = SamplingParams(
+            n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+            max_tokens=args.max_tokens, seed=args.sampling_seed, stop=args.stop or None,
+        )
+        llm = LLM(args.model, **engine_kwargs(args))
+        outputs = llm.generate(prompts, params, use_tqdm=not args.quiet)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for out in outputs:
+        if args.json:
+            print(json.dumps({"prompt": out.prompt, "outputs": [o.text for o in out.outputs]}))
+            continue
+        for completion in out.outputs:
+            print(f"--- prompt: {out.prompt!r}")
+            print(f"{out.prompt}{completion.text}")
+            print(f"--- finish_reason={completion.finish_reason} tokens={len(completion.token_ids)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxllm", description="LLM inference and serving in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate completions for prompts and print them")
+    gen.add_argument("prompts", nargs="*", help="prompts (default: two code prompts)")
+    gen.add_argument("--prompts-file", default=None, help="a file with one prompt per line")
+    add_engine_arguments(gen)
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("-n", type=int, default=1)
+    gen.add_argument("--stop", action="append", default=[])
+    gen.add_argument("--sampling-seed", type=int, default=None)
+    gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=_generate)
+
+    try:
+        from jaxllm.entrypoints.openai.api_server import add_serve_parser
+    except ImportError:  # the server's extra (fastapi, uvicorn) is not installed
+        add_serve_parser = None
+    if add_serve_parser is not None:
+        add_serve_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

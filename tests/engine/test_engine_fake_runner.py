@@ -1,0 +1,168 @@
+"""The engine with a fake runner: no jax, milliseconds per test."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
+from jaxllm.engine.llm_engine import LLMEngine
+from jaxllm.sampling_params import SamplingParams
+
+VOCAB = 100
+
+
+class FakeRunner:
+    """Emits (last token + 1) % VOCAB; records what each step scheduled."""
+
+    def __init__(self):
+        self.steps = []
+
+    def execute(self, sched, block_manager):
+        seqs = sched.requests
+        self.steps.append((sched.is_prefill, [s.request_id for s in seqs]))
+        for s in seqs:  # every sequence's pages cover its tokens, and no page is shared
+            assert len(s.block_ids) * block_manager.block_size >= s.num_tokens
+        all_blocks = [b for s in seqs for b in s.block_ids]
+        assert len(all_blocks) == len(set(all_blocks)) and 0 not in all_blocks
+        ids = [(s.all_token_ids[-1] + 1) % VOCAB for s in seqs]
+        n = len(seqs)
+        return SimpleNamespace(
+            sampled_token_ids=ids, logprobs=np.zeros(n), ranks=np.ones(n, int),
+            top_ids=None, top_logprobs=None, prompt_logprobs={},
+        )
+
+
+def make_engine(num_blocks=64, block_size=4, max_num_seqs=4, max_model_len=64):
+    model = ModelConfig(
+        path="", architecture="LlamaForCausalLM", vocab_size=VOCAB, hidden_size=8, num_layers=1,
+        num_heads=1, num_kv_heads=1, head_dim=8, intermediate_size=8, dtype="float32",
+        max_position_embeddings=max_model_len, eos_token_ids=(99,),
+    )
+    cache = CacheConfig(block_size=block_size, num_blocks=num_blocks)
+    sched = SchedulerConfig(max_model_len=max_model_len, max_num_seqs=max_num_seqs)
+    return LLMEngine(model, cache, sched, tokenizer=None, runner=FakeRunner())
+
+
+def run_all(engine):
+    done = {}
+    steps = 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                assert out.request_id not in done, "a request finished twice"
+                done[out.request_id] = out
+        steps += 1
+        assert steps < 10_000
+    return done
+
+
+def expected_tokens(prompt, n):
+    return [(prompt[-1] + 1 + i) % VOCAB for i in range(n)]
+
+
+def test_engine_does_not_import_jax():
+    code = "import jaxllm.engine.llm_engine, jaxllm.engine.scheduler, jaxllm, sys; assert 'jax' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_continuous_batching_respects_max_num_seqs_and_finishes_everything():
+    engine = make_engine(max_num_seqs=3)
+    rng = np.random.default_rng(0)
+    prompts = {f"r{i}": rng.integers(0, 90, size=rng.integers(1, 20)).tolist() for i in range(12)}
+    lengths = {rid: int(rng.integers(1, 12)) for rid in prompts}
+    for rid, p in prompts.items():
+        engine.add_request(rid, {"prompt_token_ids": p}, SamplingParams(max_tokens=lengths[rid], ignore_eos=True))
+    done = run_all(engine)
+    assert set(done) == set(prompts)
+    for rid, out in done.items():
+        assert out.outputs[0].token_ids == expected_tokens(prompts[rid], lengths[rid])
+        assert out.outputs[0].finish_reason == "length"
+    assert max(len(ids) for _, ids in engine.runner.steps) <= 3
+    # requests joined while others were mid-generation
+    decode_sets = [set(ids) for pre, ids in engine.runner.steps if not pre]
+    assert any(a != b and a & b for a, b in zip(decode_sets, decode_sets[1:]))
+    bm = engine.block_manager
+    assert bm.num_free_blocks == bm.num_blocks - 1 and sum(bm.ref_counts[1:]) == 0
+
+
+def test_preemption_recomputes_and_loses_nothing():
+    # 9 usable pages of 4 tokens; 3 sequences growing to 26 tokens cannot all stay resident.
+    engine = make_engine(num_blocks=10, block_size=4, max_num_seqs=3, max_model_len=36)
+    prompts = {f"r{i}": list(range(i, i + 10)) for i in range(3)}
+    for rid, p in prompts.items():
+        engine.add_request(rid, {"prompt_token_ids": p}, SamplingParams(max_tokens=16, ignore_eos=True))
+    done = run_all(engine)
+    assert engine.stats["preemptions"] > 0
+    for rid, p in prompts.items():
+        assert done[rid].outputs[0].token_ids == expected_tokens(p, 16)
+    assert engine.block_manager.num_free_blocks == 9
+
+
+def test_eos_and_stop_token_ids_finish_with_vllm_reasons():
+    engine = make_engine()
+    engine.add_request("eos", {"prompt_token_ids": [95]}, SamplingParams(max_tokens=20))
+    engine.add_request("stop", {"prompt_token_ids": [10]}, SamplingParams(max_tokens=20, stop_token_ids=[13]))
+    engine.add_request("min", {"prompt_token_ids": [95]}, SamplingParams(max_tokens=20, ignore_eos=True))
+    done = run_all(engine)
+    eos = done["eos"].outputs[0]
+    assert eos.token_ids == [96, 97, 98, 99] and eos.finish_reason == "stop" and eos.stop_reason is None
+    stop = done["stop"].outputs[0]
+    assert stop.token_ids == [11, 12, 13] and stop.finish_reason == "stop" and stop.stop_reason == 13
+    assert done["min"].outputs[0].finish_reason == "length" and len(done["min"].outputs[0].token_ids) == 20
+
+
+def test_n_gives_n_completions_and_max_model_len_caps_length():
+    engine = make_engine(max_model_len=16)
+    engine.add_request("a", {"prompt_token_ids": [1, 2, 3]}, SamplingParams(n=3, max_tokens=None, ignore_eos=True))
+    out = run_all(engine)["a"]
+    assert [o.index for o in out.outputs] == [0, 1, 2]
+    assert all(len(o.token_ids) == 13 and o.finish_reason == "length" for o in out.outputs)
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ({"prompt_token_ids": []}, "cannot be empty"),
+        ({"prompt_token_ids": [1, 500]}, "out of vocabulary"),
+        ({"prompt_token_ids": list(range(65))}, "longer than the maximum model length"),
+        (12, "Each prompt must be"),
+    ],
+)
+def test_bad_prompts_raise_value_error_and_queue_nothing(prompt, message):
+    engine = make_engine()
+    with pytest.raises(ValueError, match=message):
+        engine.add_request("x", prompt, SamplingParams())
+    assert not engine.has_unfinished_requests()
+
+
+def test_abort_frees_blocks():
+    engine = make_engine()
+    engine.add_request("a", {"prompt_token_ids": list(range(10))}, SamplingParams(max_tokens=30, ignore_eos=True))
+    engine.step()
+    engine.step()
+    assert engine.block_manager.num_free_blocks < 63
+    engine.abort_request("a")
+    assert engine.block_manager.num_free_blocks == 63 and not engine.has_unfinished_requests()
+
+
+def test_a_failing_step_fails_only_its_requests():
+    engine = make_engine()
+    runner = engine.runner
+    calls = {"n": 0}
+    original = runner.execute
+
+    def flaky(sched, bm):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected")
+        return original(sched, bm)
+
+    runner.execute = flaky
+    engine.add_request("bad", {"prompt_token_ids": [1]}, SamplingParams(max_tokens=3, ignore_eos=True))
+    out = engine.step()
+    assert out[0].outputs[0].finish_reason == "error"
+    engine.add_request("good", {"prompt_token_ids": [1]}, SamplingParams(max_tokens=3, ignore_eos=True))
+    assert run_all(engine)["good"].outputs[0].token_ids == [2, 3, 4]

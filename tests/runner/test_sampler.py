@@ -1,0 +1,146 @@
+"""The on-device sampler on random logits: allowed sets, penalties, seeds, batch independence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxllm.runner.sampler import SamplingMetadata, apply_penalties, sample
+
+V = 64
+
+
+def _md(b, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seeds=None, steps=None, **extra):
+    def full(x, dtype):
+        return jnp.broadcast_to(jnp.asarray(x, dtype), (b,))
+
+    seeds = np.arange(b) if seeds is None else np.asarray(seeds)
+    return SamplingMetadata(
+        temperature=full(temperature, jnp.float32),
+        top_k=full(top_k, jnp.int32),
+        top_p=full(top_p, jnp.float32),
+        min_p=full(min_p, jnp.float32),
+        seed_lo=jnp.asarray(seeds % 2**32, jnp.uint32),
+        seed_hi=jnp.asarray(seeds // 2**32, jnp.uint32),
+        step=full(0, jnp.int32) if steps is None else jnp.asarray(steps, jnp.int32),
+        **extra,
+    )
+
+
+def _draw(logits, md, **flags):
+    opts = dict(use_penalties=False, use_bias=False, use_filters=True, use_top_logprobs=False)
+    opts.update(flags)
+    return np.asarray(sample(jnp.asarray(logits), md, **opts).token_ids)
+
+
+@pytest.fixture
+def logits():
+    return np.random.default_rng(0).normal(size=(1, V)).astype(np.float32) * 2.0
+
+
+def _many(logits, draws=400, **kw):
+    """`draws` independent samples of one row (different seeds)."""
+    rows = np.repeat(logits, draws, axis=0)
+    return _draw(rows, _md(draws, seeds=np.arange(draws) + 1000, **kw))
+
+
+def test_top_k_never_leaves_the_top_k(logits):
+    allowed = set(np.argsort(-logits[0])[:5].tolist())
+    got = set(_many(logits, top_k=5).tolist())
+    assert got <= allowed and len(got) > 1
+
+
+def test_top_p_never_leaves_the_nucleus(logits):
+    probs = np.exp(logits[0] - logits[0].max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    mass_before = np.cumsum(probs[order]) - probs[order]
+    allowed = set(order[mass_before < 0.5].tolist())
+    got = set(_many(logits, top_p=0.5).tolist())
+    assert got <= allowed and len(got) > 1
+
+
+def test_min_p_never_emits_unlikely_tokens(logits):
+    probs = np.exp(logits[0] - logits[0].max())
+    allowed = set(np.nonzero(probs >= 0.3)[0].tolist())  # relative to the max, which has probs == 1
+    got = set(_many(logits, min_p=0.3).tolist())
+    assert got <= allowed and len(got) > 1
+
+
+def test_unfiltered_sampling_follows_the_distribution(logits):
+    draws = _many(logits, draws=3000, temperature=1.0)
+    probs = np.exp(logits[0] - logits[0].max())
+    probs /= probs.sum()
+    freq = np.bincount(draws, minlength=V) / len(draws)
+    assert np.abs(freq - probs).max() < 0.04
+
+
+def test_greedy_is_argmax_and_ignores_filters(logits):
+    rows = np.repeat(logits, 3, axis=0)
+    got = _draw(rows, _md(3, temperature=0.0, top_k=3))
+    assert (got == logits[0].argmax()).all()
+
+
+def test_same_seed_same_tokens_different_seed_different_tokens(logits):
+    rows = np.repeat(logits, 50, axis=0)
+    steps = np.arange(50)  # 50 consecutive positions of one request
+    a = _draw(rows, _md(50, seeds=np.full(50, 7), steps=steps))
+    b = _draw(rows, _md(50, seeds=np.full(50, 7), steps=steps))
+    c = _draw(rows, _md(50, seeds=np.full(50, 8), steps=steps))
+    assert (a == b).all() and (a != c).any()
+
+
+def test_a_seeded_row_does_not_depend_on_its_batch(logits):
+    rng = np.random.default_rng(1)
+    alone = _draw(logits, _md(1, seeds=[42], steps=[3]))
+    others = rng.normal(size=(5, V)).astype(np.float32)
+    batch = np.concatenate([others[:2], logits, others[2:]])
+    together = _draw(batch, _md(6, seeds=[1, 2, 42, 3, 4, 5], steps=[0, 9, 3, 1, 2, 7]))
+    assert together[2] == alone[0]
+
+
+def _penalty_reference(logits, tokens, prompt_len, rep, freq, pres):
+    out = logits.copy()
+    seen = set(tokens)
+    counts = np.bincount(tokens[prompt_len:], minlength=V) if len(tokens) > prompt_len else np.zeros(V)
+    for t in seen:
+        out[t] = out[t] / rep if out[t] > 0 else out[t] * rep
+    return out - freq * counts - pres * (counts > 0)
+
+
+def test_penalties_follow_their_definitions(logits):
+    tokens = np.array([3, 5, 5, 9, 9, 9, 12], np.int32)  # prompt = first 3
+    ids = np.full((1, 16), -1, np.int32)
+    ids[0, : len(tokens)] = tokens
+    md = _md(
+        1,
+        presence_penalty=jnp.array([0.5]),
+        frequency_penalty=jnp.array([0.3]),
+        repetition_penalty=jnp.array([1.7]),
+        token_ids=jnp.asarray(ids),
+        prompt_lens=jnp.array([3], jnp.int32),
+    )
+    got = np.asarray(apply_penalties(jnp.asarray(logits), md))[0]
+    want = _penalty_reference(logits[0], tokens, 3, 1.7, 0.3, 0.5)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_frequency_penalty_moves_greedy_off_a_repeated_token(logits):
+    top = int(logits[0].argmax())
+    ids = np.full((1, 8), -1, np.int32)
+    ids[0, :5] = [1, top, top, top, top]
+    md = _md(
+        1, temperature=0.0,
+        presence_penalty=jnp.array([0.0]), frequency_penalty=jnp.array([2.0]),
+        repetition_penalty=jnp.array([1.0]), token_ids=jnp.asarray(ids), prompt_lens=jnp.array([1], jnp.int32),
+    )
+    assert _draw(logits, md, use_penalties=True)[0] != top
+    assert _draw(logits, _md(1, temperature=0.0))[0] == top
+
+
+def test_top_logprobs_are_sorted_log_softmax(logits):
+    out = sample(jnp.asarray(logits), _md(1, temperature=0.0), use_penalties=False, use_bias=False,
+                 use_filters=False, use_top_logprobs=True)
+    ref = np.asarray(jax.nn.log_softmax(jnp.asarray(logits)))[0]
+    np.testing.assert_allclose(np.asarray(out.top_logprobs)[0], np.sort(ref)[::-1][:20], rtol=1e-6)
+    assert int(out.ranks[0]) == 1 and abs(float(out.logprobs[0]) - ref.max()) < 1e-6
