@@ -82,6 +82,7 @@ def _decode_kernel(
     pages_per_compute_block: int,
     use_alibi: bool,
     precision,
+    whole_pool: bool,
 ):
     """One (sequence b, kv head k, split) program; Gp = G padded to max(16, next_pow2(G))."""
     if use_alibi:
@@ -90,11 +91,12 @@ def _decode_kernel(
         slopes_ref = None
         o_ref, m_ref, l_ref = refs
     block_g, head_dim = q_ref.shape
-    page_size = k_ref.shape[1]
+    page_size = k_ref.shape[-2]
     pages_per_split = block_table_ref.shape[0]
     block_k = pages_per_compute_block * page_size
 
     split = pl.program_id(2)
+    head = pl.program_id(1)
     length = lengths_ref[0]
     first_page = split * pages_per_split
     # Pages of this split that hold at least one valid token.
@@ -107,8 +109,12 @@ def _decode_kernel(
     def body(i, carry):
         o_prev, m_prev, l_prev = carry
         page_ids = block_table_ref[pl.ds(i * pages_per_compute_block, pages_per_compute_block)]
-        k = k_ref[page_ids].reshape(block_k, head_dim)  # [block_k, H]
-        v = v_ref[page_ids].reshape(block_k, head_dim)  # [block_k, H]
+        if whole_pool:  # refs are the whole [K, P, S, H] pool: index the head here
+            k = k_ref[head, page_ids].reshape(block_k, head_dim)  # [block_k, H]
+            v = v_ref[head, page_ids].reshape(block_k, head_dim)  # [block_k, H]
+        else:
+            k = k_ref[page_ids].reshape(block_k, head_dim)  # [block_k, H]
+            v = v_ref[page_ids].reshape(block_k, head_dim)  # [block_k, H]
         pos = (first_page + i * pages_per_compute_block) * page_size + jnp.arange(block_k)
         valid = pos < length  # [block_k]
 
@@ -265,13 +271,21 @@ def paged_attention(
         pages_per_compute_block=pages_per_compute_block,
         use_alibi=alibi_slopes is not None,
         precision=precision,
+        whole_pool=interpret,
     )
+    if interpret:
+        # The interpreter would copy a per-head block of the whole pool for every program; leaving
+        # the pool unblocked lets each program gather only the pages it reads.
+        pool_spec = pl.BlockSpec(memory_space=pl.ANY)
+    else:
+        # Under Triton a block is a pointer offset: one kv head's pool, no copy.
+        pool_spec = pl.BlockSpec((None, P, S, H), lambda b, h, s: (h, 0, 0, 0))
     in_specs = [
         pl.BlockSpec((1,), lambda b, h, s: (b,)),  # lengths
         pl.BlockSpec((None, pages_per_split), lambda b, h, s: (b, s)),  # block table
         pl.BlockSpec((None, None, block_g, H), lambda b, h, s: (b, h, 0, 0)),  # q
-        pl.BlockSpec((None, P, S, H), lambda b, h, s: (h, 0, 0, 0)),  # k pool of head h
-        pl.BlockSpec((None, P, S, H), lambda b, h, s: (h, 0, 0, 0)),  # v pool of head h
+        pool_spec,  # k pool
+        pool_spec,  # v pool
     ]
     args = [lengths, block_tables, qg, k_pages, v_pages]
     if alibi_slopes is not None:

@@ -16,7 +16,7 @@ from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
-CPU_KV_CACHE_GIB = float(os.environ.get("JAXLLM_CPU_KVCACHE_SPACE", "4"))  # as vLLM's CPU backend
+CPU_KV_CACHE_GIB = float(os.environ.get("JAXLLM_CPU_KVCACHE_SPACE", "1"))  # as vLLM's CPU backend
 
 
 def _activation_reserve(model: ModelConfig, sched: SchedulerConfig) -> int:
