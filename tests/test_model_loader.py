@@ -1,0 +1,86 @@
+"""Finding models: local folders, the Hugging Face cache layout, sharded safetensors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from jaxllm import LLM, SamplingParams
+from jaxllm.model_loader import resolve_model_path
+
+
+def _as_hf_cache(src: str, cache: str, repo_id: str) -> str:
+    """Lay `src` out as the hub cache does: models--org--name/{refs/main, snapshots/<rev>/...}."""
+    repo = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = os.path.join(repo, "snapshots", rev)
+    shutil.copytree(src, snap)
+    os.makedirs(os.path.join(repo, "refs"))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(rev)
+    return snap
+
+
+def test_repo_id_resolves_from_hf_hub_cache_without_network(tiny_model_dir, tmp_path, monkeypatch):
+    cache = str(tmp_path / "hub")
+    snap = _as_hf_cache(tiny_model_dir, cache, "acme/tiny-llama")
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert os.path.realpath(resolve_model_path("acme/tiny-llama")) == os.path.realpath(snap)
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    shutil.move(cache, str(tmp_path / "home" / "hub"))
+    out = LLM("acme/tiny-llama", max_model_len=64).generate("hello", SamplingParams(max_tokens=3, ignore_eos=True),
+                                                            use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 3
+
+
+def test_not_found_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=str(tmp_path / "empty-cache")):
+        resolve_model_path("acme/missing")
+
+
+def test_sharded_checkpoint_gives_identical_outputs(tiny_model_dir, tmp_path):
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_model_dir, sharded)
+    tensors = load_file(str(sharded / "model.safetensors"))
+    (sharded / "model.safetensors").unlink()
+    names = sorted(tensors)
+    weight_map = {}
+    for i, part in enumerate(np.array_split(np.array(names), 3)):
+        file = f"model-{i + 1:05d}-of-00003.safetensors"
+        save_file({n: tensors[n] for n in part}, str(sharded / file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    sp = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    a = LLM(tiny_model_dir, max_model_len=64).generate(["hello world", "import os"], sp, use_tqdm=False)
+    b = LLM(str(sharded), max_model_len=64).generate(["hello world", "import os"], sp, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in a] == [o.outputs[0].token_ids for o in b]
+
+
+def test_cli_generate_prints_completions(tiny_model_dir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxllm.entrypoints.cli", "generate", "--model", tiny_model_dir, "--max-model-len",
+         "64", "--max-tokens", "5", "--json", "--quiet", "hello world", "import os"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [x["prompt"] for x in lines] == ["hello world", "import os"]
+    assert all(len(x["outputs"]) == 1 for x in lines)
+
+
+def test_cli_reports_bad_input_without_traceback(tiny_model_dir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxllm.entrypoints.cli", "generate", "--model", tiny_model_dir, "--temperature",
+         "-3", "hi"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "temperature" in proc.stderr and "Traceback" not in proc.stderr
