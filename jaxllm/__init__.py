@@ -13,14 +13,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LLM",
-    "SamplingParams",
+    "BeamSearchOutput",
     "BeamSearchParams",
-    "RequestOutputKind",
-    "RequestOutput",
+    "BeamSearchSequence",
     "CompletionOutput",
     "Logprob",
-    "BeamSearchOutput",
-    "BeamSearchSequence",
-    "default_model_path",
+    "RequestOutput",
+    "RequestOutputKind",
+    "SamplingParams",
     "__version__",
+    "default_model_path",
 ]

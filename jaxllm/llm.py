@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 _IGNORED_ENGINE_ARGS = frozenset(
     {
         "swap_space", "cpu_offload_gb", "enforce_eager", "disable_custom_all_reduce", "disable_log_stats",
-        "max_seq_len_to_capture", "load_format", "enable_chunked_prefill", "tokenizer_pool_size",
+        "max_seq_len_to_capture", "enable_chunked_prefill", "tokenizer_pool_size",
         "compilation_config", "disable_async_output_proc", "worker_cls", "distributed_executor_backend",
         "mm_processor_kwargs", "limit_mm_per_prompt", "hf_token", "task", "runner", "convert",
         "pipeline_parallel_size", "enable_lora", "max_lora_rank", "max_loras", "kv_cache_dtype",
@@ -67,6 +67,7 @@ class LLM:
         max_num_batched_tokens: int | None = None,
         max_logprobs: int = 20,
         download_dir: str | None = None,
+        load_format: str = "auto",
         hf_overrides: dict | None = None,
         **kwargs: Any,
     ):
@@ -118,7 +119,9 @@ class LLM:
 
         from jaxllm.runner.model_runner import ModelRunner  # the first import of jax
 
-        self.runner = ModelRunner(self.model_config, self.cache_config, self.scheduler_config, max_logprobs)
+        self.runner = ModelRunner(
+            self.model_config, self.cache_config, self.scheduler_config, max_logprobs, load_format
+        )
         self.llm_engine = LLMEngine(
             self.model_config,
             self.cache_config,

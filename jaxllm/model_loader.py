@@ -93,7 +93,7 @@ def iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
 
     for file in safetensors_files(path):
         with safe_open(file, framework="numpy") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 yield name, f.get_tensor(name)
 
 
@@ -124,6 +124,21 @@ def load_params(config: Any, name_table: dict[str, tuple[tuple, bool]], put: Any
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise ValueError(f"The checkpoint in {config.path} lacks weights the model needs: {shown}.")
+    return params
+
+
+def init_dummy_params(config: Any, name_table: dict, hf_shapes: dict, make: Any) -> dict:
+    """Random parameters of the right shapes (vLLM's `load_format="dummy"`), made on device.
+
+    `make(path, shape, seed)` returns the device array; norms come out as ones so activations stay sane.
+    """
+    params: dict = {}
+    for seed, (name, (tree_path, transpose)) in enumerate(sorted(name_table.items())):
+        shape = tuple(reversed(hf_shapes[name])) if transpose else tuple(hf_shapes[name])
+        node = params
+        for key in tree_path[:-1]:
+            node = node.setdefault(key, {})
+        node[tree_path[-1]] = make(tree_path, shape, seed if "norm" not in tree_path[-1] else None)
     return params
 
 

@@ -64,7 +64,7 @@ def _int_field(name: str, value: Any, *, optional: bool = False) -> int | None:
 def _float_field(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         # ValueError, not TypeError: vLLM and its servers report every invalid parameter as ValueError.
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}.")  # noqa: TRY004
+        raise ValueError(f"{name} must be a number, got {type(value).__name__}.")
     return float(value)
 
 

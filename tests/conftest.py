@@ -9,7 +9,7 @@ from tests.tiny_models import make_tiny_model
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny Llama (with its torch model and tokenizer), shared by the session."""
     path = str(tmp_path_factory.mktemp("tiny-llama"))
-    model, tok = make_tiny_model(path, "LlamaForCausalLM")
+    make_tiny_model(path, "LlamaForCausalLM")
     return path
 
 

@@ -51,6 +51,23 @@ def name_table(cfg: ModelConfig) -> dict[str, tuple[tuple, bool]]:
     return table
 
 
+def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Checkpoint name -> shape in the checkpoint's (torch) layout; used for random ("dummy") weights."""
+    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    per_layer = {
+        "self_attn.q_proj.weight": (q, d), "self_attn.k_proj.weight": (kv, d), "self_attn.v_proj.weight": (kv, d),
+        "self_attn.o_proj.weight": (d, q), "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d),
+        "mlp.down_proj.weight": (d, f), "input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,),
+        "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
+        "mlp.gate_proj.bias": (f,), "mlp.up_proj.bias": (f,), "mlp.down_proj.bias": (d,),
+    }
+    shapes = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,), "lm_head.weight": (v, d)}
+    for i in range(cfg.num_layers):
+        shapes.update({f"model.layers.{i}.{k}": s for k, s in per_layer.items()})
+    return {k: s for k, s in shapes.items() if k in name_table(cfg)}
+
+
 def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
     y = x @ p["w" + name]
     return y + p["b" + name] if ("b" + name) in p else y

@@ -38,7 +38,7 @@ def step_logit_bias(request, vocab_size: int) -> np.ndarray | None:
                 ensure()[token] = BANNED
     for word in getattr(request, "bad_words_ids", None) or ():
         prefix = word[:-1]
-        if len(out) >= len(prefix) and (not prefix or out[len(out) - len(prefix) :] == prefix):
-            if 0 <= word[-1] < vocab_size:
-                ensure()[word[-1]] = BANNED
+        just_generated = len(out) >= len(prefix) and (not prefix or out[len(out) - len(prefix) :] == prefix)
+        if just_generated and 0 <= word[-1] < vocab_size:
+            ensure()[word[-1]] = BANNED
     return bias

@@ -10,10 +10,11 @@ import logging
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
-from jaxllm.model_loader import load_params
+from jaxllm.model_loader import init_dummy_params, load_params
 from jaxllm.models.layers import AttentionMetadata
 from jaxllm.models.registry import get_model_module
 from jaxllm.runner import compile_counter
@@ -75,15 +76,14 @@ class ModelRunner:
         cache_config: CacheConfig,
         scheduler_config: SchedulerConfig,
         max_logprobs: int = 20,
+        load_format: str = "auto",
     ):
         compile_counter.install()
         self.model_config = model_config
         self.cache_config = cache_config
         self.scheduler_config = scheduler_config
         self.module = get_model_module(model_config.architecture)
-        self.params = load_params(
-            model_config, self.module.name_table(model_config), lambda path, host: jax.device_put(host)
-        )
+        self.params = self._load(load_format)
         if cache_config.num_blocks is None:
             cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config)
         self.kv_caches = allocate_kv_caches(model_config, cache_config.num_blocks, cache_config.block_size)
@@ -93,6 +93,24 @@ class ModelRunner:
         vocab = model_config.vocab_size
         self.num_top_logprobs = vocab if max_logprobs < 0 else max(1, min(max_logprobs, vocab))
         self._steps: dict[tuple, object] = {}
+
+    def _load(self, load_format: str) -> dict:
+        cfg = self.model_config
+        table = self.module.name_table(cfg)
+        if load_format in ("auto", "safetensors"):
+            return load_params(cfg, table, lambda path, host: jax.device_put(host))
+        if load_format != "dummy":
+            raise ValueError(f"Unknown load_format {load_format!r}; choose 'auto', 'safetensors' or 'dummy'.")
+        dtype = jnp.dtype(cfg.dtype)
+
+        @functools.partial(jax.jit, static_argnums=(0, 1))
+        def random(shape, seed):
+            return (0.02 * jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)).astype(dtype)
+
+        def make(path, shape, seed):
+            return jnp.ones(shape, dtype) if seed is None else random(shape, seed)
+
+        return init_dummy_params(cfg, table, self.module.hf_shapes(cfg), make)
 
     @property
     def num_buckets(self) -> int:

@@ -1,0 +1,358 @@
+"""OpenAIServing: what every endpoint shares (model check, prompt checks, sampling params, logprobs, SSE).
+
+Prompts are tokenized here, on the event loop, so that context-length errors are 400s with vLLM's
+messages before anything reaches the engine; the engine gets `{"prompt", "prompt_token_ids"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxllm.engine.async_engine import AsyncLLMEngine, RequestStream
+from jaxllm.entrypoints.openai.errors import OpenAIError
+from jaxllm.entrypoints.openai.protocol import (
+    ChatCompletionLogProbs,
+    ChatLogProb,
+    ChatLogProbsContent,
+    CompletionLogProbs,
+    PromptTokenUsageInfo,
+    UsageInfo,
+    random_id,
+)
+from jaxllm.outputs import Logprob, RequestOutput
+from jaxllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+MIN_LOGPROB = -9999.0  # -inf is not JSON; OpenAI clients expect a finite number
+SSE_DONE = "data: [DONE]\n\n"
+_SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+@dataclass
+class ServingConfig:
+    """What the frontend knows about the model and how it was told to serve it."""
+
+    served_model_names: list[str]
+    model_root: str
+    max_model_len: int
+    vocab_size: int
+    max_logprobs: int = 20
+    chat_template: str | None = None
+    response_role: str = "assistant"
+    trust_request_chat_template: bool = False
+    enable_prompt_tokens_details: bool = False
+    enable_force_include_usage: bool = False
+    return_tokens_as_token_ids: bool = False
+    log_requests: bool = False
+    max_log_len: int | None = None
+    default_sampling: dict[str, Any] = field(default_factory=dict)  # from generation_config.json
+    default_max_tokens: int | None = None  # generation_config.json's max_new_tokens
+
+    @staticmethod
+    def sampling_defaults(generation_config: dict[str, Any] | None) -> tuple[dict[str, Any], int | None]:
+        """(sampling defaults, max_tokens cap) from a model's generation_config.json, as vLLM reads it."""
+        cfg = generation_config or {}
+        defaults = {k: cfg[k] for k in _SAMPLING_DEFAULT_KEYS if cfg.get(k) is not None}
+        return defaults, cfg.get("max_new_tokens")
+
+
+def sse(payload: str) -> str:
+    return f"data: {payload}\n\n"
+
+
+def clamp_logprob(value: float) -> float:
+    return max(value, MIN_LOGPROB) if not math.isnan(value) else MIN_LOGPROB
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncLLMEngine, tokenizer: Any, config: ServingConfig):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.config = config
+        self._decoded: dict[int, str] = {}
+
+    @property
+    def model_name(self) -> str:
+        return self.config.served_model_names[0]
+
+    # ---- checks ------------------------------------------------------------------------------
+
+    def check_model(self, model: str | None) -> None:
+        if model and model not in self.config.served_model_names:
+            raise OpenAIError(f"The model `{model}` does not exist.", 404)
+
+    def check_engine(self) -> None:
+        self.engine.check_health()
+
+    def chat_template_for(self, request: Any) -> str | None:
+        """The template a chat request uses; one sent in the request only with --trust-request-chat-template."""
+        if request.chat_template is None:
+            return self.config.chat_template
+        if not self.config.trust_request_chat_template:
+            raise OpenAIError(
+                "Chat template is passed with request, but --trust-request-chat-template is not set. "
+                "Refused request with untrusted chat template."
+            )
+        return request.chat_template
+
+    def request_id(self, prefix: str, raw_request: Any, request: Any = None) -> str:
+        given = getattr(request, "request_id", None) or (
+            raw_request.headers.get("x-request-id") if raw_request is not None else None
+        )
+        return f"{prefix}-{given}" if given else random_id(prefix)
+
+    # ---- prompts -----------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special_tokens: bool, truncate: int | None = None) -> list[int]:
+        ids = list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+        return self.truncate(ids, truncate)
+
+    def truncate(self, ids: list[int], truncate: int | None) -> list[int]:
+        if truncate is None:
+            return ids
+        keep = self.config.max_model_len if truncate == -1 else truncate
+        return ids[-keep:] if keep > 0 else ids
+
+    def check_token_ids(self, ids: list[int]) -> None:
+        vocab = self.config.vocab_size
+        for t in ids:
+            if not 0 <= t < vocab:
+                raise OpenAIError(f"Token id {t} is out of vocabulary (vocabulary size {vocab}).")
+
+    def resolve_max_tokens(self, num_prompt_tokens: int, requested: int | None) -> int:
+        """The output budget: vLLM's context checks (400s), then min(requested, room, model cap)."""
+        limit = self.config.max_model_len
+        if num_prompt_tokens >= limit:
+            raise OpenAIError(
+                f"This model's maximum context length is {limit} tokens. However, your request has "
+                f"{num_prompt_tokens} input tokens. Please reduce the length of the input messages."
+            )
+        room = limit - num_prompt_tokens
+        if requested is not None and requested > room:
+            raise OpenAIError(
+                f"'max_tokens' or 'max_completion_tokens' is too large: {requested}. This model's maximum "
+                f"context length is {limit} tokens and your request has {num_prompt_tokens} input tokens "
+                f"({requested} > {limit} - {num_prompt_tokens})."
+            )
+        return min(v for v in (room, requested, self.config.default_max_tokens) if v is not None)
+
+    def sampling_params(
+        self, request: Any, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None
+    ) -> SamplingParams:
+        """SamplingParams for a completion or chat request; invalid values raise 400s."""
+        if request.use_beam_search:
+            raise OpenAIError("beam search is not supported yet")
+        if request.wants_structured_output():
+            raise OpenAIError(
+                "Structured outputs (response_format json_object/json_schema, structured_outputs, guided_*) "
+                "are not supported yet."
+            )
+        defaults = self.config.default_sampling
+
+        def pick(name: str, fallback: Any) -> Any:
+            value = getattr(request, name)
+            return defaults.get(name, fallback) if value is None else value
+
+        params = SamplingParams(
+            n=request.n,
+            best_of=request.best_of,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            repetition_penalty=pick("repetition_penalty", 1.0),
+            temperature=pick("temperature", 1.0),
+            top_p=pick("top_p", 1.0),
+            top_k=pick("top_k", 0),
+            min_p=pick("min_p", 0.0),
+            seed=request.seed,
+            stop=request.stop,
+            stop_token_ids=request.stop_token_ids,
+            bad_words=request.bad_words or None,
+            ignore_eos=request.ignore_eos,
+            max_tokens=max_tokens,
+            min_tokens=request.min_tokens,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            skip_special_tokens=request.skip_special_tokens,
+            spaces_between_special_tokens=request.spaces_between_special_tokens,
+            include_stop_str_in_output=request.include_stop_str_in_output,
+            logit_bias=request.logit_bias,
+            allowed_token_ids=request.allowed_token_ids,
+            length_penalty=request.length_penalty,
+        )
+        params.verify(max_logprobs=self.config.max_logprobs, vocab_size=self.config.vocab_size)
+        return params
+
+    async def add_requests(
+        self, request_id: str, prompts: list[tuple[str | None, list[int]]], params: list[SamplingParams]
+    ) -> list[RequestStream]:
+        """Submit one engine request per prompt (ids `<request_id>-<i>`); all or none are kept."""
+        streams: list[RequestStream] = []
+        try:
+            for i, ((text, ids), sp) in enumerate(zip(prompts, params)):
+                prompt = {"prompt_token_ids": ids} if text is None else {"prompt": text, "prompt_token_ids": ids}
+                if self.config.log_requests:
+                    self._log_request(f"{request_id}-{i}", text, ids, sp)
+                streams.append(await self.engine.add_request(f"{request_id}-{i}", prompt, sp))
+        except BaseException:
+            for stream in streams:
+                stream.close()
+            raise
+        return streams
+
+    def _log_request(self, request_id: str, text: str | None, ids: list[int], params: SamplingParams) -> None:
+        limit = self.config.max_log_len
+        if limit is not None:
+            text = text[:limit] if text is not None else None
+            ids = ids[:limit]
+        logger.info("Received request %s: prompt: %r, params: %r, prompt_token_ids: %s", request_id, text, params, ids)
+
+    # ---- outputs -----------------------------------------------------------------------------
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+        details = PromptTokenUsageInfo(cached_tokens=0) if self.config.enable_prompt_tokens_details else None
+        return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         total_tokens=prompt_tokens + completion_tokens, prompt_tokens_details=details)
+
+    def stream_usage_flags(self, request: Any) -> tuple[bool, bool]:
+        """(include_usage, continuous_usage_stats) for a streaming request."""
+        opts = request.stream_options
+        include = self.config.enable_force_include_usage or bool(opts is not None and opts.include_usage)
+        continuous = include and bool(opts is not None and opts.continuous_usage_stats)
+        return include, continuous
+
+    def decode_token(self, token_id: int) -> str:
+        text = self._decoded.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id])
+            self._decoded[token_id] = text
+        return text
+
+    def token_str(self, token_id: int, logprob: Logprob | None, as_ids: bool) -> str:
+        if as_ids or self.config.return_tokens_as_token_ids:
+            return f"token_id:{token_id}"
+        if logprob is not None and logprob.decoded_token is not None:
+            return logprob.decoded_token
+        return self.decode_token(token_id)
+
+    def completion_logprobs(
+        self, token_ids: list[int], steps: list[dict[int, Logprob] | None], initial_offset: int, as_ids: bool
+    ) -> CompletionLogProbs:
+        """Completions-style logprobs; a step of None (the first prompt token) gives nulls."""
+        result = CompletionLogProbs()
+        offset = initial_offset
+        for token_id, step in zip(token_ids, steps):
+            chosen = step.get(token_id) if step is not None else None
+            token = self.token_str(token_id, chosen, as_ids)
+            result.tokens.append(token)
+            result.text_offset.append(offset)
+            offset += len(token)
+            if step is None:
+                result.token_logprobs.append(None)
+                result.top_logprobs.append(None)
+                continue
+            result.token_logprobs.append(clamp_logprob(chosen.logprob) if chosen is not None else None)
+            result.top_logprobs.append(
+                {self.token_str(t, lp, as_ids): clamp_logprob(lp.logprob) for t, lp in step.items()}
+            )
+        return result
+
+    def chat_logprobs(
+        self, token_ids: list[int], steps: list[dict[int, Logprob]], num_top: int, as_ids: bool
+    ) -> ChatCompletionLogProbs:
+        """Chat-style logprobs: each token with exactly `num_top` alternatives (by rank)."""
+        content = []
+        for token_id, step in zip(token_ids, steps):
+            chosen = step.get(token_id)
+            token = self.token_str(token_id, chosen, as_ids)
+            ranked = sorted((lp.rank or 1 << 30, t, lp) for t, lp in step.items())
+            top = [
+                ChatLogProb(token=(s := self.token_str(t, lp, as_ids)), logprob=clamp_logprob(lp.logprob),
+                            bytes=list(s.encode("utf-8", errors="replace")))
+                for rank, t, lp in ranked
+                if rank <= num_top
+            ][:num_top]
+            content.append(
+                ChatLogProbsContent(
+                    token=token,
+                    logprob=clamp_logprob(chosen.logprob) if chosen is not None else MIN_LOGPROB,
+                    bytes=list(token.encode("utf-8", errors="replace")),
+                    top_logprobs=top,
+                )
+            )
+        return ChatCompletionLogProbs(content=content)
+
+    @staticmethod
+    def prompt_logprobs_json(steps: list[dict[int, Logprob] | None] | None) -> list[dict[int, Any] | None] | None:
+        if steps is None:
+            return None
+        return [
+            None if step is None else {
+                t: {"logprob": clamp_logprob(lp.logprob), "rank": lp.rank, "decoded_token": lp.decoded_token}
+                for t, lp in step.items()
+            }
+            for step in steps
+        ]
+
+
+class GenerationError(OpenAIError):
+    """A model step failed for this request (finish_reason "error")."""
+
+    def __init__(self) -> None:
+        super().__init__("Internal server error", 500)
+
+
+async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """(index of the stream, output) from several request streams, as outputs arrive."""
+    if len(streams) == 1:
+        async for out in streams[0]:
+            yield 0, out
+        return
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, stream: RequestStream) -> None:
+        try:
+            async for out in stream:
+                queue.put_nowait((i, out))
+        except Exception as err:  # noqa: BLE001 - re-raised by the consumer below
+            queue.put_nowait((i, err))
+        finally:
+            queue.put_nowait((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            stream.close()
+
+
+async def collect_final(streams: list[RequestStream]) -> list[RequestOutput]:
+    """Each stream's DELTA outputs merged into its final output."""
+    finals: list[RequestOutput | None] = [None] * len(streams)
+    try:
+        async for i, out in merge_streams(streams):
+            if finals[i] is None:
+                finals[i] = out
+            else:
+                finals[i].add(out, aggregate=True)
+    finally:
+        for stream in streams:
+            stream.close()
+    return finals  # type: ignore[return-value]

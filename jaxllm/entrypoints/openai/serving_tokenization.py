@@ -1,0 +1,40 @@
+"""POST /tokenize and /detokenize (vLLM's extras; not behind the API key, as in vLLM)."""
+
+from __future__ import annotations
+
+from jaxllm.entrypoints.openai.chat_template import apply_chat_template
+from jaxllm.entrypoints.openai.protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeChatRequest,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from jaxllm.entrypoints.openai.serving_engine import OpenAIServing
+
+
+class OpenAIServingTokenization(OpenAIServing):
+    def create_tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        self.check_model(request.model)
+        if isinstance(request, TokenizeChatRequest):
+            text = apply_chat_template(
+                self.tokenizer,
+                request.messages,
+                chat_template=self.chat_template_for(request),
+                add_generation_prompt=request.add_generation_prompt,
+                continue_final_message=request.continue_final_message,
+                tools=request.tools,
+                documents=request.documents,
+                chat_template_kwargs=request.chat_template_kwargs,
+            )
+        else:
+            text = request.prompt
+        ids = self.tokenize(text, request.add_special_tokens)
+        strs = self.tokenizer.convert_ids_to_tokens(ids) if request.return_token_strs else None
+        return TokenizeResponse(count=len(ids), max_model_len=self.config.max_model_len, tokens=ids,
+                                token_strs=strs)
+
+    def create_detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        self.check_model(request.model)
+        self.check_token_ids(request.tokens)
+        return DetokenizeResponse(prompt=self.tokenizer.decode(request.tokens))

@@ -1,0 +1,99 @@
+"""Latency of one batch, vLLM's protocol: time to generate `--output-len` tokens for `--batch-size` prompts.
+
+    python scripts/benchmark_latency.py --config llama-3-8b --batch-size 1 --input-len 128 --output-len 128
+
+Reports the end-to-end latency (best of --iters after warm-up), the per-output-token decode latency
+(from two runs with different output lengths, so prefill cancels out) and the decode roofline for the
+same batch: weights + KV streamed once per step at the copy bandwidth measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from bench_common import copy_bandwidth, decode_roofline_s, hf_peer_model, model_folder, param_bytes
+
+
+def timed(fn, iters: int) -> float:
+    fn()  # warm-up (compiles)
+    best = float("inf")
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model")
+    src.add_argument("--config", help="a shape name (llama-3-8b, qwen2.5-1.5b, tiny) or a config.json path")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--hf-peer", action="store_true", help="also time transformers generate on the same shape")
+    p.add_argument("--output-json", default=None)
+    args = p.parse_args()
+
+    from jaxllm import LLM, SamplingParams
+
+    folder, load_format = model_folder(args)
+    max_len = args.input_len + args.output_len
+    llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=max_len,
+              max_num_seqs=max(args.batch_size, 1), skip_tokenizer_init=True)
+    rng = np.random.default_rng(0)
+    prompts = [{"prompt_token_ids": rng.integers(0, llm.model_config.vocab_size, args.input_len).tolist()}
+               for _ in range(args.batch_size)]
+
+    def run(n):
+        return lambda: llm.generate(prompts, SamplingParams(temperature=0, ignore_eos=True, max_tokens=n,
+                                                            detokenize=False), use_tqdm=False)
+
+    full = timed(run(args.output_len), args.iters)
+    short = timed(run(max(1, args.output_len // 4)), args.iters)
+    per_token = (full - short) / (args.output_len - max(1, args.output_len // 4))
+    bw, method = copy_bandwidth()
+    cfg = llm.model_config
+    weights = param_bytes(cfg, cfg.dtype_bytes)
+    roof = decode_roofline_s(weights, cfg.kv_bytes_per_token(), args.batch_size, args.input_len + args.output_len / 2, bw)
+    result = {
+        "latency_s": full, "decode_ms_per_step": per_token * 1e3, "roofline_ms_per_step": roof * 1e3,
+        "ratio_to_roofline": roof / per_token, "output_tokens_per_s": args.batch_size / per_token,
+        "weights_GB": weights / 1e9, "copy_bandwidth_TBps": bw / 1e12, "bandwidth_method": method,
+    }
+    if args.hf_peer:
+        del llm
+        import torch
+
+        model = hf_peer_model(folder)
+        if model is not None:
+            ids = torch.tensor([q["prompt_token_ids"] for q in prompts], device="cuda")
+
+            def hf(n):
+                def go():
+                    with torch.no_grad():
+                        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                    torch.cuda.synchronize()
+                return go
+
+            hf_full = timed(hf(args.output_len), 1)
+            hf_short = timed(hf(max(1, args.output_len // 4)), 1)
+            hf_step = (hf_full - hf_short) / (args.output_len - max(1, args.output_len // 4))
+            result.update(hf_latency_s=hf_full, hf_decode_ms_per_step=hf_step * 1e3, speedup_vs_hf=hf_step / per_token)
+    import jax
+
+    result.update(jax_version=jax.__version__, device=str(jax.devices()[0].device_kind), args=vars(args))
+    print(json.dumps(result, indent=2))
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

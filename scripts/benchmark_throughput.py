@@ -1,0 +1,113 @@
+"""Offline throughput, vLLM's protocol: random prompts, fixed input/output lengths, ignore_eos.
+
+    python scripts/benchmark_throughput.py --config llama-3-8b --input-len 1024 --output-len 1024 --num-prompts 1000
+    python scripts/benchmark_throughput.py --model /path/to/hf-folder --num-prompts 200 --hf-peer-prompts 64
+
+Prints requests/s, total and output tokens/s, and the roofline for the same work: each decode step
+streams the weights plus the running sequences' KV at the copy bandwidth measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from bench_common import copy_bandwidth, decode_roofline_s, hf_peer_model, model_folder, param_bytes
+
+
+def roofline_output_tps(llm, args, bw: float) -> float:
+    cfg = llm.model_config
+    weights = param_bytes(cfg, cfg.dtype_bytes)
+    batch = min(llm.scheduler_config.max_num_seqs, args.num_prompts)
+    waves = -(-args.num_prompts // batch)
+    step = decode_roofline_s(weights, cfg.kv_bytes_per_token(), batch, args.input_len + args.output_len / 2, bw)
+    return args.num_prompts * args.output_len / (waves * args.output_len * step)
+
+
+def run_hf_peer(folder: str, prompts, args) -> float | None:
+    import torch
+
+    model = hf_peer_model(folder)
+    if model is None:
+        return None
+    n = min(args.hf_peer_prompts, len(prompts))
+    ids = torch.tensor(prompts[:n], device="cuda")
+    with torch.no_grad():
+        model.generate(ids[:1, :8], max_new_tokens=2, do_sample=False, min_new_tokens=2)  # warm-up
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for i in range(0, n, args.hf_peer_batch):
+            out = model.generate(ids[i : i + args.hf_peer_batch], max_new_tokens=args.output_len,
+                                 min_new_tokens=args.output_len, do_sample=False)
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t
+    del model, out
+    torch.cuda.empty_cache()
+    return n * args.output_len / elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a real checkpoint folder or hub id")
+    src.add_argument("--config", help="a shape name (llama-3-8b, qwen2.5-1.5b, tiny) or a config.json path")
+    p.add_argument("--input-len", type=int, default=1024)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--num-prompts", type=int, default=1000)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--hf-peer-prompts", type=int, default=0, help="also time transformers on this many prompts")
+    p.add_argument("--hf-peer-batch", type=int, default=64)
+    p.add_argument("--output-json", default=None)
+    args = p.parse_args()
+
+    from jaxllm import LLM, SamplingParams
+
+    folder, load_format = model_folder(args)
+    rng = np.random.default_rng(0)
+    max_len = args.max_model_len or args.input_len + args.output_len
+    t0 = time.perf_counter()
+    llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=max_len,
+              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+              gpu_memory_utilization=args.gpu_memory_utilization, skip_tokenizer_init=True)
+    vocab = llm.model_config.vocab_size
+    prompts = [rng.integers(0, vocab, args.input_len).tolist() for _ in range(args.num_prompts)]
+    params = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=args.output_len, detokenize=False)
+    # Warm-up: compile the buckets this run will use.
+    llm.generate([{"prompt_token_ids": p} for p in prompts[: args.max_num_seqs]],
+                 SamplingParams(ignore_eos=True, max_tokens=4, detokenize=False), use_tqdm=False)
+    start_s = time.perf_counter() - t0
+    t = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=True)
+    elapsed = time.perf_counter() - t
+    out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    total_tokens = out_tokens + args.num_prompts * args.input_len
+    bw, bw_method = copy_bandwidth()
+    roof = roofline_output_tps(llm, args, bw)
+    result = {
+        "elapsed_s": elapsed, "requests_per_s": args.num_prompts / elapsed, "total_tokens_per_s": total_tokens / elapsed,
+        "output_tokens_per_s": out_tokens / elapsed, "roofline_output_tokens_per_s": roof,
+        "ratio_to_roofline": out_tokens / elapsed / roof, "copy_bandwidth_TBps": bw / 1e12, "bandwidth_method": bw_method,
+        "startup_and_warmup_s": start_s, "preemptions": llm.llm_engine.stats["preemptions"],
+    }
+    if args.hf_peer_prompts:
+        del llm
+        hf = run_hf_peer(folder, prompts, args)
+        result["hf_output_tokens_per_s"] = hf
+        result["speedup_vs_hf"] = (out_tokens / elapsed) / hf if hf else None
+    import jax
+
+    result.update(jax_version=jax.__version__, device=str(jax.devices()[0].device_kind), args=vars(args))
+    print(json.dumps(result, indent=2))
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
