@@ -35,8 +35,8 @@ mode on CPU):
 Triton constraints: every loaded tile must have a power-of-two number of
 elements and dots need dimensions >= 16, so on GPU S, H and
 pages_per_compute_block must be powers of two, H >= 16 and
-pages_per_compute_block * S >= 16 (``ValueError`` otherwise). Pointer offsets are
-int32, so one pool may hold at most 2**31 - 1 elements.
+pages_per_compute_block * S >= 16 (``ValueError`` otherwise). Pools over 4 GiB are
+addressed with 64-bit offsets by the lowering.
 """
 
 from __future__ import annotations
@@ -57,10 +57,13 @@ except ImportError:  # pragma: no cover - depends on the installed jax
 
 from pallas_kernels.paged_attention_reference import paged_attention_reference
 
-__all__ = ["paged_attention", "paged_attention_reference", "write_to_kv_pages"]
+__all__ = ["default_config", "paged_attention", "paged_attention_reference", "write_to_kv_pages"]
 
 # Initial running max: finite so that empty splits / padding rows merge without NaN.
 _M_INIT = -1e30
+_LOG2E = 1.4426950408889634
+# Programs wanted in the grid before the block table is split further (132 SMs on an H200).
+_TARGET_PROGRAMS = 264
 
 
 def _next_pow2(x: int) -> int:
@@ -71,88 +74,174 @@ def _is_pow2(x: int) -> bool:
     return x > 0 and (x & (x - 1)) == 0
 
 
+def _compact_rows(x, group: int):
+    """[Gp, ...] with row r a copy of row r % group  ->  [group, ...] (rows 0..group-1).
+
+    Triton cannot slice a register tile, so the copies are folded away with a reshape
+    and an exact masked sum (every copy but the first contributes 0).
+    """
+    block_g = x.shape[0]
+    if block_g == group:
+        return x
+    copies = block_g // group
+    x = x.reshape(copies, group, *x.shape[1:])
+    first = (lax.broadcasted_iota(jnp.int32, x.shape, 0) == 0)
+    return jnp.where(first, x, 0).sum(axis=0)
+
+
 def _decode_kernel(
     lengths_ref,  # [1]
-    block_table_ref,  # [pages_per_split]
-    q_ref,  # [Gp, H]
-    k_ref,  # [P, S, H]
-    v_ref,  # [P, S, H]
-    *refs,  # ([Gp] alibi slopes,) then outputs o [Gp, H], m [Gp], l [Gp]
-    scale: float,
+    block_table_ref,  # [W]
+    q_ref,  # [N, H]
+    k_ref,  # [P, S, H] (Triton: one kv head's pool) or [K, P, S, H] (interpret)
+    v_ref,  # same as k_ref
+    *refs,  # ([N] alibi slopes,) then o [Go, H] (+ m [Go], l [Go] with split outputs)
+    scale_log2: float,
+    group: int,
+    block_g: int,
     pages_per_compute_block: int,
+    pages_per_split: int,
     use_alibi: bool,
     precision,
     whole_pool: bool,
+    split_outputs: bool,
+    compact: bool,
+    prefetch: bool,
 ):
-    """One (sequence b, kv head k, split) program; Gp = G padded to max(16, next_pow2(G))."""
-    if use_alibi:
-        slopes_ref, o_ref, m_ref, l_ref = refs
-    else:
-        slopes_ref = None
-        o_ref, m_ref, l_ref = refs
-    block_g, head_dim = q_ref.shape
-    page_size = k_ref.shape[-2]
-    pages_per_split = block_table_ref.shape[0]
-    block_k = pages_per_compute_block * page_size
+    """One (sequence b, kv head k, split) program.
 
-    split = pl.program_id(2)
+    The ``block_g`` (>= 16, a power of two) query rows are the ``group`` query heads of kv
+    head k repeated (row r is head ``k * group + r % group``), so no padded copy of q is
+    needed; with ``compact`` the outputs keep only the first ``group`` rows.
+    Logits are kept in base 2 (``scale_log2`` includes log2(e)), so m is a base-2 max.
+    """
+    if use_alibi:
+        slopes_ref, *out_refs = refs
+    else:
+        slopes_ref, out_refs = None, list(refs)
+    head_dim = q_ref.shape[-1]
+    page_size = k_ref.shape[-2]
+    width = block_table_ref.shape[0]
+    ppcb = pages_per_compute_block
+    block_k = ppcb * page_size
+
     head = pl.program_id(1)
+    split = pl.program_id(2)
     length = lengths_ref[0]
     first_page = split * pages_per_split
     # Pages of this split that hold at least one valid token.
     valid_pages = jnp.clip(pl.cdiv(length, page_size) - first_page, 0, pages_per_split)
-    num_blocks = pl.cdiv(valid_pages, pages_per_compute_block)
+    num_blocks = pl.cdiv(valid_pages, ppcb)
 
-    q = q_ref[...]  # [Gp, H]
-    slopes = slopes_ref[...] if use_alibi else None  # [Gp]
+    rows = head * group + lax.rem(jnp.arange(block_g, dtype=jnp.int32), group)  # [Gp]
+    q = q_ref[rows].astype(k_ref.dtype)  # [Gp, H]
+    if use_alibi:
+        slopes = slopes_ref[rows].astype(jnp.float32) * _LOG2E  # [Gp]
+    kv_dtype = k_ref.dtype
 
-    def body(i, carry):
-        o_prev, m_prev, l_prev = carry
-        page_ids = block_table_ref[pl.ds(i * pages_per_compute_block, pages_per_compute_block)]
-        if whole_pool:  # refs are the whole [K, P, S, H] pool: index the head here
-            k = k_ref[head, page_ids].reshape(block_k, head_dim)  # [block_k, H]
-            v = v_ref[head, page_ids].reshape(block_k, head_dim)  # [block_k, H]
+    def page_ids(i):
+        # Clamped to the table: entries past the table (or past the length) are masked below.
+        idx = first_page + i * ppcb + jnp.arange(ppcb, dtype=jnp.int32)
+        return block_table_ref[jnp.minimum(idx, width - 1)]  # [ppcb]
+
+    def positions(i):
+        return (first_page + i * ppcb) * page_size + jnp.arange(block_k, dtype=jnp.int32)  # [block_k]
+
+    def load_kv(ids, valid):
+        # Masked loads: slots past the length are neither read nor trusted (they may hold NaN).
+        mask = jnp.broadcast_to(valid.reshape(ppcb, page_size, 1), (ppcb, page_size, head_dim))
+        if whole_pool:
+            # Interpret mode: refs are the whole [K, P, S, H] pool, index the head here. The
+            # interpreter has no masked gather, so load and then select (same values).
+            k = jnp.where(mask, k_ref[head, ids], 0)
+            v = jnp.where(mask, v_ref[head, ids], 0)
         else:
-            k = k_ref[page_ids].reshape(block_k, head_dim)  # [block_k, H]
-            v = v_ref[page_ids].reshape(block_k, head_dim)  # [block_k, H]
-        pos = (first_page + i * pages_per_compute_block) * page_size + jnp.arange(block_k)
-        valid = pos < length  # [block_k]
+            k = _plgpu.load(k_ref.at[ids], mask=mask, other=0)
+            v = _plgpu.load(v_ref.at[ids], mask=mask, other=0)
+        return k.reshape(block_k, head_dim), v.reshape(block_k, head_dim)
 
-        logits = lax.dot_general(
+    def update(carry, k, v, pos):
+        o_prev, m_prev, l_prev = carry
+        valid = pos < length  # [block_k]
+        s = lax.dot_general(
             q, k, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
         )  # [Gp, block_k]
-        logits = logits * scale
+        s = s * scale_log2
         if use_alibi:
             rel = (pos - (length - 1)).astype(jnp.float32)  # key_pos - query_pos
-            logits = logits + slopes[:, None] * rel[None, :]
-        logits = jnp.where(valid[None, :], logits, -jnp.inf)
-
-        m_next = jnp.maximum(m_prev, logits.max(axis=-1))  # [Gp]
-        correction = jnp.exp(m_prev - m_next)  # [Gp]
-        p = jnp.exp(logits - m_next[:, None])  # [Gp, block_k]
+            s = s + slopes[:, None] * rel[None, :]
+        s = jnp.where(valid[None, :], s, -jnp.inf)
+        m_next = jnp.maximum(m_prev, s.max(axis=-1))  # [Gp]
+        correction = jnp.exp2(m_prev - m_next)  # [Gp]
+        p = jnp.exp2(s - m_next[:, None])  # [Gp, block_k]
         l_next = correction * l_prev + p.sum(axis=-1)
-        # Masked slots may hold anything (even NaN); keep them out of p @ v.
-        v = jnp.where(valid[:, None], v, 0)
-        pv = jnp.dot(p.astype(v.dtype), v, precision=precision, preferred_element_type=jnp.float32)
-        o_next = correction[:, None] * o_prev + pv  # [Gp, H]
-        return o_next, m_next, l_next
+        pv = jnp.dot(p.astype(kv_dtype), v, precision=precision, preferred_element_type=jnp.float32)
+        return correction[:, None] * o_prev + pv, m_next, l_next
 
-    o = jnp.zeros((block_g, head_dim), jnp.float32)
-    m = jnp.full((block_g,), _M_INIT, jnp.float32)
-    l = jnp.zeros((block_g,), jnp.float32)
-    o, m, l = lax.fori_loop(0, num_blocks, body, (o, m, l))
-    o_ref[...] = o
-    m_ref[...] = m
-    l_ref[...] = l
+    init = (
+        jnp.zeros((block_g, head_dim), jnp.float32),
+        jnp.full((block_g,), _M_INIT, jnp.float32),
+        jnp.zeros((block_g,), jnp.float32),
+    )
+    if prefetch:
+        # Software pipeline in registers: block i+1's K/V and block i+2's page ids are in
+        # flight while block i is computed.
+        def live(i):
+            return (positions(i) < length) & (i < num_blocks)
+
+        k0, v0 = load_kv(page_ids(0), live(0))
+
+        def body(i, carry):
+            o, m, l, k_cur, v_cur, ids_next = carry
+            ids_after = page_ids(i + 2)
+            k_next, v_next = load_kv(ids_next, live(i + 1))
+            o, m, l = update((o, m, l), k_cur, v_cur, positions(i))
+            return o, m, l, k_next, v_next, ids_after
+
+        o, m, l, *_ = lax.fori_loop(0, num_blocks, body, (*init, k0, v0, page_ids(1)))
+    else:
+
+        def body(i, carry):
+            pos = positions(i)
+            k, v = load_kv(page_ids(i), pos < length)
+            return update(carry, k, v, pos)
+
+        o, m, l = lax.fori_loop(0, num_blocks, body, init)
+
+    fold = (lambda x: _compact_rows(x, group)) if compact else (lambda x: x)
+    if split_outputs:
+        o_ref, m_ref, l_ref = out_refs
+        o_ref[...] = fold(o)
+        m_ref[...] = fold(m)
+        l_ref[...] = fold(l)
+    else:
+        (o_ref,) = out_refs
+        out = o / jnp.where(l > 0, l, 1.0)[:, None]
+        o_ref[...] = fold(out).astype(o_ref.dtype)
 
 
-def _default_k_splits(batch: int, num_kv_heads: int, num_compute_blocks: int, interpret: bool) -> int:
-    if interpret:
-        return 1
-    # Aim for enough programs to fill the SMs of a large GPU.
-    target_programs = 256
-    want = pl.cdiv(target_programs, max(1, batch * num_kv_heads))
-    return int(max(1, min(16, want, num_compute_blocks)))
+def default_config(batch: int, num_kv_heads: int, width: int, page_size: int) -> dict:
+    """Launch parameters of the GPU kernel for one shape class (tuned on an H200).
+
+    Returns ``pages_per_compute_block``, ``k_splits``, ``num_warps``, ``num_stages`` and
+    ``prefetch`` for a batch of ``batch`` sequences whose block tables have ``width`` pages.
+    """
+    tokens_per_block = 128
+    ppcb = max(1, min(tokens_per_block // page_size, _next_pow2(width)))
+    programs = batch * num_kv_heads
+    num_blocks = pl.cdiv(width, ppcb)
+    # Split the block table until the grid fills the GPU (132 SMs, a few programs each), but
+    # keep at least two compute blocks per split.
+    k_splits = 1
+    while programs * k_splits < _TARGET_PROGRAMS and num_blocks // (2 * k_splits) >= 2:
+        k_splits *= 2
+    return {
+        "pages_per_compute_block": ppcb,
+        "k_splits": k_splits,
+        "num_warps": 4,
+        "num_stages": 2,
+        "prefetch": False,
+    }
 
 
 @functools.partial(
@@ -163,6 +252,8 @@ def _default_k_splits(batch: int, num_kv_heads: int, num_compute_blocks: int, in
         "k_splits",
         "num_warps",
         "num_stages",
+        "prefetch",
+        "compact",
         "interpret",
     ),
 )
@@ -179,6 +270,8 @@ def paged_attention(
     k_splits=None,
     num_warps=None,
     num_stages=None,
+    prefetch=None,
+    compact=None,
     interpret=None,
 ) -> jax.Array:
     """Decode attention of one query token per sequence over a paged KV pool.
@@ -195,17 +288,21 @@ def paged_attention(
       q: ``[B, N, H]`` query of the current token of each sequence.
       k_pages, v_pages: ``[K, P, S, H]`` pools; N % K == 0 (G = N // K query heads per kv head).
       block_tables: int32 ``[B, W]`` physical page ids, all in ``[0, P)``; entries past a
-        sequence's length are ignored (0, the null page, by convention).
+        sequence's length are ignored (0, the null page, by convention). W is arbitrary.
       lengths: int32 ``[B]`` valid KV tokens per sequence (including the current token).
         A row with length 0 returns zeros.
       alibi_slopes: optional float32 ``[N]``; adds ``slope[n] * (j - (length - 1))`` to the
         logit of key position j.
       scale: logit scale, default ``H ** -0.5``.
-      pages_per_compute_block: pages gathered per inner step (default 8, clamped to the
-        block-table width; a power of two).
-      k_splits: number of slices of the block table processed in parallel (default: 1 in
-        interpret mode, chosen from B * K on GPU).
-      num_warps, num_stages: Triton compiler parameters (defaults 4 and 2).
+      pages_per_compute_block: pages gathered per inner step (a power of two; default from
+        :func:`default_config`, clamped to the block-table width).
+      k_splits: number of slices of the block table processed in parallel, merged by a small
+        XLA epilogue (default: 1 in interpret mode, from :func:`default_config` on GPU).
+      num_warps, num_stages: Triton compiler parameters.
+      prefetch: keep the next compute block's loads in flight in registers while the current
+        one is computed (a software pipeline written in the kernel).
+      compact: write only the G real query rows of each kv head (default: when G is a power
+        of two); otherwise the padded rows are written and sliced off in XLA.
       interpret: run the Pallas interpreter; default True when the default backend is CPU.
 
     Returns:
@@ -233,13 +330,21 @@ def paged_attention(
     G = N // K
     block_g = max(16, _next_pow2(G))
 
+    defaults = default_config(B, K, W, S)
+    if interpret:
+        defaults.update(k_splits=1, prefetch=False)
     if k_splits is None:
-        ppcb_guess = pages_per_compute_block or 8
-        k_splits = _default_k_splits(B, K, pl.cdiv(W, ppcb_guess), interpret)
+        k_splits = defaults["k_splits"]
+    if pages_per_compute_block is None:
+        pages_per_compute_block = defaults["pages_per_compute_block"]
+    if prefetch is None:
+        prefetch = defaults["prefetch"]
+    if compact is None:
+        compact = _is_pow2(G)
+    elif compact and not _is_pow2(G):
+        raise ValueError(f"compact outputs need a power-of-two group size, got G={G}")
     k_splits = max(1, int(k_splits))
     pages_per_split = pl.cdiv(W, k_splits)
-    if pages_per_compute_block is None:
-        pages_per_compute_block = 8
     pages_per_compute_block = max(1, min(int(pages_per_compute_block), _next_pow2(pages_per_split)))
     if not interpret:
         for name, value in (
@@ -251,27 +356,29 @@ def paged_attention(
                 raise ValueError(f"the Triton kernel needs a power-of-two {name}, got {value}")
         if H < 16:
             raise ValueError(f"the Triton kernel needs H >= 16, got {H}")
-        if K * P * S * H >= 2**31:
-            raise ValueError(f"pool {k_pages.shape} too large for the kernel's int32 offsets")
         while pages_per_compute_block * S < 16:
             pages_per_compute_block *= 2
     pages_per_split = pl.cdiv(pages_per_split, pages_per_compute_block) * pages_per_compute_block
-    padded_w = pages_per_split * k_splits
+    k_splits = pl.cdiv(W, pages_per_split)  # drop splits that would start past the table
+    split_outputs = k_splits > 1
+    g_out = G if compact else block_g
 
-    # Pad the block table with null pages (masked out by length).
-    block_tables = jnp.pad(block_tables.astype(jnp.int32), ((0, 0), (0, padded_w - W)))  # [B, W']
+    block_tables = block_tables.astype(jnp.int32)
     lengths = lengths.astype(jnp.int32)
-    qg = q.astype(k_pages.dtype).reshape(B, K, G, H)
-    qg = jnp.pad(qg, ((0, 0), (0, 0), (0, block_g - G), (0, 0)))  # [B, K, Gp, H]
-
     precision = lax.Precision.HIGHEST if k_pages.dtype == jnp.float32 else None
     kernel = functools.partial(
         _decode_kernel,
-        scale=float(scale),
+        scale_log2=float(scale) * _LOG2E,
+        group=G,
+        block_g=block_g,
         pages_per_compute_block=pages_per_compute_block,
+        pages_per_split=pages_per_split,
         use_alibi=alibi_slopes is not None,
         precision=precision,
         whole_pool=interpret,
+        split_outputs=split_outputs,
+        compact=compact,
+        prefetch=bool(prefetch),
     )
     if interpret:
         # The interpreter would copy a per-head block of the whole pool for every program; leaving
@@ -282,27 +389,29 @@ def paged_attention(
         pool_spec = pl.BlockSpec((None, P, S, H), lambda b, h, s: (h, 0, 0, 0))
     in_specs = [
         pl.BlockSpec((1,), lambda b, h, s: (b,)),  # lengths
-        pl.BlockSpec((None, pages_per_split), lambda b, h, s: (b, s)),  # block table
-        pl.BlockSpec((None, None, block_g, H), lambda b, h, s: (b, h, 0, 0)),  # q
+        pl.BlockSpec((None, W), lambda b, h, s: (b, 0)),  # block-table row
+        pl.BlockSpec((None, N, H), lambda b, h, s: (b, 0, 0)),  # q row (all heads)
         pool_spec,  # k pool
         pool_spec,  # v pool
     ]
-    args = [lengths, block_tables, qg, k_pages, v_pages]
+    args = [lengths, block_tables, q, k_pages, v_pages]
     if alibi_slopes is not None:
-        slopes = alibi_slopes.astype(jnp.float32).reshape(K, G)
-        slopes = jnp.pad(slopes, ((0, 0), (0, block_g - G)))  # [K, Gp]
-        in_specs.append(pl.BlockSpec((None, block_g), lambda b, h, s: (h, 0)))
-        args.append(slopes)
-    out_specs = [
-        pl.BlockSpec((None, None, None, block_g, H), lambda b, h, s: (b, h, s, 0, 0)),  # o
-        pl.BlockSpec((None, None, None, block_g), lambda b, h, s: (b, h, s, 0)),  # m
-        pl.BlockSpec((None, None, None, block_g), lambda b, h, s: (b, h, s, 0)),  # l
-    ]
-    out_shape = [
-        jax.ShapeDtypeStruct((B, K, k_splits, block_g, H), jnp.float32),
-        jax.ShapeDtypeStruct((B, K, k_splits, block_g), jnp.float32),
-        jax.ShapeDtypeStruct((B, K, k_splits, block_g), jnp.float32),
-    ]
+        in_specs.append(pl.BlockSpec((N,), lambda b, h, s: (0,)))
+        args.append(alibi_slopes)
+    if split_outputs:
+        out_specs = [
+            pl.BlockSpec((None, None, None, g_out, H), lambda b, h, s: (b, h, s, 0, 0)),  # o
+            pl.BlockSpec((None, None, None, g_out), lambda b, h, s: (b, h, s, 0)),  # m
+            pl.BlockSpec((None, None, None, g_out), lambda b, h, s: (b, h, s, 0)),  # l
+        ]
+        out_shape = [
+            jax.ShapeDtypeStruct((B, K, k_splits, g_out, H), jnp.float32),
+            jax.ShapeDtypeStruct((B, K, k_splits, g_out), jnp.float32),
+            jax.ShapeDtypeStruct((B, K, k_splits, g_out), jnp.float32),
+        ]
+    else:
+        out_specs = [pl.BlockSpec((None, None, g_out, H), lambda b, h, s: (b, h, 0, 0))]
+        out_shape = [jax.ShapeDtypeStruct((B, K, g_out, H), q.dtype)]
     compiler_params = None
     if not interpret and jax.default_backend() != "tpu":
         # Explicit Triton parameters select the Triton backend (without them a GPU
@@ -310,10 +419,10 @@ def paged_attention(
         if _TritonCompilerParams is None:
             raise NotImplementedError("this jax build has no Pallas Triton backend")
         compiler_params = _TritonCompilerParams(
-            num_warps=4 if num_warps is None else num_warps,
-            num_stages=2 if num_stages is None else num_stages,
+            num_warps=defaults["num_warps"] if num_warps is None else num_warps,
+            num_stages=defaults["num_stages"] if num_stages is None else num_stages,
         )
-    o, m, l = pl.pallas_call(
+    outs = pl.pallas_call(
         kernel,
         grid=(B, K, k_splits),
         in_specs=in_specs,
@@ -321,15 +430,19 @@ def paged_attention(
         out_shape=out_shape,
         interpret=interpret,
         compiler_params=compiler_params,
-        name=f"paged_attention_g{block_g}_p{pages_per_compute_block}",
+        name=f"paged_attention_g{block_g}_p{pages_per_compute_block}{'_pf' if prefetch else ''}",
     )(*args)
 
-    # Merge the split-K partial softmax states.
-    m_max = m.max(axis=2, keepdims=True)  # [B, K, 1, Gp]
-    alpha = jnp.exp(m - m_max)  # [B, K, k_splits, Gp]
-    l_sum = (l * alpha).sum(axis=2)  # [B, K, Gp]
-    o_sum = (o * alpha[..., None]).sum(axis=2)  # [B, K, Gp, H]
-    out = o_sum / jnp.where(l_sum > 0, l_sum, 1.0)[..., None]
+    if split_outputs:
+        # Merge the split-K partial softmax states (m is a base-2 running max).
+        o, m, l = outs
+        m_max = m.max(axis=2, keepdims=True)  # [B, K, 1, Go]
+        alpha = jnp.exp2(m - m_max)  # [B, K, k_splits, Go]
+        l_sum = (l * alpha).sum(axis=2)  # [B, K, Go]
+        o_sum = (o * alpha[..., None]).sum(axis=2)  # [B, K, Go, H]
+        out = o_sum / jnp.where(l_sum > 0, l_sum, 1.0)[..., None]
+    else:
+        (out,) = outs
     return out[:, :, :G].reshape(B, N, H).astype(q.dtype)  # [B, N, H]
 
 

@@ -31,7 +31,11 @@ def model_folder(args) -> tuple[str, str]:
     """(folder, load_format): the real checkpoint of --model, or a config-only folder for --config."""
     if args.model:
         return args.model, "auto"
-    cfg = dict(SHAPES[args.config]) if args.config in SHAPES else json.load(open(args.config))
+    if args.config in SHAPES:
+        cfg = dict(SHAPES[args.config])
+    else:
+        with open(args.config) as f:
+            cfg = json.load(f)
     folder = tempfile.mkdtemp(prefix="jaxllm-shape-")
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(cfg, f)
