@@ -103,12 +103,12 @@ class ModelRunner:
             raise ValueError(f"Unknown load_format {load_format!r}; choose 'auto', 'safetensors' or 'dummy'.")
         dtype = jnp.dtype(cfg.dtype)
 
-        @functools.partial(jax.jit, static_argnums=(0, 1))
-        def random(shape, seed):
-            return (0.02 * jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)).astype(dtype)
+        @functools.partial(jax.jit, static_argnums=(0,))
+        def random(shape, key):
+            return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
 
         def make(path, shape, seed):
-            return jnp.ones(shape, dtype) if seed is None else random(shape, seed)
+            return jnp.ones(shape, dtype) if seed is None else random(shape, jax.random.PRNGKey(seed))
 
         return init_dummy_params(cfg, table, self.module.hf_shapes(cfg), make)
 
