@@ -64,7 +64,10 @@ def _step(params, kv_caches, tokens, positions, md, logits_indices, smd, next_to
     prompt = None
     if flags.prompt_logprobs:
         prompt = prompt_logprobs(module.compute_logits(params, cfg, hidden), next_tokens, top)
-    return out, prompt, kv_caches
+    # One [3, B] array (token id, logprob, rank) so the host reads the step back in one transfer;
+    # ids and ranks are below 2**24, exact in float32.
+    packed = jnp.stack([out.token_ids.astype(jnp.float32), out.logprobs, out.ranks.astype(jnp.float32)])
+    return (packed, out.top_ids, out.top_logprobs), prompt, kv_caches
 
 
 class ModelRunner:
@@ -157,15 +160,14 @@ class ModelRunner:
         out, prompt, self.kv_caches = self._compiled(batch.flags)(
             self.params, self.kv_caches, batch.tokens, batch.positions, md, batch.logits_indices, smd, next_tokens
         )
+        (packed, top_ids, top_lp), prompt = jax.device_get((out, prompt))  # one round trip
         n = batch.num_seqs
-        top_ids = np.asarray(out.top_ids)[:n] if out.top_ids is not None else None
-        top_lp = np.asarray(out.top_logprobs)[:n] if out.top_logprobs is not None else None
         return ModelRunnerOutput(
-            sampled_token_ids=np.asarray(out.token_ids)[:n].tolist(),
-            logprobs=np.asarray(out.logprobs)[:n],
-            ranks=np.asarray(out.ranks)[:n],
-            top_ids=top_ids,
-            top_logprobs=top_lp,
+            sampled_token_ids=packed[0, :n].astype(np.int64).tolist(),
+            logprobs=packed[1, :n],
+            ranks=packed[2, :n].astype(np.int64),
+            top_ids=top_ids[:n] if top_ids is not None else None,
+            top_logprobs=top_lp[:n] if top_lp is not None else None,
             prompt_logprobs=self._split_prompt_logprobs(sched_out.requests, batch, prompt),
         )
 
@@ -173,7 +175,7 @@ class ModelRunner:
     def _split_prompt_logprobs(requests, batch: InputBatch, prompt) -> dict[str, PromptLogprobs]:
         if prompt is None:
             return {}
-        lp, ranks, top_ids, top_lp = (np.asarray(a) for a in prompt)
+        lp, ranks, top_ids, top_lp = prompt
         result = {}
         for r, (start, _) in zip(requests, batch.prompt_spans):
             if r.wants_prompt_logprobs:

@@ -1,0 +1,104 @@
+"""Where a decode step's time goes: the compiled step alone (back-to-back, device-bound) vs a full
+engine step (schedule + inputs + dispatch + read back + detokenize), at one batch size.
+
+    python scripts/profile_decode_step.py --config llama-3-8b --batch-size 1 --context 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from bench_common import copy_bandwidth, decode_roofline_s, model_folder, param_bytes
+
+
+def best_of(fn, repeats: int = 5, calls: int = 20) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(calls):
+            out = fn()
+        if out is not None:
+            import jax
+
+            jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t) / calls)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model")
+    src.add_argument("--config")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--context", type=int, default=256)
+    p.add_argument("--dtype", default="bfloat16")
+    args = p.parse_args()
+
+    from jaxllm import LLM, SamplingParams
+    from jaxllm.models.layers import AttentionMetadata
+    from jaxllm.runner.sampler import SamplingMetadata
+
+    folder, load_format = model_folder(args)
+    llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=args.context + 64,
+              max_num_seqs=args.batch_size, skip_tokenizer_init=True)
+    engine, runner = llm.llm_engine, llm.runner
+    rng = np.random.default_rng(0)
+    vocab = llm.model_config.vocab_size
+    for i in range(args.batch_size):
+        engine.add_request(f"r{i}", {"prompt_token_ids": rng.integers(0, vocab, args.context).tolist()},
+                           SamplingParams(temperature=0, ignore_eos=True, max_tokens=10_000, detokenize=False))
+    engine.step()  # prefill
+    for _ in range(3):
+        engine.step()  # compile the decode bucket
+
+    engine_step = best_of(lambda: engine.step(), repeats=3, calls=20)
+    sched = engine.scheduler.schedule()
+    batch = runner.prepare(sched, engine.block_manager)
+    md = AttentionMetadata(slot_mapping=batch.slot_mapping, block_tables=batch.block_tables,
+                           context_lens=batch.context_lens)
+    smd = SamplingMetadata(**batch.sampling)
+    fn = runner._compiled(batch.flags)
+
+    def device_step():
+        out, _, runner.kv_caches = fn(runner.params, runner.kv_caches, batch.tokens, batch.positions, md,
+                                      batch.logits_indices, smd, None)
+        return out[0]
+
+    device = best_of(device_step)
+
+    import jax
+
+    def split_times(step_args):
+        times = {"dispatch": [], "wait": [], "readback": []}
+        for _ in range(30):
+            t0 = time.perf_counter()
+            out, _, runner.kv_caches = fn(runner.params, runner.kv_caches, *step_args)
+            t1 = time.perf_counter()
+            jax.block_until_ready(out[0])
+            t2 = time.perf_counter()
+            jax.device_get(out)
+            t3 = time.perf_counter()
+            for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+                times[k].append(v * 1e3)
+        return " ".join(f"{k} {np.median(v):.3f}" for k, v in times.items())
+
+    host_args = (batch.tokens, batch.positions, md, batch.logits_indices, smd, None)
+    on_device = jax.device_put((batch.tokens, batch.positions, md, batch.logits_indices, smd))
+    print("numpy inputs (ms):", split_times(host_args))
+    print("device inputs (ms):", split_times((*on_device, None)))
+    prepare = best_of(lambda: runner.prepare(sched, engine.block_manager) and None)
+    bw, _ = copy_bandwidth()
+    cfg = llm.model_config
+    roof = decode_roofline_s(param_bytes(cfg, cfg.dtype_bytes), cfg.kv_bytes_per_token(), args.batch_size,
+                             args.context, bw)
+    print(f"batch {args.batch_size}, context {args.context}: engine step {engine_step * 1e3:.2f} ms, "
+          f"compiled step back-to-back {device * 1e3:.2f} ms, input preparation {prepare * 1e3:.3f} ms, "
+          f"roofline {roof * 1e3:.2f} ms (copy {bw / 1e12:.2f} TB/s)")
+
+
+if __name__ == "__main__":
+    main()
