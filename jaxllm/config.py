@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxllm.models.hf_config import normalize_hf_config
+
 # Architectures whose forward pass lives in `jaxllm/models/` (see models/registry.py).
 SUPPORTED_DTYPES = {
     "auto": None,
@@ -93,6 +95,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, hf: dict[str, Any], path: str = "", dtype: str = "auto") -> ModelConfig:
+        hf = normalize_hf_config(hf)  # GPT-2/MPT/Falcon/OPT/... keys -> the Llama-style keys read below
         archs = hf.get("architectures") or []
         arch = archs[0] if archs else ""
         from jaxllm.models.names import SUPPORTED_ARCHITECTURES  # plain data, no jax

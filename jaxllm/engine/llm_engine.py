@@ -17,7 +17,7 @@ from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.engine.block_manager import BlockManager
 from jaxllm.engine.output_processor import OutputProcessor, RequestGroup
 from jaxllm.engine.request import Request, RequestStatus
-from jaxllm.engine.scheduler import Scheduler
+from jaxllm.engine.scheduler import Scheduler, SchedulerOutput
 from jaxllm.outputs import RequestOutput
 from jaxllm.sampling_params import SamplingParams
 from jaxllm.tokenizer import IncrementalDetokenizer
@@ -51,6 +51,9 @@ class LLMEngine:
         eos = getattr(tokenizer, "eos_token_id", None)
         self.eos_token_ids = frozenset([eos] if eos is not None else model_config.eos_token_ids)
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "preemptions": 0}
+        # Overlap host and device when the runner can start a step without waiting for it.
+        self._can_overlap = hasattr(runner, "dispatch") and hasattr(runner, "collect")
+        self._inflight: tuple[SchedulerOutput, Any] | None = None
 
     # ---- requests in ---------------------------------------------------------------------------
 
@@ -152,29 +155,72 @@ class LLMEngine:
     # ---- the step ------------------------------------------------------------------------------
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._inflight is not None
 
     def get_num_unfinished_requests(self) -> int:
         return len(self._groups)
 
     def step(self, cursors: dict | None = None) -> list[RequestOutput]:
-        """Run one scheduled step; return outputs of the requests it touched (finished ones last sent)."""
-        sched = self.scheduler.schedule()
-        self.stats["preemptions"] += len(sched.preempted)
-        if not sched:
-            return []
+        """Finish one model step and return the outputs of the requests it touched.
+
+        With a runner that can `dispatch` without waiting, the next step is put on the device before
+        this one's results are read back, so the host's work overlaps the device's.
+        """
+        if self._inflight is None:
+            sched = self.scheduler.schedule()
+            self.stats["preemptions"] += len(sched.preempted)
+            if not sched:
+                return []
+            self._inflight = self._dispatch(sched)
+        current, self._inflight = self._inflight, None
+        self._inflight = self._dispatch_next(current[0])
+        return self._process(*current, cursors)
+
+    def _dispatch(self, sched: SchedulerOutput) -> tuple[SchedulerOutput, Any]:
         try:
-            result = self.runner.execute(sched, self.block_manager)
+            if self._can_overlap:
+                handle = self.runner.dispatch(sched, self.block_manager)
+            else:
+                handle = self.runner.execute(sched, self.block_manager)
         except Exception as err:  # a failed step fails its sequences, never the engine
-            logger.exception("Model step failed; finishing its %d sequences with an error", len(sched.requests))
+            handle = err
+        for seq in sched.requests:
+            seq.num_pending += 1
+        return sched, handle
+
+    def _dispatch_next(self, current: SchedulerOutput) -> tuple[SchedulerOutput, Any] | None:
+        """Plan and launch the step after `current` while `current` is still running, when that is safe."""
+        if not self._can_overlap:
+            return None
+        # Tokens of the step in flight are unknown: sequences whose next step depends on them wait.
+        if any(_needs_host_tokens(s) for s in self.scheduler.running):
+            return None
+        certain = {s for s in current.requests if _finishes_for_sure(s, self.scheduler_config.max_model_len)}
+        sched = self.scheduler.schedule(overlap=True, exclude=certain)
+        return self._dispatch(sched) if sched else None
+
+    def _process(self, sched: SchedulerOutput, handle: Any, cursors: dict | None) -> list[RequestOutput]:
+        result = handle
+        if self._can_overlap and not isinstance(handle, Exception):
+            try:
+                result = self.runner.collect(handle)
+            except Exception as err:
+                result = err
+        for seq in sched.requests:
+            seq.num_pending = max(0, seq.num_pending - 1)
+        if isinstance(result, Exception):
+            logger.error("Model step failed (%s); finishing its %d sequences with an error", result, len(sched.requests))
             for seq in sched.requests:
-                seq.status, seq.error = RequestStatus.FINISHED_ERROR, f"{type(err).__name__}: {err}"
-                self.scheduler.remove(seq)
+                if not seq.is_finished:
+                    seq.status, seq.error = RequestStatus.FINISHED_ERROR, f"{type(result).__name__}: {result}"
+                    self.scheduler.remove(seq)
             return self._collect(sched.requests, cursors)
         if sched.is_prefill:
             self.stats["prompt_tokens"] += sum(s.num_prompt_tokens for s in sched.requests)
         for i, seq in enumerate(sched.requests):
-            seq.num_computed_tokens = seq.num_tokens
+            if seq.is_finished:  # finished or aborted while this step was in flight
+                continue
+            seq.num_computed_tokens = seq.num_tokens - seq.num_pending
             if seq.request_id in result.prompt_logprobs:
                 self.output_processor.set_prompt_logprobs(self._groups[seq.parent_id], result.prompt_logprobs[seq.request_id])
             top_ids = result.top_ids[i] if result.top_ids is not None else None
@@ -185,6 +231,7 @@ class LLMEngine:
             self.stats["generation_tokens"] += 1
             if seq.is_finished:
                 self.scheduler.remove(seq)
+                seq.num_pending = 0
         return self._collect(sched.requests, cursors)
 
     def _collect(self, seqs: list[Request], cursors: dict | None) -> list[RequestOutput]:
@@ -199,3 +246,21 @@ class LLMEngine:
             if group.finished:
                 del self._groups[parent]
         return outputs
+
+
+def _needs_host_tokens(seq: Request) -> bool:
+    """Sampling that reads the sequence's own outputs (penalties, min_tokens, bad words)."""
+    p = seq.sampling_params
+    return (
+        p.presence_penalty != 0
+        or p.frequency_penalty != 0
+        or p.repetition_penalty != 1
+        or len(seq.output_token_ids) < p.min_tokens
+        or bool(p.bad_words)
+    )
+
+
+def _finishes_for_sure(seq: Request, max_model_len: int) -> bool:
+    """The step in flight gives `seq` its last token (max_tokens or max_model_len reached)."""
+    n_out = len(seq.output_token_ids) + seq.num_pending
+    return n_out >= seq.max_tokens or seq.num_prompt_tokens + n_out >= max_model_len

@@ -82,7 +82,7 @@ class OutputProcessor:
                 if matched is not None:
                     seq.output_text = text
                     seq.status, seq.stop_reason = RequestStatus.FINISHED_STOPPED, matched
-        if not seq.is_finished and (n_out >= seq.max_tokens or seq.num_tokens >= self.max_model_len):
+        if not seq.is_finished and (n_out >= seq.max_tokens or seq.num_prompt_tokens + n_out >= self.max_model_len):
             seq.status = RequestStatus.FINISHED_LENGTH
         if seq.is_finished and seq.detokenizer is not None and seq.status is not RequestStatus.FINISHED_STOPPED:
             seq.output_text += seq.detokenizer.flush()  # a character cut short by the length limit

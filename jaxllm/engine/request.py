@@ -41,6 +41,7 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     block_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose K/V are in the pool
+    num_pending: int = 0  # tokens being sampled by steps still in flight (not yet in output_token_ids)
     cumulative_logprob: float = 0.0
     logprobs: list[dict] | None = None  # per generated token: {token_id: Logprob}
     prompt_logprobs: list[dict | None] | None = None
@@ -56,7 +57,8 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        """Tokens the scheduler must make room for: prompt, outputs, and outputs still in flight."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_pending
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -55,9 +55,23 @@ class Scheduler:
             self.waiting.remove(request)
         self.block_manager.free(request)
 
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, overlap: bool = False, exclude: frozenset | set = frozenset()) -> SchedulerOutput:
+        """The next step. With `overlap`, the step is planned while another is still in flight: it
+        never preempts (an empty output means "wait for the step in flight first") and leaves out the
+        sequences in `exclude` (those that step is certain to finish)."""
         out = self._schedule_prefill()
-        return out if out else self._schedule_decode()
+        if out:
+            return out
+        return self._schedule_decode_overlapped(exclude) if overlap else self._schedule_decode()
+
+    def _schedule_decode_overlapped(self, exclude) -> SchedulerOutput:
+        batch = [r for r in self.running if r not in exclude]
+        need = sum(self.block_manager.blocks_needed(r, r.num_tokens) for r in batch)
+        if need > self.block_manager.num_free_blocks:
+            return SchedulerOutput(is_prefill=False)
+        for request in batch:
+            self.block_manager.allocate(request, request.num_tokens)
+        return SchedulerOutput(is_prefill=False, requests=batch)
 
     def _schedule_prefill(self) -> SchedulerOutput:
         out = SchedulerOutput(is_prefill=True)

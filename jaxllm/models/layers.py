@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pallas_kernels.paged_attention import paged_attention, write_to_kv_pages
 
@@ -38,6 +39,63 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float = 0.0) -
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return (x32.astype(x.dtype) * (weight + offset).astype(x.dtype)).astype(x.dtype)
+
+
+def layer_norm(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, eps: float) -> jax.Array:
+    """LayerNorm computed in float32 (affine part included), then cast back, as torch's fused kernel does.
+
+    `weight` and `bias` may be None (no affine scale, no shift).
+    """
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    centered = x32 - mean
+    y = centered * jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + eps)
+    if weight is not None:
+        y = y * weight.astype(jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def activation(name: str, architecture: str = ""):
+    """The elementwise activation that Hugging Face's `ACT2FN[name]` computes."""
+    if name in ("silu", "swish"):
+        return jax.nn.silu
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_approximate"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(
+        f"Unsupported activation {name!r}{' for ' + architecture if architecture else ''}; "
+        "supported: silu, gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu."
+    )
+
+
+def alibi_slopes(num_heads: int, alibi_bias_max: float | None = None) -> np.ndarray:
+    """Per-head ALiBi slopes [N] in float32.
+
+    Without `alibi_bias_max`: the BLOOM/Falcon formula (geometric sequence from the closest power of two
+    below N, then every other slope of the next power of two). With it: MPT's formula (the sequence for
+    the next power of two above N with exponents scaled to `alibi_bias_max`, odd-indexed slopes first).
+    """
+    n = num_heads
+    if alibi_bias_max is not None:
+        n2 = 1 << max(0, math.ceil(math.log2(n)))
+        exps = np.arange(1, n2 + 1, dtype=np.float64) * (float(alibi_bias_max) / n2)
+        slopes = 1.0 / np.power(2.0, exps)
+        if n2 != n:
+            slopes = np.concatenate([slopes[1::2], slopes[::2]])[:n]
+        return slopes.astype(np.float32)
+    closest = 1 << int(math.floor(math.log2(n)))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = base ** np.arange(1, closest + 1, dtype=np.float64)
+    if closest != n:
+        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        remaining = min(closest, n - closest)
+        slopes = np.concatenate([slopes, extra_base ** np.arange(1, 1 + 2 * remaining, 2, dtype=np.float64)])
+    return slopes.astype(np.float32)
 
 
 def rope_inv_freq(rotary_dim: int, theta: float, scaling: dict | None) -> jax.Array:

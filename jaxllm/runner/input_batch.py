@@ -42,6 +42,10 @@ class InputBatch:
     logits_indices: np.ndarray  # [B] int32: which token's hidden state feeds each row's sampler
     sampling: dict  # SamplingMetadata fields as NumPy arrays (None for unused features)
     flags: StepFlags
+    # The device keeps each sequence's newest sampled token at the pool slot of the position that
+    # produced it, so a decode step reads its input tokens there and never waits for the host.
+    token_src_slots: np.ndarray | None = None  # [B] decode: where to read each row's input token
+    token_dst_slots: np.ndarray | None = None  # [B] where to store each row's sampled token
     segment_ids: np.ndarray | None = None  # [T] prefill
     block_tables: np.ndarray | None = None  # [B, W] decode
     context_lens: np.ndarray | None = None  # [B] decode
@@ -76,7 +80,7 @@ def _sampling_arrays(requests, rows: int, flags: StepFlags, bias_rows, vocab: in
         "min_p": col(lambda r: r.sampling_params.min_p, np.float32, 0.0),
         "seed_lo": col(lambda r: r.seed & 0xFFFFFFFF, np.uint32, 0),
         "seed_hi": col(lambda r: (r.seed >> 32) & 0xFFFFFFFF, np.uint32, 0),
-        "step": col(lambda r: len(r.output_token_ids), np.int32, 0),
+        "step": col(lambda r: len(r.output_token_ids) + r.num_pending, np.int32, 0),
     }
     if flags.penalties:
         arrays["presence_penalty"] = col(lambda r: r.sampling_params.presence_penalty, np.float32, 0.0)
@@ -108,6 +112,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
     logits_indices = np.zeros(b, np.int32)
     spans, start = [], 0
     for i, r in enumerate(requests):
+        assert r.num_pending == 0, "a sequence with tokens in flight cannot be prefilled"
         n = r.num_tokens
         tokens[start : start + n] = r.all_token_ids
         positions[start : start + n] = np.arange(n)
@@ -126,6 +131,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
         logits_indices=logits_indices,
         sampling=_sampling_arrays(requests, b, flags, bias_rows, vocab, max_len),
         flags=flags,
+        token_dst_slots=np.where(np.arange(b) < len(requests), slot_mapping[logits_indices], 0).astype(np.int32),
         segment_ids=segment_ids,
         prompt_spans=spans,
     )
@@ -138,11 +144,12 @@ def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max
     slot_mapping = np.zeros(b, np.int32)
     block_tables = np.zeros((b, table_width), np.int32)
     context_lens = np.zeros(b, np.int32)
+    src_slots = np.zeros(b, np.int32)
     for i, r in enumerate(requests):
         pos = r.num_tokens - 1
-        tokens[i] = r.output_token_ids[-1] if r.output_token_ids else r.prompt_token_ids[-1]
         positions[i] = pos
         slot_mapping[i] = block_manager.slot(r, pos)
+        src_slots[i] = block_manager.slot(r, pos - 1)  # the step at pos - 1 sampled this row's input
         block_tables[i, : len(r.block_ids)] = r.block_ids
         context_lens[i] = r.num_tokens
     flags = _flags(requests, False, bias_rows)
@@ -155,6 +162,8 @@ def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max
         logits_indices=np.arange(b, dtype=np.int32),
         sampling=_sampling_arrays(requests, b, flags, bias_rows, vocab, max_len),
         flags=flags,
+        token_src_slots=src_slots,
+        token_dst_slots=slot_mapping,
         block_tables=block_tables,
         context_lens=context_lens,
     )

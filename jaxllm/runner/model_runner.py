@@ -38,6 +38,16 @@ class PromptLogprobs:
 
 
 @dataclass
+class PendingStep:
+    """A dispatched step whose results are still on the device."""
+
+    requests: list
+    batch: InputBatch
+    outputs: tuple  # device arrays
+    prompt: tuple | None
+
+
+@dataclass
 class ModelRunnerOutput:
     """What one step produced for each scheduled sequence, in scheduling order."""
 
@@ -49,7 +59,12 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, PromptLogprobs]
 
 
-def _step(params, kv_caches, tokens, positions, md, logits_indices, smd, next_tokens, *, module, cfg, flags, top):
+def _step(
+    params, kv_caches, token_buffer, tokens, positions, md, logits_indices, smd, next_tokens, src_slots, dst_slots,
+    *, module, cfg, flags, top,
+):
+    if src_slots is not None:  # decode: each row's input is the token its previous step left on device
+        tokens = token_buffer[src_slots]
     hidden, kv_caches = module.forward(params, cfg, tokens, positions, kv_caches, md)  # [T, D]
     logits = module.compute_logits(params, cfg, hidden[logits_indices])  # [B, V]
     out = sample(
@@ -67,7 +82,8 @@ def _step(params, kv_caches, tokens, positions, md, logits_indices, smd, next_to
     # One [3, B] array (token id, logprob, rank) so the host reads the step back in one transfer;
     # ids and ranks are below 2**24, exact in float32.
     packed = jnp.stack([out.token_ids.astype(jnp.float32), out.logprobs, out.ranks.astype(jnp.float32)])
-    return (packed, out.top_ids, out.top_logprobs), prompt, kv_caches
+    token_buffer = token_buffer.at[dst_slots].set(out.token_ids)
+    return (packed, out.top_ids, out.top_logprobs), prompt, kv_caches, token_buffer
 
 
 class ModelRunner:
@@ -90,6 +106,7 @@ class ModelRunner:
         if cache_config.num_blocks is None:
             cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config)
         self.kv_caches = allocate_kv_caches(model_config, cache_config.num_blocks, cache_config.block_size)
+        self.token_buffer = jnp.zeros(cache_config.num_blocks * cache_config.block_size, jnp.int32)
         self.table_width = -(-scheduler_config.max_model_len // cache_config.block_size)
         self.decode_buckets = ladder(scheduler_config.max_num_seqs)
         self.prefill_buckets = ladder(scheduler_config.max_num_batched_tokens, start=16)
@@ -126,7 +143,7 @@ class ModelRunner:
             step = functools.partial(
                 _step, module=self.module, cfg=self.model_config, flags=flags, top=self.num_top_logprobs
             )
-            fn = jax.jit(step, donate_argnums=(1,))
+            fn = jax.jit(step, donate_argnums=(1, 2))
             self._steps[flags.key()] = fn
         return fn
 
@@ -147,7 +164,8 @@ class ModelRunner:
             )
         return build_decode(requests, block_manager, self.decode_buckets, self.table_width, vocab, max_len, bias_rows)
 
-    def execute(self, sched_out, block_manager) -> ModelRunnerOutput:
+    def dispatch(self, sched_out, block_manager) -> PendingStep:
+        """Start a step on the device and return without waiting for it."""
         batch = self.prepare(sched_out, block_manager)
         md = AttentionMetadata(
             slot_mapping=batch.slot_mapping,
@@ -157,19 +175,27 @@ class ModelRunner:
         )
         smd = SamplingMetadata(**batch.sampling)
         next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None
-        out, prompt, self.kv_caches = self._compiled(batch.flags)(
-            self.params, self.kv_caches, batch.tokens, batch.positions, md, batch.logits_indices, smd, next_tokens
+        out, prompt, self.kv_caches, self.token_buffer = self._compiled(batch.flags)(
+            self.params, self.kv_caches, self.token_buffer, batch.tokens, batch.positions, md,
+            batch.logits_indices, smd, next_tokens, batch.token_src_slots, batch.token_dst_slots,
         )
-        (packed, top_ids, top_lp), prompt = jax.device_get((out, prompt))  # one round trip
-        n = batch.num_seqs
+        return PendingStep(list(sched_out.requests), batch, out, prompt)
+
+    def collect(self, pending: PendingStep) -> ModelRunnerOutput:
+        """Wait for a dispatched step and bring its results to the host (one transfer)."""
+        (packed, top_ids, top_lp), prompt = jax.device_get((pending.outputs, pending.prompt))
+        n = pending.batch.num_seqs
         return ModelRunnerOutput(
             sampled_token_ids=packed[0, :n].astype(np.int64).tolist(),
             logprobs=packed[1, :n],
             ranks=packed[2, :n].astype(np.int64),
             top_ids=top_ids[:n] if top_ids is not None else None,
             top_logprobs=top_lp[:n] if top_lp is not None else None,
-            prompt_logprobs=self._split_prompt_logprobs(sched_out.requests, batch, prompt),
+            prompt_logprobs=self._split_prompt_logprobs(pending.requests, pending.batch, prompt),
         )
+
+    def execute(self, sched_out, block_manager) -> ModelRunnerOutput:
+        return self.collect(self.dispatch(sched_out, block_manager))
 
     @staticmethod
     def _split_prompt_logprobs(requests, batch: InputBatch, prompt) -> dict[str, PromptLogprobs]:

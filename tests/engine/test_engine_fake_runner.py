@@ -35,7 +35,40 @@ class FakeRunner:
         )
 
 
-def make_engine(num_blocks=64, block_size=4, max_num_seqs=4, max_model_len=64):
+class FakeAsyncRunner(FakeRunner):
+    """Like the real runner: `dispatch` returns at once and the newest token of each sequence lives
+    on the "device", so the engine plans step N+1 before it has read step N."""
+
+    def __init__(self):
+        super().__init__()
+        self.device_tokens = {}
+        self.overlapped = 0
+
+    def dispatch(self, sched, block_manager):
+        if any(s.num_pending for s in sched.requests):
+            self.overlapped += 1
+        self.steps.append((sched.is_prefill, [s.request_id for s in sched.requests]))
+        ids = []
+        for s in sched.requests:
+            last = s.all_token_ids[-1] if sched.is_prefill else self.device_tokens[s.request_id]
+            self.device_tokens[s.request_id] = (last + 1) % VOCAB
+            ids.append(self.device_tokens[s.request_id])
+        n = len(ids)
+        return SimpleNamespace(
+            sampled_token_ids=ids, logprobs=np.zeros(n), ranks=np.ones(n, int),
+            top_ids=None, top_logprobs=None, prompt_logprobs={},
+        )
+
+    def collect(self, handle):
+        return handle
+
+
+@pytest.fixture(params=["sync", "async"])
+def runner_kind(request):
+    return request.param
+
+
+def make_engine(num_blocks=64, block_size=4, max_num_seqs=4, max_model_len=64, runner_kind="sync"):
     model = ModelConfig(
         path="", architecture="LlamaForCausalLM", vocab_size=VOCAB, hidden_size=8, num_layers=1,
         num_heads=1, num_kv_heads=1, head_dim=8, intermediate_size=8, dtype="float32",
@@ -43,7 +76,8 @@ def make_engine(num_blocks=64, block_size=4, max_num_seqs=4, max_model_len=64):
     )
     cache = CacheConfig(block_size=block_size, num_blocks=num_blocks)
     sched = SchedulerConfig(max_model_len=max_model_len, max_num_seqs=max_num_seqs)
-    return LLMEngine(model, cache, sched, tokenizer=None, runner=FakeRunner())
+    runner = FakeAsyncRunner() if runner_kind == "async" else FakeRunner()
+    return LLMEngine(model, cache, sched, tokenizer=None, runner=runner)
 
 
 def run_all(engine):
@@ -68,8 +102,8 @@ def test_engine_does_not_import_jax():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_continuous_batching_respects_max_num_seqs_and_finishes_everything():
-    engine = make_engine(max_num_seqs=3)
+def test_continuous_batching_respects_max_num_seqs_and_finishes_everything(runner_kind):
+    engine = make_engine(max_num_seqs=3, runner_kind=runner_kind)
     rng = np.random.default_rng(0)
     prompts = {f"r{i}": rng.integers(0, 90, size=rng.integers(1, 20)).tolist() for i in range(12)}
     lengths = {rid: int(rng.integers(1, 12)) for rid in prompts}
@@ -86,11 +120,13 @@ def test_continuous_batching_respects_max_num_seqs_and_finishes_everything():
     assert any(a != b and a & b for a, b in zip(decode_sets, decode_sets[1:]))
     bm = engine.block_manager
     assert bm.num_free_blocks == bm.num_blocks - 1 and sum(bm.ref_counts[1:]) == 0
+    if runner_kind == "async":
+        assert engine.runner.overlapped > 0  # steps really were planned while another was in flight
 
 
-def test_preemption_recomputes_and_loses_nothing():
+def test_preemption_recomputes_and_loses_nothing(runner_kind):
     # 9 usable pages of 4 tokens; 3 sequences growing to 26 tokens cannot all stay resident.
-    engine = make_engine(num_blocks=10, block_size=4, max_num_seqs=3, max_model_len=36)
+    engine = make_engine(num_blocks=10, block_size=4, max_num_seqs=3, max_model_len=36, runner_kind=runner_kind)
     prompts = {f"r{i}": list(range(i, i + 10)) for i in range(3)}
     for rid, p in prompts.items():
         engine.add_request(rid, {"prompt_token_ids": p}, SamplingParams(max_tokens=16, ignore_eos=True))
@@ -101,8 +137,8 @@ def test_preemption_recomputes_and_loses_nothing():
     assert engine.block_manager.num_free_blocks == 9
 
 
-def test_eos_and_stop_token_ids_finish_with_vllm_reasons():
-    engine = make_engine()
+def test_eos_and_stop_token_ids_finish_with_vllm_reasons(runner_kind):
+    engine = make_engine(runner_kind=runner_kind)
     engine.add_request("eos", {"prompt_token_ids": [95]}, SamplingParams(max_tokens=20))
     engine.add_request("stop", {"prompt_token_ids": [10]}, SamplingParams(max_tokens=20, stop_token_ids=[13]))
     engine.add_request("min", {"prompt_token_ids": [95]}, SamplingParams(max_tokens=20, ignore_eos=True))
@@ -114,8 +150,8 @@ def test_eos_and_stop_token_ids_finish_with_vllm_reasons():
     assert done["min"].outputs[0].finish_reason == "length" and len(done["min"].outputs[0].token_ids) == 20
 
 
-def test_n_gives_n_completions_and_max_model_len_caps_length():
-    engine = make_engine(max_model_len=16)
+def test_n_gives_n_completions_and_max_model_len_caps_length(runner_kind):
+    engine = make_engine(max_model_len=16, runner_kind=runner_kind)
     engine.add_request("a", {"prompt_token_ids": [1, 2, 3]}, SamplingParams(n=3, max_tokens=None, ignore_eos=True))
     out = run_all(engine)["a"]
     assert [o.index for o in out.outputs] == [0, 1, 2]
@@ -138,14 +174,16 @@ def test_bad_prompts_raise_value_error_and_queue_nothing(prompt, message):
     assert not engine.has_unfinished_requests()
 
 
-def test_abort_frees_blocks():
-    engine = make_engine()
+def test_abort_frees_blocks(runner_kind):
+    engine = make_engine(runner_kind=runner_kind)
     engine.add_request("a", {"prompt_token_ids": list(range(10))}, SamplingParams(max_tokens=30, ignore_eos=True))
     engine.step()
     engine.step()
     assert engine.block_manager.num_free_blocks < 63
     engine.abort_request("a")
-    assert engine.block_manager.num_free_blocks == 63 and not engine.has_unfinished_requests()
+    assert engine.block_manager.num_free_blocks == 63
+    assert run_all(engine) == {}  # a step still in flight finishes and yields nothing
+    assert not engine.has_unfinished_requests()
 
 
 def test_a_failing_step_fails_only_its_requests():

@@ -1,0 +1,61 @@
+"""Gemma (gemma-2b, gemma-7b and their -it versions): the Llama layout with three differences.
+
+* RMSNorm scales by `(1 + w)`, multiplying in float32 before the cast back (Llama casts first);
+* the embedding is multiplied by sqrt(D), rounded to the model dtype first (as transformers does);
+* the gated MLP uses tanh-approximate GELU (GeGLU); head_dim is set explicitly (256), so N*H may
+  differ from D; gemma-2b is multi-query (one kv head); the LM head is tied to the embedding.
+
+The checkpoint names and the parameter tree are Llama's (see llama.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import ModelConfig
+from jaxllm.models.layers import AttentionMetadata, activation, apply_rope, attention, rope_inv_freq
+from jaxllm.models.llama import compute_logits, hf_shapes, name_table
+
+__all__ = ["compute_logits", "forward", "hf_shapes", "name_table"]
+
+
+def gemma_rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (x32 * (1.0 + weight.astype(jnp.float32))).astype(x.dtype)
+
+
+def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
+    y = x @ p["w" + name]
+    return y + p["b" + name] if ("b" + name) in p else y
+
+
+def forward(
+    params: dict,
+    cfg: ModelConfig,
+    tokens: jax.Array,  # [T] int32
+    positions: jax.Array,  # [T] int32
+    kv_caches: list[tuple[jax.Array, jax.Array]],
+    md: AttentionMetadata,
+) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+    """Hidden states after the final norm [T, D], and the pool with this step's K/V written."""
+    t = tokens.shape[0]
+    n, kv, h, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps
+    inv_freq = rope_inv_freq(h, cfg.rope_theta, cfg.rope_scaling)
+    act = activation(cfg.hidden_act, cfg.architecture)
+    embed = params["embed"]
+    x = embed[tokens] * jnp.asarray(cfg.hidden_size**0.5, embed.dtype)  # [T, D]
+    new_caches = []
+    for i in range(cfg.num_layers):
+        p = params["layers"][i]
+        y = gemma_rms_norm(x, p["input_norm"], eps)
+        q = apply_rope(_linear(y, p, "q").reshape(t, n, h), positions, inv_freq)  # [T, N, H]
+        k = apply_rope(_linear(y, p, "k").reshape(t, kv, h), positions, inv_freq)  # [T, K, H]
+        v = _linear(y, p, "v").reshape(t, kv, h)
+        o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
+        new_caches.append(cache)
+        x = x + _linear(o.reshape(t, n * h), p, "o")
+        y = gemma_rms_norm(x, p["post_norm"], eps)
+        x = x + _linear(act(_linear(y, p, "_gate")) * _linear(y, p, "_up"), p, "_down")
+    return gemma_rms_norm(x, params["final_norm"], eps), new_caches
