@@ -107,6 +107,8 @@ def _decode_kernel(
     split_outputs: bool,
     compact: bool,
     prefetch: bool,
+    page_size: int,
+    token_rows: bool,
 ):
     """One (sequence b, kv head k, split) program.
 
@@ -114,13 +116,16 @@ def _decode_kernel(
     head k repeated (row r is head ``k * group + r % group``), so no padded copy of q is
     needed; with ``compact`` the outputs keep only the first ``group`` rows.
     Logits are kept in base 2 (``scale_log2`` includes log2(e)), so m is a base-2 max.
+
+    With ``token_rows`` the pool refs are viewed as ``[P * S, H]`` token rows and a compute
+    block is gathered as one 2-D ``[block_k, H]`` tile of slot rows (``page * S + offset``);
+    otherwise the refs are ``[P, S, H]`` and whole pages are gathered as ``[ppcb, S, H]``.
     """
     if use_alibi:
         slopes_ref, *out_refs = refs
     else:
         slopes_ref, out_refs = None, list(refs)
     head_dim = q_ref.shape[-1]
-    page_size = k_ref.shape[-2]
     width = block_table_ref.shape[0]
     ppcb = pages_per_compute_block
     block_k = ppcb * page_size
@@ -141,6 +146,11 @@ def _decode_kernel(
 
     def page_ids(i):
         # Clamped to the table: entries past the table (or past the length) are masked below.
+        if token_rows:  # slot row of every token of the block
+            t = jnp.arange(block_k, dtype=jnp.int32)
+            idx = first_page + i * ppcb + t // page_size
+            pages = block_table_ref[jnp.minimum(idx, width - 1)]  # [block_k]
+            return pages * page_size + t % page_size  # [block_k]
         idx = first_page + i * ppcb + jnp.arange(ppcb, dtype=jnp.int32)
         return block_table_ref[jnp.minimum(idx, width - 1)]  # [ppcb]
 
@@ -149,7 +159,10 @@ def _decode_kernel(
 
     def load_kv(ids, valid):
         # Masked loads: slots past the length are neither read nor trusted (they may hold NaN).
-        mask = jnp.broadcast_to(valid.reshape(ppcb, page_size, 1), (ppcb, page_size, head_dim))
+        if token_rows:
+            mask = jnp.broadcast_to(valid[:, None], (block_k, head_dim))
+        else:
+            mask = jnp.broadcast_to(valid.reshape(ppcb, page_size, 1), (ppcb, page_size, head_dim))
         if whole_pool:
             # Interpret mode: refs are the whole [K, P, S, H] pool, index the head here. The
             # interpreter has no masked gather, so load and then select (same values).
@@ -220,6 +233,38 @@ def _decode_kernel(
         o_ref[...] = fold(out).astype(o_ref.dtype)
 
 
+def _combine_kernel(o_ref, m_ref, l_ref, out_ref):
+    """Merge the split partial states of one (sequence, query head): o [KS, H], m/l [KS]."""
+    m = m_ref[...]
+    m_max = m.max(axis=0)
+    alpha = jnp.exp2(m - m_max)  # [KS]
+    l_sum = (l_ref[...] * alpha).sum(axis=0)
+    o_sum = (o_ref[...] * alpha[:, None]).sum(axis=0)  # [H]
+    out_ref[...] = (o_sum / jnp.where(l_sum > 0, l_sum, 1.0)).astype(out_ref.dtype)
+
+
+def _combine_splits(o, m, l, *, G: int, dtype, interpret: bool):
+    """o [B, K, KS, Go, H], m/l [B, K, KS, Go] (KS a power of two) -> [B, K, G, H] in dtype."""
+    B, K, KS, _, H = o.shape
+    compiler_params = None
+    if not interpret and jax.default_backend() != "tpu":
+        compiler_params = _TritonCompilerParams(num_warps=4, num_stages=1)
+    return pl.pallas_call(
+        _combine_kernel,
+        grid=(B, K, G),
+        in_specs=[
+            pl.BlockSpec((None, None, KS, None, H), lambda b, k, g: (b, k, 0, g, 0)),
+            pl.BlockSpec((None, None, KS, None), lambda b, k, g: (b, k, 0, g)),
+            pl.BlockSpec((None, None, KS, None), lambda b, k, g: (b, k, 0, g)),
+        ],
+        out_specs=pl.BlockSpec((None, None, None, H), lambda b, k, g: (b, k, g, 0)),
+        out_shape=jax.ShapeDtypeStruct((B, K, G, H), dtype),
+        interpret=interpret,
+        compiler_params=compiler_params,
+        name="paged_attention_combine",
+    )(o, m, l)
+
+
 def default_config(batch: int, num_kv_heads: int, width: int, page_size: int) -> dict:
     """Launch parameters of the GPU kernel for one shape class (tuned on an H200).
 
@@ -241,6 +286,7 @@ def default_config(batch: int, num_kv_heads: int, width: int, page_size: int) ->
         "num_warps": 4,
         "num_stages": 2,
         "prefetch": False,
+        "token_rows": True,
     }
 
 
@@ -253,7 +299,9 @@ def default_config(batch: int, num_kv_heads: int, width: int, page_size: int) ->
         "num_warps",
         "num_stages",
         "prefetch",
+        "token_rows",
         "compact",
+        "combine",
         "interpret",
     ),
 )
@@ -271,7 +319,9 @@ def paged_attention(
     num_warps=None,
     num_stages=None,
     prefetch=None,
+    token_rows=None,
     compact=None,
+    combine=None,
     interpret=None,
 ) -> jax.Array:
     """Decode attention of one query token per sequence over a paged KV pool.
@@ -301,8 +351,12 @@ def paged_attention(
       num_warps, num_stages: Triton compiler parameters.
       prefetch: keep the next compute block's loads in flight in registers while the current
         one is computed (a software pipeline written in the kernel).
+      token_rows: gather a compute block as one 2-D tile of token rows of the pool viewed as
+        ``[K, P * S, H]`` (instead of a 3-D tile of whole pages).
       compact: write only the G real query rows of each kv head (default: when G is a power
         of two); otherwise the padded rows are written and sliced off in XLA.
+      combine: how split partial results are merged: ``"pallas"`` (one small kernel, the
+        default) or ``"xla"`` (plain jnp ops).
       interpret: run the Pallas interpreter; default True when the default backend is CPU.
 
     Returns:
@@ -339,6 +393,12 @@ def paged_attention(
         pages_per_compute_block = defaults["pages_per_compute_block"]
     if prefetch is None:
         prefetch = defaults["prefetch"]
+    if token_rows is None:
+        token_rows = defaults["token_rows"]
+    if combine is None:
+        combine = "pallas"
+    if combine not in ("pallas", "xla"):
+        raise ValueError(f"combine must be 'pallas' or 'xla', got {combine!r}")
     if compact is None:
         compact = _is_pow2(G)
     elif compact and not _is_pow2(G):
@@ -361,6 +421,10 @@ def paged_attention(
     pages_per_split = pl.cdiv(pages_per_split, pages_per_compute_block) * pages_per_compute_block
     k_splits = pl.cdiv(W, pages_per_split)  # drop splits that would start past the table
     split_outputs = k_splits > 1
+    if split_outputs and combine == "pallas":
+        # The combine kernel loads all splits of a row at once: a power-of-two count (the
+        # extra splits start past the table and exit at once).
+        k_splits = _next_pow2(k_splits)
     g_out = G if compact else block_g
 
     block_tables = block_tables.astype(jnp.int32)
@@ -379,14 +443,20 @@ def paged_attention(
         split_outputs=split_outputs,
         compact=compact,
         prefetch=bool(prefetch),
+        page_size=S,
+        token_rows=bool(token_rows),
     )
+    pool_block = (P * S, H) if token_rows else (P, S, H)
+    if token_rows:  # free: a row-major view of the same buffer
+        k_pages = k_pages.reshape(K, P * S, H)
+        v_pages = v_pages.reshape(K, P * S, H)
     if interpret:
         # The interpreter would copy a per-head block of the whole pool for every program; leaving
         # the pool unblocked lets each program gather only the pages it reads.
         pool_spec = pl.BlockSpec(memory_space=pl.ANY)
     else:
         # Under Triton a block is a pointer offset: one kv head's pool, no copy.
-        pool_spec = pl.BlockSpec((None, P, S, H), lambda b, h, s: (h, 0, 0, 0))
+        pool_spec = pl.BlockSpec((None, *pool_block), lambda b, h, s: (h,) + (0,) * len(pool_block))
     in_specs = [
         pl.BlockSpec((1,), lambda b, h, s: (b,)),  # lengths
         pl.BlockSpec((None, W), lambda b, h, s: (b, 0)),  # block-table row
@@ -433,7 +503,9 @@ def paged_attention(
         name=f"paged_attention_g{block_g}_p{pages_per_compute_block}{'_pf' if prefetch else ''}",
     )(*args)
 
-    if split_outputs:
+    if split_outputs and combine == "pallas":
+        out = _combine_splits(*outs, G=G, dtype=q.dtype, interpret=interpret)
+    elif split_outputs:
         # Merge the split-K partial softmax states (m is a base-2 running max).
         o, m, l = outs
         m_max = m.max(axis=2, keepdims=True)  # [B, K, 1, Go]

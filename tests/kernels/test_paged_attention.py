@@ -245,12 +245,71 @@ def test_triton_lowering_without_gpu(dtype, alibi, knobs):
     assert "xla.gpu.triton" in exported.mlir_module()
 
 
+# Launch variants of the kernel: each must compute the same function.
+VARIANT_KNOBS = {
+    "prefetch": {"prefetch": True, "pages_per_compute_block": 2, "k_splits": 2},
+    "page_tiles": {"token_rows": False, "pages_per_compute_block": 2, "k_splits": 3},
+    "padded_rows": {"compact": False, "pages_per_compute_block": 4, "k_splits": 2},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_KNOBS))
+def test_kernel_variants_match_reference(variant):
+    lengths = [23, 0, 1, 17]
+    case = _make_case(21, B=4, N=8, K=2, H=16, S=4, W=7, lengths=lengths, alibi=True)
+    out = np.asarray(paged_attention(**case, **VARIANT_KNOBS[variant]))
+    np.testing.assert_allclose(out, _dense_numpy(**case), atol=1e-5, rtol=1e-5)
+    assert (out[1] == 0).all()
+
+
+def test_default_config_fills_the_gpu():
+    from pallas_kernels.paged_attention import default_config
+
+    for batch, width in [(1, 512), (1, 2048), (8, 512), (64, 128), (256, 32), (3, 37)]:
+        cfg = default_config(batch, 8, width, 16)
+        assert cfg["pages_per_compute_block"] * 16 >= 16
+        assert 1 <= cfg["k_splits"] <= max(1, width)
+        assert cfg["k_splits"] & (cfg["k_splits"] - 1) == 0
+
+
+GPU_CASES = {
+    # name: (shape kwargs, dtype, kernel kwargs)
+    "defaults_bf16_gqa4": ({"N": 32, "K": 8}, jnp.bfloat16, {}),
+    "defaults_bf16_gqa8_alibi": ({"N": 64, "K": 8, "alibi": True}, jnp.bfloat16, {}),
+    "f32_splits": (
+        {"N": 32, "K": 8, "alibi": True},
+        jnp.float32,
+        {"k_splits": 3, "pages_per_compute_block": 2, "num_warps": 8, "num_stages": 3},
+    ),
+    "prefetch": (
+        {"N": 32, "K": 8},
+        jnp.bfloat16,
+        {"prefetch": True, "pages_per_compute_block": 4, "k_splits": 4, "num_warps": 8, "num_stages": 1},
+    ),
+    "page_tiles": ({"N": 32, "K": 8}, jnp.bfloat16, {"token_rows": False, "k_splits": 2}),
+    "deep_pipeline": (
+        {"N": 32, "K": 8},
+        jnp.bfloat16,
+        {"pages_per_compute_block": 16, "num_warps": 8, "num_stages": 3, "k_splits": 2},
+    ),
+    "gqa6_padded_rows": ({"N": 24, "K": 4, "alibi": True}, jnp.bfloat16, {}),
+    "many_splits": ({"N": 32, "K": 8}, jnp.bfloat16, {"k_splits": 16, "pages_per_compute_block": 1}),
+}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_triton_kernel_on_gpu(dtype):
-    case = _make_case(1, B=4, N=32, K=8, H=128, S=16, W=9, lengths=[1, 130, 0, 77], dtype=dtype, alibi=True)
-    out = paged_attention(**case)
-    ref = paged_attention_reference(**case)
+@pytest.mark.parametrize("name", sorted(GPU_CASES))
+def test_triton_kernel_on_gpu(name):
+    shape, dtype, knobs = GPU_CASES[name]
+    # W = 37 is no multiple of anything; a zero-length padding row and a full row included.
+    lengths = [1, 130, 0, 77, 37 * 16, 301]
+    case = _make_case(
+        zlib.crc32(name.encode()), B=len(lengths), H=128, S=16, W=37, lengths=lengths, dtype=dtype, **shape
+    )
+    out = np.asarray(paged_attention(**case, **knobs), np.float32)
+    ref = np.asarray(paged_attention_reference(**case), np.float32)
+    assert np.isfinite(out).all()
     tol = 1e-4 if dtype == jnp.float32 else 2e-2
-    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=tol, rtol=tol)
+    np.testing.assert_allclose(out, ref, atol=tol, rtol=tol)
+    assert (out[2] == 0).all()

@@ -70,7 +70,7 @@ def test_invalid_request_raises_value_error_and_queues_nothing():
         with pytest.raises(ValueError, match="invalid"):
             await engine.add_request("bad", "an invalid prompt", SamplingParams())
         with pytest.raises(ValueError, match="already in use"):
-            stream = await engine.add_request("dup", "fine", SamplingParams(max_tokens=1000))
+            stream = await engine.add_request("dup", "fine", SamplingParams(max_tokens=10**9))
             await engine.add_request("dup", "fine", SamplingParams())
         stream.close()
         engine.shutdown()
