@@ -76,15 +76,6 @@ class LLM:
             raise TypeError(f"LLM() got unexpected keyword argument(s): {', '.join(unknown)}")
         if quantization is not None:
             raise ValueError(f"Unknown quantization method {quantization!r}; this build loads unquantized models.")
-        if tensor_parallel_size != 1:
-            import jax
-
-            if tensor_parallel_size > jax.device_count():
-                raise ValueError(
-                    f"tensor_parallel_size={tensor_parallel_size} is larger than the {jax.device_count()} "
-                    "available device(s)."
-                )
-            raise ValueError("tensor_parallel_size > 1 needs the sharded runner, which this build lacks.")
         self.model = model or default_model_path()
         path = resolve_model_path(self.model, revision=revision, download_dir=download_dir)
         self.model_config = ModelConfig.from_pretrained(path, dtype=dtype)
@@ -118,9 +109,13 @@ class LLM:
             set_max_logprobs_limit(max_logprobs)
 
         from jaxllm.runner.model_runner import ModelRunner  # the first import of jax
+        from jaxllm.sharding import maybe_initialize_distributed
+
+        maybe_initialize_distributed()
 
         self.runner = ModelRunner(
-            self.model_config, self.cache_config, self.scheduler_config, max_logprobs, load_format
+            self.model_config, self.cache_config, self.scheduler_config, max_logprobs, load_format,
+            tensor_parallel_size,
         )
         self.llm_engine = LLMEngine(
             self.model_config,

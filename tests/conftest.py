@@ -1,8 +1,12 @@
 import os
 
-import pytest
+# Eight simulated CPU devices for the tensor-parallel tests; set before jax is first imported.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
-from tests.tiny_models import make_tiny_model
+import pytest  # noqa: E402
+
+from tests.tiny_models import make_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

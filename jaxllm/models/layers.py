@@ -12,6 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from pallas_kernels.paged_attention import paged_attention, write_to_kv_pages
 
@@ -157,6 +158,14 @@ def prefill_attention(
     return out.reshape(t, n, h).astype(q.dtype)
 
 
+def _tensor_parallel_mesh():
+    """The mesh of the enclosing `jax.set_mesh` when it splits a "tp" axis, else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or "tp" not in mesh.axis_names or mesh.shape["tp"] == 1:
+        return None
+    return mesh
+
+
 def attention(
     q: jax.Array,  # [T, N, H]
     k: jax.Array,  # [T, K, H]
@@ -167,12 +176,34 @@ def attention(
     scale: float,
     alibi_slopes: jax.Array | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """Write this step's K/V into the pool, then attend: dense over the prompt, or paged for decode."""
-    k_pages, v_pages = write_to_kv_pages(kv_cache[0], kv_cache[1], k, v, md.slot_mapping)
+    """Write this step's K/V into the pool, then attend: dense over the prompt, or paged for decode.
+
+    Under a tensor-parallel mesh (`jax.set_mesh` with a "tp" axis) the pool write and the Pallas
+    kernel, which XLA cannot partition, run per kv-head shard under `shard_map`.
+    """
+    mesh = _tensor_parallel_mesh()
+    write, decode = write_to_kv_pages, paged_attention
+    if mesh is not None:
+        heads, pool, rep = P(None, "tp", None), P("tp"), P()
+        write = jax.shard_map(
+            write_to_kv_pages, mesh=mesh, in_specs=(pool, pool, heads, heads, rep), out_specs=(pool, pool),
+            check_vma=False,
+        )
+        slopes_spec = () if alibi_slopes is None else (P("tp"),)
+
+        def local(q, kp, vp, bt, lens, *slopes):
+            return paged_attention(q, kp, vp, bt, lens, alibi_slopes=slopes[0] if slopes else None, scale=scale)
+
+        sharded = jax.shard_map(
+            local, mesh=mesh, in_specs=(heads, pool, pool, rep, rep, *slopes_spec), out_specs=heads, check_vma=False
+        )
+
+        def decode(q, kp, vp, bt, lens, alibi_slopes=None, scale=None):
+            return sharded(q, kp, vp, bt, lens, *(() if alibi_slopes is None else (alibi_slopes,)))
+
+    k_pages, v_pages = write(kv_cache[0], kv_cache[1], k, v, md.slot_mapping)
     if md.is_prefill:
         out = prefill_attention(q, k, v, positions, md.segment_ids, scale, alibi_slopes)
     else:
-        out = paged_attention(
-            q, k_pages, v_pages, md.block_tables, md.context_lens, alibi_slopes=alibi_slopes, scale=scale
-        )
+        out = decode(q, k_pages, v_pages, md.block_tables, md.context_lens, alibi_slopes=alibi_slopes, scale=scale)
     return out, (k_pages, v_pages)

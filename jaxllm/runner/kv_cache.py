@@ -28,9 +28,12 @@ def _activation_reserve(model: ModelConfig, sched: SchedulerConfig) -> int:
     return scores + logits + hidden
 
 
-def plan_num_blocks(model: ModelConfig, cache: CacheConfig, sched: SchedulerConfig) -> int:
-    """Number of pages P (including the null page), from the overrides or the device memory."""
-    per_block = model.kv_bytes_per_token() * cache.block_size
+def plan_num_blocks(model: ModelConfig, cache: CacheConfig, sched: SchedulerConfig, tp: int = 1) -> int:
+    """Number of pages P (including the null page), from the overrides or one device's memory.
+
+    With tensor parallelism each device holds 1/tp of every page (its kv heads), so budgets are per device.
+    """
+    per_block = model.kv_bytes_per_token() * cache.block_size // tp
     pages_per_seq = -(-sched.max_model_len // cache.block_size)
     if cache.num_gpu_blocks_override is not None:
         num_blocks = cache.num_gpu_blocks_override
@@ -63,7 +66,10 @@ def plan_num_blocks(model: ModelConfig, cache: CacheConfig, sched: SchedulerConf
     return int(num_blocks)
 
 
-def allocate_kv_caches(model: ModelConfig, num_blocks: int, block_size: int) -> list[tuple[jax.Array, jax.Array]]:
+def allocate_kv_caches(
+    model: ModelConfig, num_blocks: int, block_size: int, sharding=None
+) -> list[tuple[jax.Array, jax.Array]]:
+    """Zeroed pools, created directly in their shards when `sharding` is given."""
     shape = (model.num_kv_heads, num_blocks, block_size, model.head_dim)
-    dtype = jnp.dtype(model.dtype)
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(model.num_layers)]
+    zeros = jax.jit(lambda: jnp.zeros(shape, jnp.dtype(model.dtype)), out_shardings=sharding)
+    return [(zeros(), zeros()) for _ in range(model.num_layers)]

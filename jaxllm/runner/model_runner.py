@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm import sharding
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.model_loader import init_dummy_params, load_params
 from jaxllm.models.layers import AttentionMetadata
@@ -96,17 +98,27 @@ class ModelRunner:
         scheduler_config: SchedulerConfig,
         max_logprobs: int = 20,
         load_format: str = "auto",
+        tensor_parallel_size: int = 1,
     ):
         compile_counter.install()
+        self.tp = tensor_parallel_size
+        self.mesh = sharding.make_mesh(self.tp)
+        sharding.check_tensor_parallel(model_config, self.tp)
+        self.kv_repeats = sharding.kv_head_repeats(model_config, self.tp)
+        model_config = sharding.sharded_config(model_config, self.tp)
         self.model_config = model_config
         self.cache_config = cache_config
         self.scheduler_config = scheduler_config
         self.module = get_model_module(model_config.architecture)
         self.params = self._load(load_format)
         if cache_config.num_blocks is None:
-            cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config)
-        self.kv_caches = allocate_kv_caches(model_config, cache_config.num_blocks, cache_config.block_size)
-        self.token_buffer = jnp.zeros(cache_config.num_blocks * cache_config.block_size, jnp.int32)
+            cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config, self.tp)
+        self.kv_caches = allocate_kv_caches(
+            model_config, cache_config.num_blocks, cache_config.block_size, sharding.kv_cache_sharding(self.mesh)
+        )
+        self.token_buffer = jax.device_put(
+            np.zeros(cache_config.num_blocks * cache_config.block_size, np.int32), sharding.replicated(self.mesh)
+        )
         self.table_width = -(-scheduler_config.max_model_len // cache_config.block_size)
         self.decode_buckets = ladder(scheduler_config.max_num_seqs)
         self.prefill_buckets = ladder(scheduler_config.max_num_batched_tokens, start=16)
@@ -118,19 +130,27 @@ class ModelRunner:
         cfg = self.model_config
         table = self.module.name_table(cfg)
         if load_format in ("auto", "safetensors"):
-            return load_params(cfg, table, lambda path, host: jax.device_put(host))
+            return load_params(cfg, table, self._put)
         if load_format != "dummy":
             raise ValueError(f"Unknown load_format {load_format!r}; choose 'auto', 'safetensors' or 'dummy'.")
         dtype = jnp.dtype(cfg.dtype)
 
-        @functools.partial(jax.jit, static_argnums=(0,))
         def random(shape, key):
             return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
 
         def make(path, shape, seed):
-            return jnp.ones(shape, dtype) if seed is None else random(shape, jax.random.PRNGKey(seed))
+            out = sharding.param_sharding(self.mesh, path[-1], shape)
+            if seed is None:
+                return jax.jit(lambda: jnp.ones(shape, dtype), out_shardings=out)()
+            return jax.jit(random, static_argnums=(0,), out_shardings=out)(shape, jax.random.PRNGKey(seed))
 
         return init_dummy_params(cfg, table, self.module.hf_shapes(cfg), make)
+
+    def _put(self, path: tuple, host: np.ndarray) -> jax.Array:
+        """A checkpoint tensor onto the mesh, each device receiving only its shard."""
+        if path[-1] in ("wk", "wv", "bk", "bv") and self.kv_repeats > 1:
+            host = sharding.repeat_kv_heads(host, self.kv_repeats, self.model_config.head_dim)
+        return jax.device_put(host, sharding.param_sharding(self.mesh, path[-1], host.shape))
 
     @property
     def num_buckets(self) -> int:
@@ -175,11 +195,16 @@ class ModelRunner:
         )
         smd = SamplingMetadata(**batch.sampling)
         next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None
-        out, prompt, self.kv_caches, self.token_buffer = self._compiled(batch.flags)(
-            self.params, self.kv_caches, self.token_buffer, batch.tokens, batch.positions, md,
-            batch.logits_indices, smd, next_tokens, batch.token_src_slots, batch.token_dst_slots,
-        )
+        with self._mesh_context():
+            out, prompt, self.kv_caches, self.token_buffer = self._compiled(batch.flags)(
+                self.params, self.kv_caches, self.token_buffer, batch.tokens, batch.positions, md,
+                batch.logits_indices, smd, next_tokens, batch.token_src_slots, batch.token_dst_slots,
+            )
         return PendingStep(list(sched_out.requests), batch, out, prompt)
+
+    def _mesh_context(self):
+        """Trace under the mesh when it splits devices, so the kernel is wrapped in shard_map."""
+        return jax.set_mesh(self.mesh) if self.tp > 1 else contextlib.nullcontext()
 
     def collect(self, pending: PendingStep) -> ModelRunnerOutput:
         """Wait for a dispatched step and bring its results to the host (one transfer)."""

@@ -1,0 +1,61 @@
+"""Tensor parallelism on 8 simulated CPU devices: same tokens and logprobs as one device, real shards."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxllm import LLM, SamplingParams
+
+PROMPTS = [{"prompt_token_ids": list(range(5, 5 + n))} for n in (3, 9, 17, 30)]
+PARAMS = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=3)
+
+# (architecture, tensor-parallel sizes its heads allow); see tests/tiny_models.py for head counts.
+CASES = [
+    ("LlamaForCausalLM", (2, 4)),  # 4 query / 2 kv heads: tp=4 repeats each kv head twice
+    ("Qwen2ForCausalLM", (2, 4, 8)),  # 8 / 2 heads, tied embeddings, qkv biases
+    ("MistralForCausalLM", (2, 4)),  # multi-query: one kv head repeated on every device
+]
+
+
+def _run(path, tp):
+    llm = LLM(path, max_model_len=64, max_num_seqs=4, tensor_parallel_size=tp)
+    outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    return llm, outs
+
+
+@pytest.mark.parametrize("arch, sizes", CASES)
+def test_tensor_parallel_matches_one_device(tiny_models, arch, sizes):
+    assert jax.device_count() >= 8
+    path, _ = tiny_models[arch]
+    _, ref = _run(path, 1)
+    for tp in sizes:
+        llm, outs = _run(path, tp)
+        for a, b in zip(ref, outs):
+            assert b.outputs[0].token_ids == a.outputs[0].token_ids, f"tp={tp}"
+            for la, lb in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
+                for tok, lp in la.items():
+                    assert abs(lb[tok].logprob - lp.logprob) <= 1e-4 * max(1.0, abs(lp.logprob)), f"tp={tp}"
+        layer = llm.runner.params["layers"][0]
+        cfg = llm.model_config
+        wq = layer["wq"]
+        assert wq.sharding.spec == jax.sharding.PartitionSpec(None, "tp")
+        assert {s.data.shape for s in wq.addressable_shards} == {(cfg.hidden_size, cfg.num_heads * cfg.head_dim // tp)}
+        assert layer["wo"].sharding.spec == jax.sharding.PartitionSpec("tp", None)
+        k_pages = llm.runner.kv_caches[0][0]
+        assert len(k_pages.addressable_shards) == tp
+        assert k_pages.addressable_shards[0].data.shape[0] == max(cfg.num_kv_heads, tp) // tp
+
+
+def test_tensor_parallel_errors(tiny_model_dir):
+    with pytest.raises(ValueError, match="larger than the 8 available"):
+        LLM(tiny_model_dir, tensor_parallel_size=16)
+    with pytest.raises(ValueError, match=r"attention heads \(4\) must be divisible by tensor parallel size \(3\)"):
+        LLM(tiny_model_dir, tensor_parallel_size=3)
+
+
+def test_kv_head_repetition_layout():
+    from jaxllm.sharding import repeat_kv_heads
+
+    w = np.arange(2 * 6).reshape(2, 6)  # two heads of dim 3 in the last axis
+    out = repeat_kv_heads(w, 2, 3)
+    assert out.tolist() == [[0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5], [6, 7, 8, 6, 7, 8, 9, 10, 11, 9, 10, 11]]
