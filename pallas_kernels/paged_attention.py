@@ -62,8 +62,10 @@ __all__ = ["default_config", "paged_attention", "paged_attention_reference", "wr
 # Initial running max: finite so that empty splits / padding rows merge without NaN.
 _M_INIT = -1e30
 _LOG2E = 1.4426950408889634
-# Programs wanted in the grid before the block table is split further (132 SMs on an H200).
-_TARGET_PROGRAMS = 264
+# Grid sizes the block table is split towards (an H200 has 132 SMs): about one program per
+# SM for the deep-pipeline configuration, about four per SM for the short-block one.
+_PROGRAMS_PER_WAVE_DEEP = 128
+_PROGRAMS_PER_WAVE = 512
 
 
 def _next_pow2(x: int) -> int:
@@ -106,7 +108,6 @@ def _decode_kernel(
     whole_pool: bool,
     split_outputs: bool,
     compact: bool,
-    prefetch: bool,
     page_size: int,
     token_rows: bool,
 ):
@@ -196,30 +197,12 @@ def _decode_kernel(
         jnp.full((block_g,), _M_INIT, jnp.float32),
         jnp.zeros((block_g,), jnp.float32),
     )
-    if prefetch:
-        # Software pipeline in registers: block i+1's K/V and block i+2's page ids are in
-        # flight while block i is computed.
-        def live(i):
-            return (positions(i) < length) & (i < num_blocks)
+    def body(i, carry):
+        pos = positions(i)
+        k, v = load_kv(page_ids(i), pos < length)
+        return update(carry, k, v, pos)
 
-        k0, v0 = load_kv(page_ids(0), live(0))
-
-        def body(i, carry):
-            o, m, l, k_cur, v_cur, ids_next = carry
-            ids_after = page_ids(i + 2)
-            k_next, v_next = load_kv(ids_next, live(i + 1))
-            o, m, l = update((o, m, l), k_cur, v_cur, positions(i))
-            return o, m, l, k_next, v_next, ids_after
-
-        o, m, l, *_ = lax.fori_loop(0, num_blocks, body, (*init, k0, v0, page_ids(1)))
-    else:
-
-        def body(i, carry):
-            pos = positions(i)
-            k, v = load_kv(page_ids(i), pos < length)
-            return update(carry, k, v, pos)
-
-        o, m, l = lax.fori_loop(0, num_blocks, body, init)
+    o, m, l = lax.fori_loop(0, num_blocks, body, init)
 
     fold = (lambda x: _compact_rows(x, group)) if compact else (lambda x: x)
     if split_outputs:
@@ -265,29 +248,46 @@ def _combine_splits(o, m, l, *, G: int, dtype, interpret: bool):
     )(o, m, l)
 
 
-def default_config(batch: int, num_kv_heads: int, width: int, page_size: int) -> dict:
-    """Launch parameters of the GPU kernel for one shape class (tuned on an H200).
+def default_config(
+    batch: int, num_kv_heads: int, width: int, page_size: int, head_dim: int = 128, itemsize: int = 2
+) -> dict:
+    """Launch parameters of the GPU kernel for one shape class (measured on an H200).
+
+    Two regimes, both sized by the bytes of one compute block (K + V tiles):
+
+    * long slices (>= 4096 tokens per program once the grid has ~one program per SM):
+      128-token blocks (64 KiB of K+V at d=128 bf16) and a 5-stage pipeline, about one
+      program per SM (the smem of the pipeline allows no more);
+    * otherwise 64-token blocks with 3 stages (~5 programs per SM), and the block table
+      split until the grid has ~512 programs (one wave), keeping >= 2 blocks per split.
 
     Returns ``pages_per_compute_block``, ``k_splits``, ``num_warps``, ``num_stages`` and
-    ``prefetch`` for a batch of ``batch`` sequences whose block tables have ``width`` pages.
+    ``token_rows`` for ``batch`` sequences whose block tables have ``width`` pages.
     """
-    tokens_per_block = 128
-    ppcb = max(1, min(tokens_per_block // page_size, _next_pow2(width)))
+    # Token counts below are for d=128 bf16 (256 bytes per token and head); other head
+    # sizes / dtypes keep the same bytes.
+    bytes_per_token = head_dim * itemsize
+
+    def tokens(n):
+        return max(16, _next_pow2(max(1, n * 256 // bytes_per_token)))
+
+    def ppcb_for(n):
+        return max(1, min(tokens(n) // page_size, _next_pow2(width)))
+
     programs = batch * num_kv_heads
-    num_blocks = pl.cdiv(width, ppcb)
-    # Split the block table until the grid fills the GPU (132 SMs, a few programs each), but
-    # keep at least two compute blocks per split.
     k_splits = 1
-    while programs * k_splits < _TARGET_PROGRAMS and num_blocks // (2 * k_splits) >= 2:
+    while programs * k_splits < _PROGRAMS_PER_WAVE_DEEP and width >= 2 * k_splits:
         k_splits *= 2
-    return {
-        "pages_per_compute_block": ppcb,
-        "k_splits": k_splits,
-        "num_warps": 4,
-        "num_stages": 2,
-        "prefetch": False,
-        "token_rows": True,
-    }
+    if pl.cdiv(width, k_splits) * page_size >= tokens(4096):
+        ppcb = ppcb_for(128)
+        return {"pages_per_compute_block": ppcb, "k_splits": k_splits, "num_warps": 4, "num_stages": 5,
+                "token_rows": True}
+    ppcb = ppcb_for(64)
+    k_splits = 1
+    while programs * k_splits < _PROGRAMS_PER_WAVE and pl.cdiv(width, 2 * k_splits) >= 2 * ppcb:
+        k_splits *= 2
+    return {"pages_per_compute_block": ppcb, "k_splits": k_splits, "num_warps": 4, "num_stages": 3,
+            "token_rows": True}
 
 
 @functools.partial(
@@ -298,7 +298,6 @@ def default_config(batch: int, num_kv_heads: int, width: int, page_size: int) ->
         "k_splits",
         "num_warps",
         "num_stages",
-        "prefetch",
         "token_rows",
         "compact",
         "combine",
@@ -318,7 +317,6 @@ def paged_attention(
     k_splits=None,
     num_warps=None,
     num_stages=None,
-    prefetch=None,
     token_rows=None,
     compact=None,
     combine=None,
@@ -349,8 +347,6 @@ def paged_attention(
       k_splits: number of slices of the block table processed in parallel, merged by a small
         XLA epilogue (default: 1 in interpret mode, from :func:`default_config` on GPU).
       num_warps, num_stages: Triton compiler parameters.
-      prefetch: keep the next compute block's loads in flight in registers while the current
-        one is computed (a software pipeline written in the kernel).
       token_rows: gather a compute block as one 2-D tile of token rows of the pool viewed as
         ``[K, P * S, H]`` (instead of a 3-D tile of whole pages).
       compact: write only the G real query rows of each kv head (default: when G is a power
@@ -384,15 +380,13 @@ def paged_attention(
     G = N // K
     block_g = max(16, _next_pow2(G))
 
-    defaults = default_config(B, K, W, S)
+    defaults = default_config(B, K, W, S, H, jnp.dtype(k_pages.dtype).itemsize)
     if interpret:
-        defaults.update(k_splits=1, prefetch=False)
+        defaults.update(k_splits=1)
     if k_splits is None:
         k_splits = defaults["k_splits"]
     if pages_per_compute_block is None:
         pages_per_compute_block = defaults["pages_per_compute_block"]
-    if prefetch is None:
-        prefetch = defaults["prefetch"]
     if token_rows is None:
         token_rows = defaults["token_rows"]
     if combine is None:
@@ -442,7 +436,6 @@ def paged_attention(
         whole_pool=interpret,
         split_outputs=split_outputs,
         compact=compact,
-        prefetch=bool(prefetch),
         page_size=S,
         token_rows=bool(token_rows),
     )
@@ -500,7 +493,7 @@ def paged_attention(
         out_shape=out_shape,
         interpret=interpret,
         compiler_params=compiler_params,
-        name=f"paged_attention_g{block_g}_p{pages_per_compute_block}{'_pf' if prefetch else ''}",
+        name=f"paged_attention_g{block_g}_p{pages_per_compute_block}",
     )(*args)
 
     if split_outputs and combine == "pallas":

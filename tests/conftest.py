@@ -4,9 +4,9 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.tiny_models import make_tiny_model  # noqa: E402
+from tests.tiny_models import make_tiny_model
 
 
 @pytest.fixture(scope="session")
