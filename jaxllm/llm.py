@@ -182,6 +182,43 @@ class LLM:
             raise
         return self._run_engine(ids, use_tqdm)
 
+    def chat(
+        self,
+        messages: list[dict] | list[list[dict]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool | Any = True,
+        lora_request: Any = None,
+        chat_template: str | None = None,
+        chat_template_content_format: str = "auto",
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        tools: list[dict] | None = None,
+        chat_template_kwargs: dict | None = None,
+        mm_processor_kwargs: dict | None = None,
+    ) -> list[RequestOutput]:
+        """Generate replies to one conversation or a list of them, through the model's chat template.
+
+        The rendered prompt is tokenized without adding special tokens again (the template has them).
+        A template error (e.g. a role it rejects) is a ValueError carrying the template's message.
+        """
+        from jaxllm.chat_utils import apply_chat_template, load_chat_template
+
+        if self.tokenizer is None:
+            raise ValueError("LLM.chat needs a tokenizer (the LLM was built with skip_tokenizer_init=True).")
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("messages must be a non-empty list of messages or of conversations.")
+        conversations = messages if isinstance(messages[0], list) else [messages]
+        template = load_chat_template(chat_template)
+        prompts = []
+        for conversation in conversations:
+            text = apply_chat_template(
+                self.tokenizer, conversation, chat_template=template, add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message, tools=tools, chat_template_kwargs=chat_template_kwargs,
+            )
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            prompts.append({"prompt": text, "prompt_token_ids": ids})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
+
     @staticmethod
     def _normalize_prompts(prompts: Any) -> list:
         if isinstance(prompts, (str, dict)):

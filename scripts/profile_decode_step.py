@@ -36,7 +36,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--attention", choices=["kernel", "reference"], default="kernel",
+                   help="decode attention: the Pallas kernel, or the plain-jnp reference (gather + dense)")
     args = p.parse_args()
+    if args.attention == "reference":
+        import jaxllm.models.layers as layers
+        from pallas_kernels.paged_attention_reference import paged_attention_reference
+
+        layers.paged_attention = paged_attention_reference
 
     from jaxllm import LLM, SamplingParams
     from jaxllm.models.layers import AttentionMetadata
@@ -63,10 +70,16 @@ def main() -> None:
     smd = SamplingMetadata(**batch.sampling)
     fn = runner._compiled(batch.flags)
 
+    def call(*inputs):
+        out, _, runner.kv_caches, runner.token_buffer = fn(runner.params, runner.kv_caches, runner.token_buffer,
+                                                           *inputs)
+        return out
+
+    step_inputs = (batch.tokens, batch.positions, md, batch.logits_indices, smd, None, batch.token_src_slots,
+                   batch.token_dst_slots)
+
     def device_step():
-        out, _, runner.kv_caches = fn(runner.params, runner.kv_caches, batch.tokens, batch.positions, md,
-                                      batch.logits_indices, smd, None)
-        return out[0]
+        return call(*step_inputs)[0]
 
     device = best_of(device_step)
 
@@ -76,7 +89,7 @@ def main() -> None:
         times = {"dispatch": [], "wait": [], "readback": []}
         for _ in range(30):
             t0 = time.perf_counter()
-            out, _, runner.kv_caches = fn(runner.params, runner.kv_caches, *step_args)
+            out = call(*step_args)
             t1 = time.perf_counter()
             jax.block_until_ready(out[0])
             t2 = time.perf_counter()
@@ -86,16 +99,14 @@ def main() -> None:
                 times[k].append(v * 1e3)
         return " ".join(f"{k} {np.median(v):.3f}" for k, v in times.items())
 
-    host_args = (batch.tokens, batch.positions, md, batch.logits_indices, smd, None)
-    on_device = jax.device_put((batch.tokens, batch.positions, md, batch.logits_indices, smd))
-    print("numpy inputs (ms):", split_times(host_args))
-    print("device inputs (ms):", split_times((*on_device, None)))
+    print("numpy inputs (ms):", split_times(step_inputs))
+    print("device inputs (ms):", split_times(jax.device_put(step_inputs)))
     prepare = best_of(lambda: runner.prepare(sched, engine.block_manager) and None)
     bw, _ = copy_bandwidth()
     cfg = llm.model_config
     roof = decode_roofline_s(param_bytes(cfg, cfg.dtype_bytes), cfg.kv_bytes_per_token(), args.batch_size,
                              args.context, bw)
-    print(f"batch {args.batch_size}, context {args.context}: engine step {engine_step * 1e3:.2f} ms, "
+    print(f"[{args.attention}] batch {args.batch_size}, context {args.context}: engine step {engine_step * 1e3:.2f} ms, "
           f"compiled step back-to-back {device * 1e3:.2f} ms, input preparation {prepare * 1e3:.3f} ms, "
           f"roofline {roof * 1e3:.2f} ms (copy {bw / 1e12:.2f} TB/s)")
 
