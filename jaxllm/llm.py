@@ -11,8 +11,8 @@ from typing import Any
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.engine.llm_engine import LLMEngine
 from jaxllm.model_loader import load_generation_config, resolve_model_path
-from jaxllm.outputs import RequestOutput
-from jaxllm.sampling_params import SamplingParams
+from jaxllm.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
+from jaxllm.sampling_params import BeamSearchParams, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +218,45 @@ class LLM:
             ids = self.tokenizer(text, add_special_tokens=False).input_ids
             prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
+
+    def beam_search(
+        self,
+        prompts: list,
+        params: BeamSearchParams,
+        lora_request: Any = None,
+        use_tqdm: bool | Any = False,
+        concurrency_limit: int | None = None,
+    ) -> list[BeamSearchOutput]:
+        """Beam search for each prompt; beams share the prompt's KV pages copy-on-write.
+
+        Beams are ranked by cum_logprob / generated_len ** length_penalty (generated tokens, EOS
+        included). Each sequence's `tokens` and `text` include the prompt, as in vLLM.
+        """
+        if lora_request is not None:
+            raise ValueError("LoRA adapters are not supported.")
+        prompts = self._normalize_prompts(prompts)
+        ids = [str(next(self._counter)) for _ in prompts]
+        added = []
+        try:
+            for rid, prompt in zip(ids, prompts):
+                self.llm_engine.add_beam_request(rid, prompt, params)
+                added.append(rid)
+        except Exception:
+            self.llm_engine.abort_request(added)
+            raise
+        results = []
+        for out in self._run_engine(ids, use_tqdm):
+            sequences = []
+            for c in out.outputs:
+                tokens = out.prompt_token_ids + c.token_ids
+                shown = tokens[:-1] if c.finish_reason == "stop" and not params.include_stop_str_in_output else tokens
+                text = self.tokenizer.decode(shown, skip_special_tokens=True) if self.tokenizer is not None else None
+                sequences.append(BeamSearchSequence(
+                    tokens=tokens, logprobs=c.logprobs, cum_logprob=c.cumulative_logprob, text=text,
+                    finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                ))
+            results.append(BeamSearchOutput(sequences=sequences))
+        return results
 
     @staticmethod
     def _normalize_prompts(prompts: Any) -> list:

@@ -65,6 +65,33 @@ class BlockManager:
         request.block_ids = []
         request.num_computed_tokens = 0
 
+    def fork(self, parent: Request, child: Request) -> None:
+        """`child` shares all of `parent`'s pages (copy-on-write)."""
+        child.block_ids = list(parent.block_ids)
+        for block in child.block_ids:
+            self.ref_counts[block] += 1
+
+    def is_shared(self, request: Request, position: int) -> bool:
+        index = position // self.block_size
+        return index < len(request.block_ids) and self.ref_counts[request.block_ids[index]] > 1
+
+    def make_writable(self, request: Request, position: int) -> tuple[int, int] | None:
+        """Give `request` a private copy of the page holding `position` if it shares it.
+
+        Returns (source page, new page) for the device to copy, or None when nothing had to move.
+        """
+        if not self.is_shared(request, position):
+            return None
+        if not self.free_blocks:
+            raise RuntimeError("KV pool exhausted while copying a shared page.")
+        index = position // self.block_size
+        src = request.block_ids[index]
+        dst = self.free_blocks.popleft()
+        self.ref_counts[dst] = 1
+        self.ref_counts[src] -= 1
+        request.block_ids[index] = dst
+        return src, dst
+
     def slot(self, request: Request, position: int) -> int:
         """Flat pool slot (page_id * S + offset) of token `position` of `request`."""
         return request.block_ids[position // self.block_size] * self.block_size + position % self.block_size

@@ -19,7 +19,8 @@ from jaxllm.engine.output_processor import OutputProcessor, RequestGroup
 from jaxllm.engine.request import Request, RequestStatus
 from jaxllm.engine.scheduler import Scheduler, SchedulerOutput
 from jaxllm.outputs import RequestOutput
-from jaxllm.sampling_params import SamplingParams
+from jaxllm.engine.beam_search import BeamState
+from jaxllm.sampling_params import BeamSearchParams, SamplingParams
 from jaxllm.tokenizer import IncrementalDetokenizer
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,61 @@ class LLMEngine:
         for seq in group.sequences:
             self.scheduler.add(seq)
 
+    def add_beam_request(self, request_id: str, prompt: Any, params: BeamSearchParams) -> None:
+        """Queue a beam search over `prompt`; its one output (when finished) holds the best beams."""
+        if request_id in self._groups:
+            raise ValueError(f"Request id {request_id!r} is already in use.")
+        if not isinstance(params, BeamSearchParams):
+            raise ValueError(f"params must be BeamSearchParams, got {type(params).__name__}.")
+        if 2 * params.beam_width > self.max_logprobs:
+            raise ValueError(
+                f"beam_width ({params.beam_width}) needs {2 * params.beam_width} log-probabilities per step, "
+                f"more than max_logprobs ({self.max_logprobs}); raise max_logprobs or lower beam_width."
+            )
+        text, ids = self.tokenize_prompt(prompt)
+        max_len = self.scheduler_config.max_model_len
+        if not ids or len(ids) >= max_len:
+            raise ValueError(
+                f"The beam search prompt must have 1 to {max_len - 1} tokens (max_model_len={max_len}), got {len(ids)}."
+            )
+        sampling = SamplingParams(
+            temperature=0.0, max_tokens=params.max_tokens, ignore_eos=True, logprobs=2 * params.beam_width,
+            detokenize=False, include_stop_str_in_output=params.include_stop_str_in_output,
+        )
+        state = BeamState(params, next(iter(self.eos_token_ids), None), max_len)
+        root = Request(
+            request_id=f"{request_id}-beam", prompt_token_ids=ids, sampling_params=sampling, seed=0,
+            eos_token_ids=self.eos_token_ids, max_tokens=params.max_tokens, parent_id=request_id,
+            arrival=next(self._arrival), logprobs=[], beam=state,
+        )
+        group = RequestGroup(request_id, text, ids, sampling, sequences=[root], beam=state)
+        self._groups[request_id] = group
+        self.scheduler.add(root)
+
+    def _advance_beams(self, group: RequestGroup) -> None:
+        """Once every live beam of `group` has its candidates, replace the beams by the best children."""
+        state = group.beam
+        live = [s for s in group.sequences if not s.is_finished]
+        if not state.round_complete(live):
+            return
+        children = state.expand(live, group.request_id, self.output_processor.decode_token)
+        for child in children:
+            self.block_manager.fork(child.fork_from, child)
+            child.num_computed_tokens = child.fork_from.num_tokens
+            del child.fork_from
+        for parent in live:
+            parent.status = RequestStatus.FINISHED_STOPPED
+            self.scheduler.remove(parent)
+        if state.finished_after(children):
+            state.completed.extend(state.hypothesis(c, "length") for c in children)
+            for child in children:
+                self.block_manager.free(child)
+                child.status = RequestStatus.FINISHED_LENGTH
+            state.done = True
+        else:
+            self.scheduler.running.extend(children)
+        group.sequences = children
+
     def _bad_words_ids(self, words) -> list[list[int]]:
         if not words or self.tokenizer is None:
             return []
@@ -217,8 +273,14 @@ class LLMEngine:
             return self._collect(sched.requests, cursors)
         if sched.is_prefill:
             self.stats["prompt_tokens"] += sum(s.num_prompt_tokens for s in sched.requests)
+        beam_groups = []
         for i, seq in enumerate(sched.requests):
             if seq.is_finished:  # finished or aborted while this step was in flight
+                continue
+            if seq.beam is not None:
+                seq.num_computed_tokens = seq.num_tokens
+                seq.beam.record(seq, result.top_ids[i], result.top_logprobs[i])
+                beam_groups.append(self._groups.get(seq.parent_id))
                 continue
             seq.num_computed_tokens = seq.num_tokens - seq.num_pending
             if seq.request_id in result.prompt_logprobs:
@@ -232,6 +294,8 @@ class LLMEngine:
             if seq.is_finished:
                 self.scheduler.remove(seq)
                 seq.num_pending = 0
+        for group in dict.fromkeys(g for g in beam_groups if g is not None):
+            self._advance_beams(group)
         return self._collect(sched.requests, cursors)
 
     def _collect(self, seqs: list[Request], cursors: dict | None) -> list[RequestOutput]:
@@ -252,7 +316,8 @@ def _needs_host_tokens(seq: Request) -> bool:
     """Sampling that reads the sequence's own outputs (penalties, min_tokens, bad words)."""
     p = seq.sampling_params
     return (
-        p.presence_penalty != 0
+        seq.beam is not None
+        or p.presence_penalty != 0
         or p.frequency_penalty != 0
         or p.repetition_penalty != 1
         or len(seq.output_token_ids) < p.min_tokens

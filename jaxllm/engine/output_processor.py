@@ -22,6 +22,7 @@ class RequestGroup:
     sequences: list[Request] = field(default_factory=list)
     prompt_logprobs: list[dict | None] | None = None
     final_sent: bool = False
+    beam: Any = None  # BeamState for a beam search
 
     @property
     def finished(self) -> bool:
@@ -108,8 +109,30 @@ class OutputProcessor:
             stop_reason=seq.stop_reason if seq.status is RequestStatus.FINISHED_STOPPED else None,
         )
 
+    def _beam_output(self, group: RequestGroup) -> RequestOutput | None:
+        """A finished beam search: its best beams, best first, as completions."""
+        state = group.beam
+        if not state.done or group.final_sent:
+            return None
+        group.final_sent = True
+        outputs = []
+        for i, hyp in enumerate(state.best()):
+            ids = hyp.token_ids
+            shown = ids[:-1] if hyp.finish_reason == "stop" and not state.params.include_stop_str_in_output else ids
+            text = self.tokenizer.decode(shown, skip_special_tokens=True) if self.tokenizer is not None else ""
+            outputs.append(CompletionOutput(
+                index=i, text=text, token_ids=list(ids), cumulative_logprob=hyp.cum_logprob,
+                logprobs=hyp.logprobs, finish_reason=hyp.finish_reason,
+            ))
+        return RequestOutput(
+            request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
+            prompt_logprobs=None, outputs=outputs, finished=True, num_cached_tokens=0,
+        )
+
     def make_output(self, group: RequestGroup, cursors: dict | None = None) -> RequestOutput | None:
         """The group's output now, honouring `output_kind`; None if nothing should be sent."""
+        if group.beam is not None:
+            return self._beam_output(group)
         p = group.sampling_params
         finished = group.finished
         if p.output_kind == RequestOutputKind.FINAL_ONLY and not finished:

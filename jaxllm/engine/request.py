@@ -50,6 +50,8 @@ class Request:
     stop_reason: int | str | None = None
     num_preemptions: int = 0
     error: str | None = None
+    beam: Any = None  # BeamState when this sequence is one beam of a beam search
+    on_hold: bool = False  # running, but skipped by the scheduler until the engine releases it
 
     @property
     def num_prompt_tokens(self) -> int:

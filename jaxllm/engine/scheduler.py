@@ -23,6 +23,7 @@ class SchedulerOutput:
     is_prefill: bool
     requests: list[Request] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    block_copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) pages, before the step
 
     @property
     def num_tokens(self) -> int:
@@ -65,7 +66,7 @@ class Scheduler:
         return self._schedule_decode_overlapped(exclude) if overlap else self._schedule_decode()
 
     def _schedule_decode_overlapped(self, exclude) -> SchedulerOutput:
-        batch = [r for r in self.running if r not in exclude]
+        batch = [r for r in self.running if r not in exclude and not r.on_hold]
         need = sum(self.block_manager.blocks_needed(r, r.num_tokens) for r in batch)
         if need > self.block_manager.num_free_blocks:
             return SchedulerOutput(is_prefill=False)
@@ -91,19 +92,30 @@ class Scheduler:
 
     def _schedule_decode(self) -> SchedulerOutput:
         out = SchedulerOutput(is_prefill=False)
-        queue = deque(self.running)
+        held = [r for r in self.running if r.on_hold]
+        queue = deque(r for r in self.running if not r.on_hold)
+        bm = self.block_manager
         while queue:
             request = queue.popleft()
-            while not self.block_manager.can_allocate(request, request.num_tokens):
+            while not self._fits(request):
                 victim = queue.pop() if queue else request
                 self._preempt(victim, out)
                 if victim is request:
                     break
             else:
-                self.block_manager.allocate(request, request.num_tokens)
+                bm.allocate(request, request.num_tokens)
+                copy = bm.make_writable(request, request.num_tokens - 1)  # a beam writing a shared page
+                if copy:
+                    out.block_copies.append(copy)
                 out.requests.append(request)
-        self.running = list(out.requests)
+        self.running = held + out.requests
         return out
+
+    def _fits(self, request: Request) -> bool:
+        bm = self.block_manager
+        n = request.num_tokens
+        need = bm.blocks_needed(request, n) + int(bm.is_shared(request, n - 1))
+        return need <= bm.num_free_blocks
 
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         self.block_manager.free(request)

@@ -45,6 +45,7 @@ class InputBatch:
     # The device keeps each sequence's newest sampled token at the pool slot of the position that
     # produced it, so a decode step reads its input tokens there and never waits for the host.
     token_src_slots: np.ndarray | None = None  # [B] decode: where to read each row's input token
+    token_from_buffer: np.ndarray | None = None  # [B] bool decode: False = take `tokens` (beams choose on host)
     token_dst_slots: np.ndarray | None = None  # [B] where to store each row's sampled token
     segment_ids: np.ndarray | None = None  # [T] prefill
     block_tables: np.ndarray | None = None  # [B, W] decode
@@ -145,7 +146,10 @@ def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max
     block_tables = np.zeros((b, table_width), np.int32)
     context_lens = np.zeros(b, np.int32)
     src_slots = np.zeros(b, np.int32)
+    from_buffer = np.ones(b, np.bool_)
     for i, r in enumerate(requests):
+        if r.beam is not None:  # a beam's input token was chosen by the host, not sampled
+            tokens[i], from_buffer[i] = r.output_token_ids[-1], False
         pos = r.num_tokens - 1
         positions[i] = pos
         slot_mapping[i] = block_manager.slot(r, pos)
@@ -163,6 +167,7 @@ def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max
         sampling=_sampling_arrays(requests, b, flags, bias_rows, vocab, max_len),
         flags=flags,
         token_src_slots=src_slots,
+        token_from_buffer=from_buffer,
         token_dst_slots=slot_mapping,
         block_tables=block_tables,
         context_lens=context_lens,

@@ -20,7 +20,7 @@ from jaxllm.model_loader import init_dummy_params, load_params
 from jaxllm.models.layers import AttentionMetadata
 from jaxllm.models.registry import get_model_module
 from jaxllm.runner import compile_counter
-from jaxllm.runner.buckets import ladder
+from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
 from jaxllm.runner.kv_cache import allocate_kv_caches, plan_num_blocks
 from jaxllm.runner.logit_bias import step_logit_bias
@@ -63,10 +63,10 @@ class ModelRunnerOutput:
 
 def _step(
     params, kv_caches, token_buffer, tokens, positions, md, logits_indices, smd, next_tokens, src_slots, dst_slots,
-    *, module, cfg, flags, top,
+    from_buffer, *, module, cfg, flags, top,
 ):
     if src_slots is not None:  # decode: each row's input is the token its previous step left on device
-        tokens = token_buffer[src_slots]
+        tokens = jnp.where(from_buffer, token_buffer[src_slots], tokens)
     hidden, kv_caches = module.forward(params, cfg, tokens, positions, kv_caches, md)  # [T, D]
     logits = module.compute_logits(params, cfg, hidden[logits_indices])  # [B, V]
     out = sample(
@@ -125,6 +125,7 @@ class ModelRunner:
         vocab = model_config.vocab_size
         self.num_top_logprobs = vocab if max_logprobs < 0 else max(1, min(max_logprobs, vocab))
         self._steps: dict[tuple, object] = {}
+        self._copy_fn = None
 
     def _load(self, load_format: str) -> dict:
         cfg = self.model_config
@@ -187,6 +188,8 @@ class ModelRunner:
     def dispatch(self, sched_out, block_manager) -> PendingStep:
         """Start a step on the device and return without waiting for it."""
         batch = self.prepare(sched_out, block_manager)
+        if sched_out.block_copies:
+            self._copy_blocks(sched_out.block_copies)
         md = AttentionMetadata(
             slot_mapping=batch.slot_mapping,
             segment_ids=batch.segment_ids,
@@ -199,8 +202,23 @@ class ModelRunner:
             out, prompt, self.kv_caches, self.token_buffer = self._compiled(batch.flags)(
                 self.params, self.kv_caches, self.token_buffer, batch.tokens, batch.positions, md,
                 batch.logits_indices, smd, next_tokens, batch.token_src_slots, batch.token_dst_slots,
+                batch.token_from_buffer,
             )
         return PendingStep(list(sched_out.requests), batch, out, prompt)
+
+    def _copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy pool pages src -> dst in every layer (copy-on-write of shared pages), padded to a bucket."""
+        n = bucket_for(len(pairs), self.decode_buckets)
+        src = np.zeros(n, np.int32)
+        dst = np.zeros(n, np.int32)  # padding copies the null page onto itself
+        src[: len(pairs)], dst[: len(pairs)] = zip(*pairs)
+        if self._copy_fn is None:
+            def copy(kv_caches, src, dst):
+                return [(k.at[:, dst].set(k[:, src]), v.at[:, dst].set(v[:, src])) for k, v in kv_caches]
+
+            self._copy_fn = jax.jit(copy, donate_argnums=(0,))
+        with self._mesh_context():
+            self.kv_caches = self._copy_fn(self.kv_caches, src, dst)
 
     def _mesh_context(self):
         """Trace under the mesh when it splits devices, so the kernel is wrapped in shard_map."""
