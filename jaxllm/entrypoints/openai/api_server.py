@@ -276,7 +276,7 @@ def run_server(args: argparse.Namespace) -> int:
         set_max_logprobs_limit(args.max_logprobs)
         logger.info("Loading model %s", args.model or "(embedded default model)")
         llm = LLM(args.model, max_logprobs=args.max_logprobs, tokenizer_mode=args.tokenizer_mode,
-                  **engine_kwargs(args))
+                  load_format=args.load_format, **engine_kwargs(args))
         config = serving_config(args, llm.llm_engine)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -63,13 +63,14 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
     srv.add_argument("--shutdown-timeout", type=float, default=None,
                      help="on SIGTERM, seconds to let in-flight requests finish (default: wait for all)")
     srv.add_argument("--tokenizer-mode", default="auto", choices=["auto", "hf", "slow"])
+    srv.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"],
+                     help="dummy: random weights of the model's shape (for benchmarks)")
 
     compat = parser.add_argument_group("accepted for compatibility with vllm serve (no effect)")
     compat.add_argument("--enforce-eager", action="store_true")
     compat.add_argument("--disable-custom-all-reduce", action="store_true")
     compat.add_argument("--disable-frontend-multiprocessing", action="store_true")
     compat.add_argument("--swap-space", type=float, default=None)
-    compat.add_argument("--load-format", default=None)
     compat.add_argument("--kv-cache-dtype", default=None)
     compat.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
     compat.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None)
