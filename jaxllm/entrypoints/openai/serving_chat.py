@@ -182,7 +182,7 @@ class OpenAIServingChat(OpenAIServing):
                     yield self._chunk(request_id, created, [choice], usage)
             if include_usage:
                 yield self._chunk(request_id, created, [], self.usage(len(ids), sum(num_tokens)))
-        except Exception as err:  # noqa: BLE001 - reported in the stream, whose status is already 200
+        except Exception as err:
             yield stream_error_event(err)
         finally:
             for stream in streams:

@@ -173,7 +173,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 final = CompletionStreamResponse(id=request_id, created=created, model=self.model_name,
                                                  choices=[], usage=usage)
                 yield sse(final.model_dump_json())
-        except Exception as err:  # noqa: BLE001 - reported in the stream, whose status is already 200
+        except Exception as err:
             yield stream_error_event(err)
         finally:
             for stream in streams:

@@ -320,7 +320,7 @@ async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int
         try:
             async for out in stream:
                 queue.put_nowait((i, out))
-        except Exception as err:  # noqa: BLE001 - re-raised by the consumer below
+        except Exception as err:
             queue.put_nowait((i, err))
         finally:
             queue.put_nowait((i, done))
