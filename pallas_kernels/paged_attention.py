@@ -22,15 +22,24 @@ Kernel design (written for the Pallas Triton lowering, also runs in interpret
 mode on CPU):
 
 * grid = (B, K, k_splits): one program per (sequence, kv head, slice of the
-  block table).
+  block table); programs past a sequence's length exit at once.
 * the G = N // K query heads sharing a kv head are processed together as the
-  rows of one matrix, padded to ``max(16, next_pow2(G))`` rows because a
-  Triton dot needs at least 16 rows.
-* the whole per-head pool ``[P, S, H]`` is visible to each program; a compute
-  block gathers ``pages_per_compute_block`` pages with a vector of page ids
-  taken from the block table (``k_ref[page_ids]``).
+  rows of one matrix of ``max(16, next_pow2(G))`` rows (a Triton dot needs at
+  least 16): row r is query head ``k * G + r % G``, loaded straight from q (no
+  padded copy), and only the G real rows are written back.
+* the per-head pool is viewed as ``[P * S, H]`` token rows; a compute block of
+  ``pages_per_compute_block * S`` tokens is gathered as ONE 2-D tile of rows
+  ``block_table[page] * S + offset`` with masked loads (slots past the length are
+  not read). A 2-D tile feeds both dots directly, so Triton's software pipeliner
+  streams K and V through shared memory with ``cp.async`` (``num_stages``
+  deep); the earlier 3-D ``[pages, S, H]`` page gather (``token_rows=False``)
+  left V in registers and ran at about 55% of the bandwidth (H200, 2026-11-21).
 * every program keeps an online softmax (output, running max m, running sum l)
-  in float32; the k_splits partial results are merged by a small XLA epilogue.
+  in float32 and base 2; with k_splits > 1 the partial states are merged by a
+  second small Pallas kernel (or XLA ops), otherwise the kernel writes the
+  normalised output itself.
+* launch parameters per shape class come from :func:`default_config`
+  (measured on an H200; see ``docs/benchmarks.md``).
 
 Triton constraints: every loaded tile must have a power-of-two number of
 elements and dots need dimensions >= 16, so on GPU S, H and
@@ -87,7 +96,7 @@ def _compact_rows(x, group: int):
         return x
     copies = block_g // group
     x = x.reshape(copies, group, *x.shape[1:])
-    first = (lax.broadcasted_iota(jnp.int32, x.shape, 0) == 0)
+    first = lax.broadcasted_iota(jnp.int32, x.shape, 0) == 0
     return jnp.where(first, x, 0).sum(axis=0)
 
 
@@ -95,7 +104,7 @@ def _decode_kernel(
     lengths_ref,  # [1]
     block_table_ref,  # [W]
     q_ref,  # [N, H]
-    k_ref,  # [P, S, H] (Triton: one kv head's pool) or [K, P, S, H] (interpret)
+    k_ref,  # one kv head's pool, [P * S, H] (token_rows) or [P, S, H]; interpret: all heads [K, ...]
     v_ref,  # same as k_ref
     *refs,  # ([N] alibi slopes,) then o [Go, H] (+ m [Go], l [Go] with split outputs)
     scale_log2: float,
@@ -197,6 +206,7 @@ def _decode_kernel(
         jnp.full((block_g,), _M_INIT, jnp.float32),
         jnp.zeros((block_g,), jnp.float32),
     )
+
     def body(i, carry):
         pos = positions(i)
         k, v = load_kv(page_ids(i), pos < length)
@@ -280,14 +290,24 @@ def default_config(
         k_splits *= 2
     if pl.cdiv(width, k_splits) * page_size >= tokens(4096):
         ppcb = ppcb_for(128)
-        return {"pages_per_compute_block": ppcb, "k_splits": k_splits, "num_warps": 4, "num_stages": 5,
-                "token_rows": True}
+        return {
+            "pages_per_compute_block": ppcb,
+            "k_splits": k_splits,
+            "num_warps": 4,
+            "num_stages": 5,
+            "token_rows": True,
+        }
     ppcb = ppcb_for(64)
     k_splits = 1
     while programs * k_splits < _PROGRAMS_PER_WAVE and pl.cdiv(width, 2 * k_splits) >= 2 * ppcb:
         k_splits *= 2
-    return {"pages_per_compute_block": ppcb, "k_splits": k_splits, "num_warps": 4, "num_stages": 3,
-            "token_rows": True}
+    return {
+        "pages_per_compute_block": ppcb,
+        "k_splits": k_splits,
+        "num_warps": 4,
+        "num_stages": 3,
+        "token_rows": True,
+    }
 
 
 @functools.partial(

@@ -273,12 +273,16 @@ def test_default_config_fills_the_gpu():
         assert batch * 8 * splits >= 128 or pages_per_split < 4 * ppcb
     # Long slices at a small batch: deep pipeline, about one program per SM.
     assert default_config(8, 8, 512, 16) == {
-        "pages_per_compute_block": 8, "k_splits": 2, "num_warps": 4, "num_stages": 5, "token_rows": True
+        "pages_per_compute_block": 8,
+        "k_splits": 2,
+        "num_warps": 4,
+        "num_stages": 5,
+        "token_rows": True,
     }
     assert default_config(64, 8, 128, 16)["k_splits"] == 1
     assert default_config(1, 8, 512, 16)["k_splits"] == 64
     # Other head sizes / dtypes keep the tile bytes: 32 f32 tokens of d=128.
-    assert default_config(64, 8, 128, 16, head_dim=128, itemsize=4)["pages_per_compute_block"] == 2
+    assert default_config(64, 8, 64, 16, head_dim=128, itemsize=4)["pages_per_compute_block"] == 2
 
 
 GPU_CASES = {
