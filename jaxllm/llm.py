@@ -68,6 +68,7 @@ class LLM:
         max_logprobs: int = 20,
         download_dir: str | None = None,
         load_format: str = "auto",
+        compilation_cache_dir: str | None = None,
         hf_overrides: dict | None = None,
         **kwargs: Any,
     ):
@@ -112,6 +113,9 @@ class LLM:
         from jaxllm.sharding import maybe_initialize_distributed
 
         maybe_initialize_distributed()
+        from jaxllm.runner.compilation_cache import enable_compilation_cache
+
+        self.compilation_cache_dir = enable_compilation_cache(compilation_cache_dir)
 
         self.runner = ModelRunner(
             self.model_config, self.cache_config, self.scheduler_config, max_logprobs, load_format,

@@ -4,6 +4,12 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+# One persistent XLA cache for the session: the many small engines the tests build share executables.
+if "JAXLLM_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAXLLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxllm-test-cache-")
+
 import pytest
 
 from tests.tiny_models import make_tiny_model

@@ -1,4 +1,7 @@
-"""Counts XLA backend compilations in this process (tests use it to prove buckets compile once)."""
+"""Counts XLA executables built in this process, and how many of them the persistent cache served.
+
+Tests use it to prove that each bucket is built once and that a warm start compiles nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +9,44 @@ import threading
 
 import jax
 
-_EVENT = "/jax/core/compile/backend_compile_duration"
+_BUILD = "/jax/core/compile/backend_compile_duration"  # every executable built (compiled or loaded)
+_HIT = "/jax/compilation_cache/cache_hits"  # ... of which the persistent cache served this many
 _lock = threading.Lock()
-_count = 0
+_counts = {"built": 0, "hits": 0, "seconds": 0.0}
 _installed = False
 
 
-def _listener(event: str, duration: float, **kwargs) -> None:
-    global _count
-    if event == _EVENT:
+def _on_duration(event: str, duration: float, **kwargs) -> None:
+    if event == _BUILD:
         with _lock:
-            _count += 1
+            _counts["built"] += 1
+            _counts["seconds"] += duration
+
+
+def _on_event(event: str, **kwargs) -> None:
+    if event == _HIT:
+        with _lock:
+            _counts["hits"] += 1
 
 
 def install() -> None:
     global _installed
     with _lock:
         if not _installed:
-            jax.monitoring.register_event_duration_secs_listener(_listener)
+            jax.monitoring.register_event_duration_secs_listener(_on_duration)
+            jax.monitoring.register_event_listener(_on_event)
             _installed = True
 
 
+def num_executables() -> int:
+    """Executables built since `install()`, whether compiled or loaded from the persistent cache."""
+    return _counts["built"]
+
+
 def num_compilations() -> int:
-    """Backend compilations seen since `install()` (persistent-cache hits are not compilations)."""
-    return _count
+    """Real XLA compilations since `install()`: executables the persistent cache did not have."""
+    return _counts["built"] - _counts["hits"]
+
+
+def seconds_building() -> float:
+    return _counts["seconds"]
