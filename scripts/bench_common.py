@@ -10,17 +10,17 @@ import time
 # Model shapes for `--config NAME` (random weights, no download).
 SHAPES = {
     "llama-3-8b": dict(
-        architectures=["LlamaForCausalLM"], hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
         rope_theta=500000.0, rms_norm_eps=1e-5, torch_dtype="bfloat16", tie_word_embeddings=False,
     ),
     "qwen2.5-1.5b": dict(
-        architectures=["Qwen2ForCausalLM"], hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+        architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
         rope_theta=1000000.0, rms_norm_eps=1e-6, torch_dtype="bfloat16", tie_word_embeddings=True,
     ),
     "tiny": dict(
-        architectures=["LlamaForCausalLM"], hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=256, intermediate_size=768, num_hidden_layers=4,
         num_attention_heads=8, num_key_value_heads=4, vocab_size=4096, max_position_embeddings=4096,
         torch_dtype="float32",
     ),

@@ -67,6 +67,7 @@ def main() -> None:
         "ratio_to_roofline": roof / per_token, "output_tokens_per_s": args.batch_size / per_token,
         "weights_GB": weights / 1e9, "copy_bandwidth_TBps": bw / 1e12, "bandwidth_method": method,
     }
+    print(json.dumps(result, indent=2), flush=True)
     if args.hf_peer:
         del llm
         import torch

@@ -95,6 +95,7 @@ def main() -> None:
         "ratio_to_roofline": out_tokens / elapsed / roof, "copy_bandwidth_TBps": bw / 1e12, "bandwidth_method": bw_method,
         "startup_and_warmup_s": start_s, "preemptions": llm.llm_engine.stats["preemptions"],
     }
+    print(json.dumps(result, indent=2), flush=True)
     if args.hf_peer_prompts:
         del llm
         hf = run_hf_peer(folder, prompts, args)

@@ -76,7 +76,7 @@ def main() -> None:
         return out
 
     step_inputs = (batch.tokens, batch.positions, md, batch.logits_indices, smd, None, batch.token_src_slots,
-                   batch.token_dst_slots)
+                   batch.token_dst_slots, batch.token_from_buffer)
 
     def device_step():
         return call(*step_inputs)[0]
