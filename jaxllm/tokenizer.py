@@ -59,20 +59,16 @@ def get_tokenizer(
     name = os.fspath(tokenizer_name)
     if os.path.isdir(name):
         kwargs.setdefault("local_files_only", True)
+    # `trust_remote_code` is accepted for compatibility, but code shipped with a checkpoint is never run:
+    # transformers would execute the repository's configuration/tokenizer modules (e.g. mpt-7b's auto_map).
+    del trust_remote_code
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            name, *args, trust_remote_code=trust_remote_code, revision=revision, **kwargs
-        )
+        tokenizer = AutoTokenizer.from_pretrained(name, *args, trust_remote_code=False, revision=revision, **kwargs)
     except ValueError as e:
-        # Custom tokenizers that need their own code fail with a message that does not say how to fix it.
-        if not trust_remote_code and (
-            "does not exist or is not currently imported" in str(e)
-            or "requires you to execute the tokenizer file" in str(e)
-        ):
-            raise RuntimeError(
-                "Failed to load the tokenizer. If the tokenizer is a custom tokenizer not yet available in "
-                "the HuggingFace transformers library, consider setting `trust_remote_code=True` in LLM or "
-                "using the `--trust-remote-code` flag in the CLI."
+        if "does not exist or is not currently imported" in str(e) or "requires you to execute" in str(e):
+            raise ValueError(
+                f"The tokenizer of {name!r} needs code shipped with the checkpoint, which jaxllm never runs. "
+                "Point `tokenizer=` at a folder with a standard tokenizer.json / tokenizer_config.json."
             ) from e
         raise
     if not getattr(tokenizer, "is_fast", True):

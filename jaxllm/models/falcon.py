@@ -103,17 +103,27 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _split_qkv(cfg: ModelConfig, qkv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """[T, (N + 2K) * H] -> q [T, N, H], k, v [T, K, H], following the checkpoint's packing."""
+    """[T, (N + 2K) * H] -> q [T, N, H], k, v [T, K', H], following the checkpoint's packing.
+
+    K is the checkpoint's kv head count (read from the width); when the runner repeats kv heads for
+    tensor parallelism (`cfg.num_kv_heads` = K' > K), each head is repeated in place to match.
+    """
     t = qkv.shape[0]
-    n, kv, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    n, h = cfg.num_heads, cfg.head_dim
+    kv = (qkv.shape[1] // h - n) // 2
     if cfg.hf_config.get("new_decoder_architecture", False):  # per kv group: G queries, a key, a value
         g = qkv.reshape(t, kv, n // kv + 2, h)
-        return g[:, :, :-2].reshape(t, n, h), g[:, :, -2], g[:, :, -1]
-    if kv == 1:  # multi-query: all queries, then the key, then the value
+        q, k, v = g[:, :, :-2].reshape(t, n, h), g[:, :, -2], g[:, :, -1]
+    elif kv == 1:  # multi-query: all queries, then the key, then the value
         g = qkv.reshape(t, n + 2, h)
-        return g[:, :n], g[:, n:n + 1], g[:, n + 1:]
-    g = qkv.reshape(t, n, 3, h)  # per head: query, key, value
-    return g[:, :, 0], g[:, :, 1], g[:, :, 2]
+        q, k, v = g[:, :n], g[:, n:n + 1], g[:, n + 1:]
+    else:
+        g = qkv.reshape(t, n, 3, h)  # per head: query, key, value
+        q, k, v = g[:, :, 0], g[:, :, 1], g[:, :, 2]
+    repeats = cfg.num_kv_heads // kv
+    if repeats > 1:
+        k, v = jnp.repeat(k, repeats, axis=1), jnp.repeat(v, repeats, axis=1)
+    return q, k, v
 
 
 def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
@@ -130,7 +140,7 @@ def forward(
     md: AttentionMetadata,
 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
     """Hidden states after the final LayerNorm [T, D], and the pool with this step's K/V written."""
-    new_arch, parallel, num_norms = _layout(cfg)
+    _, parallel, num_norms = _layout(cfg)
     t = tokens.shape[0]
     n, h, eps = cfg.num_heads, cfg.head_dim, cfg.rms_norm_eps
     scale = h**-0.5

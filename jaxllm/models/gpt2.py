@@ -54,9 +54,11 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     p = _prefix(cfg)
     layer = {
-        "ln_1.weight": (d,), "ln_1.bias": (d,), "attn.c_attn.weight": (d, 3 * d), "attn.c_attn.bias": (3 * d,),
-        "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,), "ln_2.weight": (d,), "ln_2.bias": (d,),
-        "mlp.c_fc.weight": (d, f), "mlp.c_fc.bias": (f,), "mlp.c_proj.weight": (f, d), "mlp.c_proj.bias": (d,),
+        "ln_1.weight": (d,), "ln_1.bias": (d,), "ln_2.weight": (d,), "ln_2.bias": (d,),
+        "attn.c_attn.weight": (d, 3 * d), "attn.c_attn.bias": (3 * d,),
+        "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,),
+        "mlp.c_fc.weight": (d, f), "mlp.c_fc.bias": (f,),
+        "mlp.c_proj.weight": (f, d), "mlp.c_proj.bias": (d,),
     }
     shapes = {
         p + "wte.weight": (v, d), p + "wpe.weight": (cfg.max_position_embeddings, d),

@@ -79,6 +79,7 @@ def _phi(hf: dict[str, Any]) -> dict[str, Any]:
     d = int(_first(hf, "hidden_size", default=2048))
     n = int(_first(hf, "num_attention_heads", default=32))
     rope = hf.get("rope_parameters") or {}
+    factor = _first(hf, "partial_rotary_factor", default=rope.get("partial_rotary_factor", 0.5))
     return dict(
         hidden_size=d,
         num_attention_heads=n,
@@ -89,7 +90,7 @@ def _phi(hf: dict[str, Any]) -> dict[str, Any]:
         hidden_act=str(_first(hf, "hidden_act", default="gelu_new")),
         attention_bias=True,
         mlp_bias=True,
-        partial_rotary_factor=float(_first(hf, "partial_rotary_factor", default=rope.get("partial_rotary_factor", 0.5))),
+        partial_rotary_factor=float(factor),
     )
 
 

@@ -89,7 +89,7 @@ def alibi_slopes(num_heads: int, alibi_bias_max: float | None = None) -> np.ndar
         if n2 != n:
             slopes = np.concatenate([slopes[1::2], slopes[::2]])[:n]
         return slopes.astype(np.float32)
-    closest = 1 << int(math.floor(math.log2(n)))
+    closest = 1 << math.floor(math.log2(n))
     base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
     slopes = base ** np.arange(1, closest + 1, dtype=np.float64)
     if closest != n:

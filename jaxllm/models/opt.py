@@ -39,7 +39,8 @@ def _settings(cfg: ModelConfig) -> tuple[int, bool, bool, bool, bool]:
     pre = bool(hf.get("do_layer_norm_before", True))
     affine = bool(hf.get("layer_norm_elementwise_affine", True))
     final = pre and not hf.get("_remove_final_layer_norm", False)
-    return int(hf.get("word_embed_proj_dim") or cfg.hidden_size), pre, bool(hf.get("enable_bias", True)), affine, final
+    bias = bool(hf.get("enable_bias", True))
+    return int(hf.get("word_embed_proj_dim") or cfg.hidden_size), pre, bias, affine, final
 
 
 def name_table(cfg: ModelConfig) -> dict[str, tuple[tuple, bool]]:

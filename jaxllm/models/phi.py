@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.models.layers import AttentionMetadata, activation, apply_rope, attention, layer_norm, rope_inv_freq
+from jaxllm.models.layers import (
+    AttentionMetadata,
+    activation,
+    apply_rope,
+    attention,
+    layer_norm,
+    rope_inv_freq,
+)
 
 _LINEARS = {
     "self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.dense": "o",
@@ -71,7 +78,8 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes[f"{pre}{name}.weight"] = shape
             shapes[f"{pre}{name}.bias"] = (shape[0],)
         for x in ("q", "k"):
-            shapes[f"{pre}self_attn.{x}_layernorm.weight"] = shapes[f"{pre}self_attn.{x}_layernorm.bias"] = (h,)
+            for part in ("weight", "bias"):
+                shapes[f"{pre}self_attn.{x}_layernorm.{part}"] = (h,)
     return {k: s for k, s in shapes.items() if k in name_table(cfg)}
 
 
