@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_serve_parser = None
     if add_serve_parser is not None:
         add_serve_parser(sub)
+    try:
+        from jaxllm.entrypoints.openai.run_batch import add_run_batch_parser
+    except ImportError:
+        add_run_batch_parser = None
+    if add_run_batch_parser is not None:
+        add_run_batch_parser(sub)
     return parser
 
 
