@@ -1,0 +1,23 @@
+"""LangChain models backed by jaxllm, in-process: `JaxLLM` (text completion) and `ChatJaxLLM` (chat).
+
+    from jaxllm.langchain import JaxLLM
+    llm = JaxLLM(model="Qwen/Qwen2.5-1.5B-Instruct", max_new_tokens=128, top_k=10, top_p=0.95, temperature=0.8)
+    print(llm.invoke("What is the capital of France?"))
+
+They take the fields of `langchain_community.llms.VLLM`. Models built with the same engine arguments
+share one `jaxllm.LLM` (or pass `client=` an existing one). Needs `pip install "jaxllm[langchain]"`.
+For a served model, use LangChain's own `VLLMOpenAI` / `ChatOpenAI` with `base_url` (docs/langchain.md).
+"""
+
+try:
+    import langchain_core  # noqa: F401
+except ImportError as err:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        'jaxllm.langchain needs langchain-core: pip install "jaxllm[langchain]"'
+    ) from err
+
+from jaxllm.langchain.chat_models import ChatJaxLLM
+from jaxllm.langchain.engine import EngineDriver, clear_engine_cache, driver_for, get_engine
+from jaxllm.langchain.llms import JaxLLM
+
+__all__ = ["ChatJaxLLM", "EngineDriver", "JaxLLM", "clear_engine_cache", "driver_for", "get_engine"]
