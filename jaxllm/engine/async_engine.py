@@ -7,6 +7,10 @@
     async for out in stream:             <- per-request asyncio.Queue <- engine.step() outputs (DELTA)
     stream.abort() / client gone         -> commands: ("abort", id)   -> engine.abort_request(): blocks freed
 
+A beam search is submitted the same way, with `BeamSearchParams` instead of `SamplingParams`: the engine
+thread calls `engine.add_beam_request()`, and the stream yields one output, when the search has finished,
+holding the best beams best-first.
+
 The engine is not thread-safe, so only the engine thread touches it. While requests are unfinished the
 thread runs `step()` back to back (continuous batching across every connection); when there are none it
 sleeps on the command queue. Outputs of a step are handed to the event loop in one
@@ -18,6 +22,7 @@ Plain Python: no jax import (the runner inside the `LLMEngine` does the device w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jaxllm.outputs import RequestOutput
-from jaxllm.sampling_params import RequestOutputKind, SamplingParams
+from jaxllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -205,12 +210,21 @@ class AsyncLLMEngine:
 
     # ---- requests ------------------------------------------------------------------------------
 
-    async def add_request(self, request_id: str, prompt: Any, params: SamplingParams) -> RequestStream:
-        """Queue a request; return its stream. Raises the engine's `ValueError` for invalid input."""
+    async def add_request(
+        self, request_id: str, prompt: Any, params: SamplingParams | BeamSearchParams
+    ) -> RequestStream:
+        """Queue a request; return its stream. Raises the engine's `ValueError` for invalid input.
+
+        With `BeamSearchParams` the request is a beam search (`LLMEngine.add_beam_request`): its stream
+        yields a single finished output whose `outputs` are the best beams, best first.
+        """
         self.start()
         loop = asyncio.get_running_loop()
-        params = params.clone()
-        params.output_kind = RequestOutputKind.DELTA
+        if isinstance(params, BeamSearchParams):
+            params = dataclasses.replace(params)
+        else:
+            params = params.clone()
+            params.output_kind = RequestOutputKind.DELTA
         stream = RequestStream(request_id, self, loop)
         accepted: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -223,10 +237,16 @@ class AsyncLLMEngine:
             raise
         return stream
 
+    async def add_beam_request(self, request_id: str, prompt: Any, params: BeamSearchParams) -> RequestStream:
+        """Queue a beam search; its stream yields one output (the best beams) when the search has finished."""
+        if not isinstance(params, BeamSearchParams):
+            raise ValueError(f"params must be BeamSearchParams, got {type(params).__name__}.")
+        return await self.add_request(request_id, prompt, params)
+
     async def generate(
-        self, prompt: Any, params: SamplingParams, request_id: str
+        self, prompt: Any, params: SamplingParams | BeamSearchParams, request_id: str
     ) -> AsyncGenerator[RequestOutput, None]:
-        """Yield the request's DELTA outputs; leaving early aborts it."""
+        """Yield the request's DELTA outputs (a beam search: its one final output); leaving early aborts it."""
         stream = await self.add_request(request_id, prompt, params)
         try:
             async for out in stream:
@@ -280,13 +300,18 @@ class AsyncLLMEngine:
         try:
             if request_id in self._live:
                 raise ValueError(f"Request id {request_id!r} is already in use.")
-            self.engine.add_request(request_id, prompt, params)
-        except Exception as err:  # noqa: BLE001 - handed to the caller, who turns it into a 400
+            if isinstance(params, BeamSearchParams):
+                self.engine.add_beam_request(request_id, prompt, params)
+                num_sequences = 0  # beams keep no DELTA cursors
+            else:
+                self.engine.add_request(request_id, prompt, params)
+                num_sequences = params.best_of or params.n
+        except Exception as err:
             self._call_soon(stream._loop, [(_resolve, (accepted, err))])
             return
         if self.log_requests:
             logger.info("Added request %s.", request_id)
-        self._live[request_id] = _Live(stream, params.best_of or params.n, arrival)
+        self._live[request_id] = _Live(stream, num_sequences, arrival)
         if not self._call_soon(stream._loop, [(_resolve, (accepted, None))]):
             self._abort(request_id)
 

@@ -153,3 +153,11 @@ def tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def offline_llm(tiny_model_dir):
+    """An in-process `LLM` over the tiny model with the test servers' engine shape (to compare against)."""
+    from jaxllm import LLM
+
+    return LLM(tiny_model_dir, max_num_seqs=64, max_num_batched_tokens=512, num_gpu_blocks_override=1024)

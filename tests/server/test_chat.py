@@ -152,7 +152,7 @@ def test_async_client(server):
         ({"max_completion_tokens": 500}, "'max_tokens' or 'max_completion_tokens' is too large: 500"),
         ({"messages": [{"role": "user", "content": "fox " * 300}]}, "maximum context length is 256 tokens"),
         ({"response_format": {"type": "json_object"}}, "Structured outputs"),
-        ({"use_beam_search": True}, "beam search is not supported yet"),
+        ({"use_beam_search": True, "n": 11}, "beam_width (11) needs 22 log-probabilities"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
          "Unsupported content part type 'image_url'"),
         ({"messages": "hello"}, "list_type"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from jaxllm.chat_utils import load_chat_template
 from jaxllm.entrypoints.cli import build_parser
 from jaxllm.entrypoints.openai.api_server import make_arg_parser
 from jaxllm.entrypoints.openai.auth import resolve_api_keys
-from jaxllm.entrypoints.openai.chat_template import load_chat_template
 
 
 def test_serve_positional_model_and_vllm_flags():

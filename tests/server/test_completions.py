@@ -228,7 +228,7 @@ def _error(r: httpx.Response, status: int) -> str:
         ({"prompt": "fox " * 300}, "This model's maximum context length is 256 tokens. However, your request has"),
         ({"prompt": PROMPT, "stream_options": {"include_usage": True}}, "Stream options can only be defined when"),
         ({"prompt": PROMPT, "suffix": "x"}, "suffix is not currently supported"),
-        ({"prompt": PROMPT, "use_beam_search": True}, "beam search is not supported yet"),
+        ({"prompt": PROMPT, "use_beam_search": True, "n": 11}, "beam_width (11) needs 22 log-probabilities"),
         ({"prompt": [1, 2, 99999]}, "out of vocabulary"),
         ({"prompt": []}, "Either prompt or prompt_embeds must be provided and non-empty."),
         ({"prompt": PROMPT, "n": 2, "temperature": 0}, "n must be 1 when using greedy sampling"),

@@ -66,7 +66,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def serving_config(args: argparse.Namespace, llm_engine: Any) -> Any:
     """The frontend's `ServingConfig` from the flags and the engine it serves."""
-    from jaxllm.entrypoints.openai.chat_template import load_chat_template
+    from jaxllm.chat_utils import load_chat_template
     from jaxllm.entrypoints.openai.serving_engine import ServingConfig
 
     generation_config = getattr(llm_engine, "generation_config", None) if args.generation_config == "auto" else {}

@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
 
-from jaxllm.entrypoints.openai.chat_template import apply_chat_template
 from jaxllm.entrypoints.openai.errors import OpenAIError, stream_error_event
 from jaxllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
@@ -38,16 +37,7 @@ class OpenAIServingChat(OpenAIServing):
         self.check_model(request.model)
         self.check_engine()
         self._check_tools(request)
-        prompt = apply_chat_template(
-            self.tokenizer,
-            request.messages,
-            chat_template=self.chat_template_for(request),
-            add_generation_prompt=request.add_generation_prompt,
-            continue_final_message=request.continue_final_message,
-            tools=request.tools,
-            documents=request.documents,
-            chat_template_kwargs=request.chat_template_kwargs,
-        )
+        prompt = self.render_chat(request)
         ids = self.tokenize(prompt, request.add_special_tokens, request.truncate_prompt_tokens)
         if not ids:
             raise OpenAIError("The decoder prompt cannot be empty.")

@@ -2,6 +2,9 @@
 
 Prompts are tokenized here, on the event loop, so that context-length errors are 400s with vLLM's
 messages before anything reaches the engine; the engine gets `{"prompt", "prompt_token_ids"}`.
+
+`use_beam_search=true` turns a request into a beam search with `n` beams (`BeamSearchParams`): its one
+engine output holds the n best beams, best first, which the endpoints answer like n ordinary choices.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxllm.chat_utils import apply_chat_template
 from jaxllm.engine.async_engine import AsyncLLMEngine, RequestStream
 from jaxllm.entrypoints.openai.errors import OpenAIError
 from jaxllm.entrypoints.openai.protocol import (
@@ -25,7 +29,7 @@ from jaxllm.entrypoints.openai.protocol import (
     random_id,
 )
 from jaxllm.outputs import Logprob, RequestOutput
-from jaxllm.sampling_params import SamplingParams
+from jaxllm.sampling_params import BeamSearchParams, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +105,22 @@ class OpenAIServing:
             )
         return request.chat_template
 
+    def render_chat(self, request: Any) -> str:
+        """The prompt string of a chat (or tokenize-chat) request; a template that refuses it is a 400."""
+        try:
+            return apply_chat_template(
+                self.tokenizer,
+                request.messages,
+                chat_template=self.chat_template_for(request),
+                add_generation_prompt=request.add_generation_prompt,
+                continue_final_message=request.continue_final_message,
+                tools=request.tools,
+                documents=request.documents,
+                chat_template_kwargs=request.chat_template_kwargs,
+            )
+        except ValueError as err:
+            raise OpenAIError(str(err)) from err
+
     def request_id(self, prefix: str, raw_request: Any, request: Any = None) -> str:
         given = getattr(request, "request_id", None) or (
             raw_request.headers.get("x-request-id") if raw_request is not None else None
@@ -144,15 +164,18 @@ class OpenAIServing:
 
     def sampling_params(
         self, request: Any, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None
-    ) -> SamplingParams:
-        """SamplingParams for a completion or chat request; invalid values raise 400s."""
-        if request.use_beam_search:
-            raise OpenAIError("beam search is not supported yet")
+    ) -> SamplingParams | BeamSearchParams:
+        """The engine parameters of a completion or chat request; invalid values raise 400s.
+
+        `SamplingParams`, or `BeamSearchParams` when the request sets `use_beam_search`.
+        """
         if request.wants_structured_output():
             raise OpenAIError(
                 "Structured outputs (response_format json_object/json_schema, structured_outputs, guided_*) "
                 "are not supported yet."
             )
+        if request.use_beam_search:
+            return self.beam_search_params(request, max_tokens, logprobs, prompt_logprobs)
         defaults = self.config.default_sampling
 
         def pick(name: str, fallback: Any) -> Any:
@@ -188,10 +211,47 @@ class OpenAIServing:
         params.verify(max_logprobs=self.config.max_logprobs, vocab_size=self.config.vocab_size)
         return params
 
+    def beam_search_params(
+        self, request: Any, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None
+    ) -> BeamSearchParams:
+        """BeamSearchParams of a `use_beam_search` request, as vLLM reads it: `n` beams, `best_of` ignored.
+
+        `length_penalty`, `ignore_eos`, `include_stop_str_in_output` and the token budget are honoured;
+        `temperature` is accepted. Prompt logprobs are not computed by a beam search: asking for them is a 400.
+        """
+        if prompt_logprobs is not None:
+            raise OpenAIError(
+                "Prompt logprobs (`prompt_logprobs`, or `echo` with `logprobs`) are not available with "
+                "`use_beam_search`."
+            )
+        temperature = request.temperature
+        if temperature is None:
+            temperature = self.config.default_sampling.get("temperature", 1.0)
+        try:
+            # the same limit on `logprobs` / `top_logprobs` as a sampled request
+            SamplingParams(logprobs=logprobs).verify(max_logprobs=self.config.max_logprobs,
+                                                     vocab_size=self.config.vocab_size)
+            return BeamSearchParams(
+                beam_width=request.n,
+                max_tokens=max_tokens,
+                ignore_eos=request.ignore_eos,
+                temperature=temperature,
+                length_penalty=request.length_penalty,
+                include_stop_str_in_output=request.include_stop_str_in_output,
+            )
+        except ValueError as err:
+            raise OpenAIError(str(err)) from err
+
     async def add_requests(
-        self, request_id: str, prompts: list[tuple[str | None, list[int]]], params: list[SamplingParams]
+        self,
+        request_id: str,
+        prompts: list[tuple[str | None, list[int]]],
+        params: list[SamplingParams | BeamSearchParams],
     ) -> list[RequestStream]:
-        """Submit one engine request per prompt (ids `<request_id>-<i>`); all or none are kept."""
+        """Submit one engine request per prompt (ids `<request_id>-<i>`); all or none are kept.
+
+        The engine's `ValueError` (an invalid prompt, a beam width over its limit) is a 400.
+        """
         streams: list[RequestStream] = []
         try:
             for i, ((text, ids), sp) in enumerate(zip(prompts, params)):
@@ -199,13 +259,17 @@ class OpenAIServing:
                 if self.config.log_requests:
                     self._log_request(f"{request_id}-{i}", text, ids, sp)
                 streams.append(await self.engine.add_request(f"{request_id}-{i}", prompt, sp))
-        except BaseException:
+        except BaseException as err:
             for stream in streams:
                 stream.close()
+            if isinstance(err, ValueError):
+                raise OpenAIError(str(err)) from err
             raise
         return streams
 
-    def _log_request(self, request_id: str, text: str | None, ids: list[int], params: SamplingParams) -> None:
+    def _log_request(
+        self, request_id: str, text: str | None, ids: list[int], params: SamplingParams | BeamSearchParams
+    ) -> None:
         limit = self.config.max_log_len
         if limit is not None:
             text = text[:limit] if text is not None else None

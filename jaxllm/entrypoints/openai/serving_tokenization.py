@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from jaxllm.entrypoints.openai.chat_template import apply_chat_template
 from jaxllm.entrypoints.openai.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -17,16 +16,7 @@ class OpenAIServingTokenization(OpenAIServing):
     def create_tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         self.check_model(request.model)
         if isinstance(request, TokenizeChatRequest):
-            text = apply_chat_template(
-                self.tokenizer,
-                request.messages,
-                chat_template=self.chat_template_for(request),
-                add_generation_prompt=request.add_generation_prompt,
-                continue_final_message=request.continue_final_message,
-                tools=request.tools,
-                documents=request.documents,
-                chat_template_kwargs=request.chat_template_kwargs,
-            )
+            text = self.render_chat(request)
         else:
             text = request.prompt
         ids = self.tokenize(text, request.add_special_tokens)
