@@ -42,6 +42,7 @@ class BeamState:
     completed: list[Hypothesis] = field(default_factory=list)
     results: dict[str, tuple] = field(default_factory=dict)  # beam id -> (top ids, top logprobs) this round
     done: bool = False
+    error: str | None = None  # set when a model step of this search failed
     _ids: Any = field(default_factory=itertools.count)
 
     @property

@@ -14,12 +14,12 @@ import random
 from typing import Any
 
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
+from jaxllm.engine.beam_search import BeamState
 from jaxllm.engine.block_manager import BlockManager
 from jaxllm.engine.output_processor import OutputProcessor, RequestGroup
 from jaxllm.engine.request import Request, RequestStatus
 from jaxllm.engine.scheduler import Scheduler, SchedulerOutput
 from jaxllm.outputs import RequestOutput
-from jaxllm.engine.beam_search import BeamState
 from jaxllm.sampling_params import BeamSearchParams, SamplingParams
 from jaxllm.tokenizer import IncrementalDetokenizer
 
@@ -138,7 +138,7 @@ class LLMEngine:
             raise ValueError(f"Request id {request_id!r} is already in use.")
         if not isinstance(params, BeamSearchParams):
             raise ValueError(f"params must be BeamSearchParams, got {type(params).__name__}.")
-        if 2 * params.beam_width > self.max_logprobs:
+        if self.max_logprobs >= 0 and 2 * params.beam_width > self.max_logprobs:
             raise ValueError(
                 f"beam_width ({params.beam_width}) needs {2 * params.beam_width} log-probabilities per step, "
                 f"more than max_logprobs ({self.max_logprobs}); raise max_logprobs or lower beam_width."
@@ -186,6 +186,15 @@ class LLMEngine:
         else:
             self.scheduler.running.extend(children)
         group.sequences = children
+
+    def _fail_beam_group(self, group: RequestGroup | None, error: str | None) -> None:
+        if group is None:
+            return
+        for beam in group.sequences:
+            if not beam.is_finished:
+                self.scheduler.remove(beam)
+                beam.status = RequestStatus.FINISHED_ERROR
+        group.beam.done, group.beam.error = True, error or "model step failed"
 
     def _bad_words_ids(self, words) -> list[list[int]]:
         if not words or self.tokenizer is None:
@@ -270,6 +279,8 @@ class LLMEngine:
                 if not seq.is_finished:
                     seq.status, seq.error = RequestStatus.FINISHED_ERROR, f"{type(result).__name__}: {result}"
                     self.scheduler.remove(seq)
+                if seq.beam is not None and not seq.beam.done:  # the whole search fails with its step
+                    self._fail_beam_group(self._groups.get(seq.parent_id), seq.error)
             return self._collect(sched.requests, cursors)
         if sched.is_prefill:
             self.stats["prompt_tokens"] += sum(s.num_prompt_tokens for s in sched.requests)

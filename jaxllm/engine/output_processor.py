@@ -116,7 +116,10 @@ class OutputProcessor:
             return None
         group.final_sent = True
         outputs = []
-        for i, hyp in enumerate(state.best()):
+        if state.error is not None:
+            outputs.append(CompletionOutput(index=0, text="", token_ids=[], cumulative_logprob=None, logprobs=None,
+                                            finish_reason="error"))
+        for i, hyp in enumerate(state.best() if state.error is None else []):
             ids = hyp.token_ids
             shown = ids[:-1] if hyp.finish_reason == "stop" and not state.params.include_stop_str_in_output else ids
             text = self.tokenizer.decode(shown, skip_special_tokens=True) if self.tokenizer is not None else ""

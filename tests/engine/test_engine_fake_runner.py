@@ -204,3 +204,18 @@ def test_a_failing_step_fails_only_its_requests():
     assert out[0].outputs[0].finish_reason == "error"
     engine.add_request("good", {"prompt_token_ids": [1]}, SamplingParams(max_tokens=3, ignore_eos=True))
     assert run_all(engine)["good"].outputs[0].token_ids == [2, 3, 4]
+
+
+def test_a_failing_step_fails_a_beam_search_instead_of_hanging():
+    from jaxllm.sampling_params import BeamSearchParams
+
+    engine = make_engine()
+
+    def broken(sched, bm):
+        raise RuntimeError("injected")
+
+    engine.runner.execute = broken
+    engine.add_beam_request("b", {"prompt_token_ids": [1, 2, 3]}, BeamSearchParams(beam_width=2, max_tokens=4))
+    done = run_all(engine)
+    assert done["b"].outputs[0].finish_reason == "error"
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks - 1
