@@ -187,6 +187,13 @@ class LLMEngine:
             self.scheduler.running.extend(children)
         group.sequences = children
 
+    def _fail(self, seq: Request, error: str) -> None:
+        logger.error("Request %s failed: %s", seq.request_id, error)
+        seq.status, seq.error, seq.num_pending = RequestStatus.FINISHED_ERROR, error, 0
+        self.scheduler.remove(seq)
+        if seq.beam is not None and not seq.beam.done:
+            self._fail_beam_group(self._groups.get(seq.parent_id), error)
+
     def _fail_beam_group(self, group: RequestGroup | None, error: str | None) -> None:
         if group is None:
             return
@@ -238,7 +245,8 @@ class LLMEngine:
                 return []
             self._inflight = self._dispatch(sched)
         current, self._inflight = self._inflight, None
-        self._inflight = self._dispatch_next(current[0])
+        if not isinstance(current[1], Exception):  # a failed step is retried before anything follows it
+            self._inflight = self._dispatch_next(current[0])
         return self._process(*current, cursors)
 
     def _dispatch(self, sched: SchedulerOutput) -> tuple[SchedulerOutput, Any]:
@@ -273,6 +281,15 @@ class LLMEngine:
                 result = err
         for seq in sched.requests:
             seq.num_pending = max(0, seq.num_pending - 1)
+        if isinstance(result, Exception) and len(sched.requests) > 1:
+            logger.warning("Model step failed (%s); retrying its %d sequences one by one", result, len(sched.requests))
+            outputs = []
+            for seq in sched.requests:
+                if not seq.is_finished:
+                    copies = [c for c in sched.block_copies if c[1] in seq.block_ids]
+                    single = SchedulerOutput(sched.is_prefill, [seq], block_copies=copies)
+                    outputs += self._process(*self._dispatch(single), cursors)
+            return outputs
         if isinstance(result, Exception):
             logger.error("Model step failed (%s); finishing its %d sequences with an error", result, len(sched.requests))
             for seq in sched.requests:
@@ -287,6 +304,9 @@ class LLMEngine:
         beam_groups = []
         for i, seq in enumerate(sched.requests):
             if seq.is_finished:  # finished or aborted while this step was in flight
+                continue
+            if result.finite is not None and not result.finite[i]:
+                self._fail(seq, "the model produced non-finite logits for this request")
                 continue
             if seq.beam is not None:
                 seq.num_computed_tokens = seq.num_tokens

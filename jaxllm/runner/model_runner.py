@@ -59,6 +59,7 @@ class ModelRunnerOutput:
     top_ids: np.ndarray | None  # [B, k]
     top_logprobs: np.ndarray | None  # [B, k]
     prompt_logprobs: dict[str, PromptLogprobs]
+    finite: np.ndarray | None = None  # [B] bool: False where the model produced NaN/inf logits
 
 
 def _step(
@@ -83,7 +84,8 @@ def _step(
         prompt = prompt_logprobs(module.compute_logits(params, cfg, hidden), next_tokens, top)
     # One [3, B] array (token id, logprob, rank) so the host reads the step back in one transfer;
     # ids and ranks are below 2**24, exact in float32.
-    packed = jnp.stack([out.token_ids.astype(jnp.float32), out.logprobs, out.ranks.astype(jnp.float32)])
+    finite = jnp.all(jnp.isfinite(logits), axis=-1).astype(jnp.float32)  # a NaN row fails alone
+    packed = jnp.stack([out.token_ids.astype(jnp.float32), out.logprobs, out.ranks.astype(jnp.float32), finite])
     token_buffer = token_buffer.at[dst_slots].set(out.token_ids)
     return (packed, out.top_ids, out.top_logprobs), prompt, kv_caches, token_buffer
 
@@ -235,6 +237,7 @@ class ModelRunner:
             top_ids=top_ids[:n] if top_ids is not None else None,
             top_logprobs=top_lp[:n] if top_lp is not None else None,
             prompt_logprobs=self._split_prompt_logprobs(pending.requests, pending.batch, prompt),
+            finite=packed[3, :n] > 0.5,
         )
 
     def execute(self, sched_out, block_manager) -> ModelRunnerOutput:

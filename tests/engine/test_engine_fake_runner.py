@@ -31,7 +31,7 @@ class FakeRunner:
         n = len(seqs)
         return SimpleNamespace(
             sampled_token_ids=ids, logprobs=np.zeros(n), ranks=np.ones(n, int),
-            top_ids=None, top_logprobs=None, prompt_logprobs={},
+            top_ids=None, top_logprobs=None, prompt_logprobs={}, finite=None,
         )
 
 
@@ -56,7 +56,7 @@ class FakeAsyncRunner(FakeRunner):
         n = len(ids)
         return SimpleNamespace(
             sampled_token_ids=ids, logprobs=np.zeros(n), ranks=np.ones(n, int),
-            top_ids=None, top_logprobs=None, prompt_logprobs={},
+            top_ids=None, top_logprobs=None, prompt_logprobs={}, finite=None,
         )
 
     def collect(self, handle):
@@ -219,3 +219,40 @@ def test_a_failing_step_fails_a_beam_search_instead_of_hanging():
     done = run_all(engine)
     assert done["b"].outputs[0].finish_reason == "error"
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks - 1
+
+
+def test_a_step_that_raises_for_one_request_fails_only_that_request(runner_kind):
+    engine = make_engine(runner_kind=runner_kind)
+    runner = engine.runner
+    method = "dispatch" if runner_kind == "async" else "execute"
+    original = getattr(runner, method)
+
+    def poisoned(sched, bm):
+        if any(s.prompt_token_ids[0] == 66 for s in sched.requests):
+            raise RuntimeError("injected")
+        return original(sched, bm)
+
+    setattr(runner, method, poisoned)
+    for i, first in enumerate([10, 66, 20]):
+        engine.add_request(f"r{i}", {"prompt_token_ids": [first, 1]}, SamplingParams(max_tokens=5, ignore_eos=True))
+    done = run_all(engine)
+    assert done["r1"].outputs[0].finish_reason == "error"
+    assert done["r0"].outputs[0].token_ids == [2, 3, 4, 5, 6] and done["r2"].outputs[0].token_ids == [2, 3, 4, 5, 6]
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks - 1
+
+
+def test_non_finite_logits_fail_only_their_row():
+    engine = make_engine()
+    original = engine.runner.execute
+
+    def nan_for_77(sched, bm):
+        out = original(sched, bm)
+        out.finite = np.array([s.prompt_token_ids[0] != 77 for s in sched.requests])
+        return out
+
+    engine.runner.execute = nan_for_77
+    engine.add_request("bad", {"prompt_token_ids": [77]}, SamplingParams(max_tokens=4, ignore_eos=True))
+    engine.add_request("good", {"prompt_token_ids": [5]}, SamplingParams(max_tokens=4, ignore_eos=True))
+    done = run_all(engine)
+    assert done["bad"].outputs[0].finish_reason == "error"
+    assert done["good"].outputs[0].token_ids == [6, 7, 8, 9]
