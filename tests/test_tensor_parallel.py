@@ -59,3 +59,27 @@ def test_kv_head_repetition_layout():
     w = np.arange(2 * 6).reshape(2, 6)  # two heads of dim 3 in the last axis
     out = repeat_kv_heads(w, 2, 3)
     assert out.tolist() == [[0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5], [6, 7, 8, 6, 7, 8, 9, 10, 11, 9, 10, 11]]
+
+
+# Every other family, at tp=2 (tp=4 where the heads allow it), against its own tp=1 run.
+ARCH_VARIANTS = [
+    ("gpt2", (2, 4)), ("opt", (2, 4)), ("opt-post-ln-proj", (2,)), ("phi", (2,)), ("gemma", (2, 4)),
+    ("mpt", (2, 4)), ("mpt-clip-qkv", (2,)), ("falcon-7b", (2, 4)), ("falcon-40b", (2,)), ("falcon-alibi", (2,)),
+]
+
+
+@pytest.mark.parametrize("variant, sizes", ARCH_VARIANTS)
+def test_every_architecture_runs_tensor_parallel(tmp_path, variant, sizes):
+    from tests.models.tiny_arch_models import make_arch_model
+
+    path = str(tmp_path / variant)
+    make_arch_model(path, variant)
+    _, ref = _run(path, 1)
+    for tp in sizes:
+        llm, outs = _run(path, tp)
+        assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in ref], f"tp={tp}"
+        for a, b in zip(ref, outs):
+            for la, lb in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
+                tok = next(iter(la))
+                assert abs(lb[tok].logprob - la[tok].logprob) <= 1e-4 * max(1.0, abs(la[tok].logprob))
+        assert len(llm.runner.kv_caches[0][0].addressable_shards) == tp
