@@ -87,9 +87,9 @@ def copy_bandwidth() -> tuple[float, str]:
     return 2 * x.nbytes / best, "jax elementwise (read+write; a lower bound of the ceiling)"
 
 
-def decode_roofline_s(weights: int, kv_per_token: int, batch: int, context: float, bw: float) -> float:
-    """Time of one decode step if it only streamed the weights and the batch's KV at `bw`."""
-    return (weights + batch * context * kv_per_token) / bw
+def decode_roofline_s(weights: int, kv_per_token: int, batch: int, context: float, bw: float, devices: int = 1) -> float:
+    """Time of one decode step if it only streamed the weights and the batch's KV at `bw` on each device."""
+    return (weights + batch * context * kv_per_token) / (bw * devices)
 
 
 def hf_peer_model(folder: str):

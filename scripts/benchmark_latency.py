@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--hf-peer", action="store_true", help="also time transformers generate on the same shape")
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
@@ -46,7 +47,8 @@ def main() -> None:
     folder, load_format = model_folder(args)
     max_len = args.input_len + args.output_len
     llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=max_len,
-              max_num_seqs=max(args.batch_size, 1), skip_tokenizer_init=True)
+              max_num_seqs=max(args.batch_size, 1), skip_tokenizer_init=True,
+              tensor_parallel_size=args.tensor_parallel_size)
     rng = np.random.default_rng(0)
     prompts = [{"prompt_token_ids": rng.integers(0, llm.model_config.vocab_size, args.input_len).tolist()}
                for _ in range(args.batch_size)]
@@ -55,17 +57,19 @@ def main() -> None:
         return lambda: llm.generate(prompts, SamplingParams(temperature=0, ignore_eos=True, max_tokens=n,
                                                             detokenize=False), use_tqdm=False)
 
+    greedy = run(args.output_len)()[0].outputs[0].token_ids  # for comparing tensor-parallel sizes
     full = timed(run(args.output_len), args.iters)
     short = timed(run(max(1, args.output_len // 4)), args.iters)
     per_token = (full - short) / (args.output_len - max(1, args.output_len // 4))
     bw, method = copy_bandwidth()
     cfg = llm.model_config
     weights = param_bytes(cfg, cfg.dtype_bytes)
-    roof = decode_roofline_s(weights, cfg.kv_bytes_per_token(), args.batch_size, args.input_len + args.output_len / 2, bw)
+    roof = decode_roofline_s(weights, cfg.kv_bytes_per_token(), args.batch_size, args.input_len + args.output_len / 2, bw,
+                             args.tensor_parallel_size)
     result = {
         "latency_s": full, "decode_ms_per_step": per_token * 1e3, "roofline_ms_per_step": roof * 1e3,
         "ratio_to_roofline": roof / per_token, "output_tokens_per_s": args.batch_size / per_token,
-        "weights_GB": weights / 1e9, "copy_bandwidth_TBps": bw / 1e12, "bandwidth_method": method,
+        "weights_GB": weights / 1e9, "greedy_tokens_prompt0": greedy, "copy_bandwidth_TBps": bw / 1e12, "bandwidth_method": method,
     }
     print(json.dumps(result, indent=2), flush=True)
     if args.hf_peer:

@@ -28,7 +28,9 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
+import shutil
 import sys
 import sysconfig
 import textwrap
@@ -115,7 +117,7 @@ def chat_text(messages: list[dict[str, str]], add_generation_prompt: bool = Fals
 CHAT_SYSTEM_PROMPT = "You write Python code in the style of the standard library."
 
 
-def chat_examples(source: str, max_lines: int = 40) -> list[str]:
+def chat_examples(source: str, max_lines: int = 12) -> list[str]:
     """Chat-formatted examples built from one module: the user asks for a
     function by the first line of its docstring, the assistant answers with
     the function's source. Gives the chat special tokens a trained meaning."""
@@ -149,7 +151,7 @@ def chat_examples(source: str, max_lines: int = 40) -> list[str]:
     return examples
 
 
-def build_corpus(stdlib_dir: Path, heldout_every: int, chat: bool):
+def build_corpus(stdlib_dir: Path, heldout_every: int, chat_max_lines: int):
     files = collect_stdlib_files(stdlib_dir)
     train_docs, heldout_docs, train_files, heldout_files, skipped = [], [], [], [], []
     train_chat, heldout_chat = [], []
@@ -161,8 +163,8 @@ def build_corpus(stdlib_dir: Path, heldout_every: int, chat: bool):
         is_heldout = (i + 1) % heldout_every == 0
         (heldout_docs if is_heldout else train_docs).append(text)
         (heldout_files if is_heldout else train_files).append(rel.as_posix())
-        if chat:
-            (heldout_chat if is_heldout else train_chat).extend(chat_examples(text))
+        if chat_max_lines > 0:
+            (heldout_chat if is_heldout else train_chat).extend(chat_examples(text, chat_max_lines))
     return {
         "train_docs": train_docs,
         "heldout_docs": heldout_docs,
@@ -235,6 +237,30 @@ def encode_stream(tok, docs: list[str], bos_id: int, eos_id: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
 
 
+def split_space_prefixed(stream: np.ndarray, tok, prob: float, seed: int) -> np.ndarray:
+    """Write a random fraction of the tokens ' word' as ' ' followed by 'word'.
+
+    Byte-level BPE attaches a space to the word after it, so a prompt that ends
+    with a space ("def ", "class ") ends with a lone space token that the plain
+    corpus almost never contains. Seeing that split now and then teaches the
+    model to continue such prompts."""
+    if prob <= 0:
+        return stream
+    vocab = tok.get_vocab()
+    space = "\u0120"  # byte-level symbol of " "
+    space_id = vocab[space]
+    rest_of = np.full(len(vocab), -1, dtype=np.int64)
+    for token, idx in vocab.items():
+        rest = token[1:]
+        if token.startswith(space) and rest and not rest.startswith(space) and rest in vocab:
+            rest_of[idx] = vocab[rest]
+    rng = np.random.default_rng([seed, 1])
+    chosen = np.nonzero((rest_of[stream] >= 0) & (rng.random(len(stream)) < prob))[0]
+    out = stream.copy()
+    out[chosen] = rest_of[stream[chosen]]
+    return np.insert(out, chosen, space_id).astype(np.int32)
+
+
 # ----------------------------------------------------------------------------
 # Model: a minimal Llama in pure JAX (parameter names and layouts are those
 # of Hugging Face's LlamaForCausalLM, linear weights are [out, in]).
@@ -242,7 +268,12 @@ def encode_stream(tok, docs: list[str], bos_id: int, eos_id: int) -> np.ndarray:
 
 def param_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     h, d = cfg["hidden_size"], cfg["head_dim"]
-    nh, nkv, inter, v = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"], cfg["vocab_size"]
+    nh, nkv, inter, v = (
+        cfg["num_attention_heads"],
+        cfg["num_key_value_heads"],
+        cfg["intermediate_size"],
+        cfg["vocab_size"],
+    )
     shapes = {"model.embed_tokens.weight": (v, h)}
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
@@ -304,23 +335,16 @@ def rotate_half(x):
     return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def linear(x, weight, compute_dtype):
-    """x @ weight.T for a torch-layout [out, in] weight; the product runs in
-    compute_dtype (float32, or bfloat16 for faster training) and returns float32."""
-    import jax.numpy as jnp
-
-    return (x.astype(compute_dtype) @ weight.astype(compute_dtype).T).astype(jnp.float32)
+def linear(x, weight):
+    """x @ weight.T for a torch-layout [out, in] weight."""
+    return x @ weight.T
 
 
-def forward(params, tokens, cfg: dict, compute_dtype: str = "float32"):
-    """Logits [B, T, vocab] for token ids [B, T] (positions 0..T-1, causal).
-
-    Norms, rotary embeddings, softmax and the residual stream are float32;
-    with compute_dtype="bfloat16" only the matrix products use bfloat16."""
+def forward(params, tokens, cfg: dict):
+    """Logits [B, T, vocab] for token ids [B, T] (positions 0..T-1, causal), float32."""
     import jax
     import jax.numpy as jnp
 
-    cd = jnp.dtype(compute_dtype)
     b, t = tokens.shape
     nh, nkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     groups = nh // nkv
@@ -334,32 +358,32 @@ def forward(params, tokens, cfg: dict, compute_dtype: str = "float32"):
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = rms_norm(x, params[p + "input_layernorm.weight"], eps)
-        q = linear(h, params[p + "self_attn.q_proj.weight"], cd).reshape(b, t, nh, d)
-        k = linear(h, params[p + "self_attn.k_proj.weight"], cd).reshape(b, t, nkv, d)
-        v = linear(h, params[p + "self_attn.v_proj.weight"], cd).reshape(b, t, nkv, d)
+        q = linear(h, params[p + "self_attn.q_proj.weight"]).reshape(b, t, nh, d)
+        k = linear(h, params[p + "self_attn.k_proj.weight"]).reshape(b, t, nkv, d)
+        v = linear(h, params[p + "self_attn.v_proj.weight"]).reshape(b, t, nkv, d)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         # Query head j uses kv head j // groups (as Hugging Face's repeat_kv).
         q = q.reshape(b, t, nkv, groups, d)
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", q.astype(cd), k.astype(cd)).astype(jnp.float32) * scale
+        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k) * scale
         scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores, axis=-1)
-        attn = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(cd), v.astype(cd)).astype(jnp.float32)
-        x = x + linear(attn.reshape(b, t, nh * d), params[p + "self_attn.o_proj.weight"], cd)
+        attn = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+        x = x + linear(attn.reshape(b, t, nh * d), params[p + "self_attn.o_proj.weight"])
         h = rms_norm(x, params[p + "post_attention_layernorm.weight"], eps)
-        gate = jax.nn.silu(linear(h, params[p + "mlp.gate_proj.weight"], cd))
-        up = linear(h, params[p + "mlp.up_proj.weight"], cd)
-        x = x + linear(gate * up, params[p + "mlp.down_proj.weight"], cd)
+        gate = jax.nn.silu(linear(h, params[p + "mlp.gate_proj.weight"]))
+        up = linear(h, params[p + "mlp.up_proj.weight"])
+        x = x + linear(gate * up, params[p + "mlp.down_proj.weight"])
     x = rms_norm(x, params["model.norm.weight"], eps)
-    return linear(x, params["lm_head.weight"], cd)
+    return linear(x, params["lm_head.weight"])
 
 
-def token_nll(params, batch, cfg: dict, compute_dtype: str = "float32"):
+def token_nll(params, batch, cfg: dict):
     """Per-token negative log-likelihood [B, T] of batch[:, 1:] given batch[:, :-1]."""
     import jax
     import jax.numpy as jnp
 
-    logits = forward(params, batch[:, :-1], cfg, compute_dtype)
+    logits = forward(params, batch[:, :-1], cfg)
     logp = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.take_along_axis(logp, batch[:, 1:, None], axis=-1)[..., 0]
 
@@ -379,7 +403,10 @@ def make_optimizer(args, total_steps: int):
         decay_steps=max(total_steps, args.warmup_steps + 1),
         end_value=args.lr * args.final_lr_fraction,
     )
-    decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim == 2, params)  # noqa: E731
+
+    def decay_mask(params):  # weight decay on matrices only, not on norm weights
+        return jax.tree_util.tree_map(lambda p: p.ndim == 2, params)
+
     opt = optax.chain(
         optax.clip_by_global_norm(args.grad_clip),
         optax.adamw(schedule, b1=0.9, b2=0.95, eps=1e-8, weight_decay=args.weight_decay, mask=decay_mask),
@@ -511,13 +538,14 @@ def verify_against_transformers(out_dir: Path, fwd, windows: np.ndarray, n: int)
     ours = np.asarray(fwd(load_saved_params(out_dir), batch))
     diff = float(np.abs(ref - ours).max())
     agree = float((ref.argmax(-1) == ours.argmax(-1)).mean())
-    return {"max_abs_diff": diff, "argmax_agreement": agree, "logit_scale": float(np.abs(ref).max()), "model": model}
+    return {"max_abs_diff": diff, "argmax_agreement": agree, "logit_scale": float(np.abs(ref).max())}
 
 
 def write_model_card(out_dir: Path, info: dict) -> None:
     cfg = info["cfg"]
     samples = "\n\n".join(
-        f"Prompt `{s['prompt']!r}`:\n\n```python\n{s['prompt']}{s['completion']}\n```" for s in info["samples"]
+        f"Prompt `{s['prompt']!r}`:\n\n```python\n{s['prompt']}{s['completion']}\n```"
+        for s in info["samples"]
     )
     chat = info["chat_sample"]
     card = f"""---
@@ -535,7 +563,7 @@ tags:
 # jaxllm default model
 
 A very small Llama-architecture causal language model trained from scratch on
-the source code and docstrings of the CPython {info['python_version']} standard
+the source code and docstrings of the CPython {info["python_version"]} standard
 library. jaxllm uses it when `LLM()` is created without a model name, so that
 generation works offline with real (if modest) text. It writes Python that
 looks like standard-library code; it is not an assistant and knows nothing
@@ -545,37 +573,41 @@ beyond that corpus.
 
 * Source: the `*.py` files of the Python standard library of the Python
   installation used for training (`sysconfig.get_paths()["stdlib"]`), sorted by
-  path. Left out: the directories {', '.join(f'`{d}`' for d in sorted(EXCLUDED_DIRS))},
+  path. Left out: the directories {", ".join(f"`{d}`" for d in sorted(EXCLUDED_DIRS))},
   `config-*` and `_sysconfigdata*`.
-* {info['n_train_files']} training files ({info['train_mb']:.1f} MB of text),
-  {info['n_heldout_files']} held-out files (every {info['heldout_every']}th file of the
-  sorted list, {info['heldout_mb']:.2f} MB).
-* In addition, {info['n_train_chat']} chat-formatted examples built from the training
+* {info["n_train_files"]} training files ({info["train_mb"]:.1f} MB of text),
+  {info["n_heldout_files"]} held-out files (every {info["heldout_every"]}th file of the
+  sorted list, {info["heldout_mb"]:.2f} MB).
+* In addition, {info["n_train_chat"]} chat-formatted examples built from the training
   files (user: the first paragraph of a public function's docstring; assistant:
   the function's source), so that the chat tokens have a meaning.
 * The Python standard library is distributed under the
   [PSF License Agreement for Python](https://docs.python.org/3/license.html)
-  (Python Software Foundation License Version 2), which allows redistribution of
-  derived works provided the PSF copyright notice and licence are retained:
-  "Copyright (c) 2001 Python Software Foundation; All Rights Reserved". The
-  weights are a derived work of that text and are distributed under the same terms.
+  (Python Software Foundation License Version 2), which allows preparing and
+  distributing derivative works provided that PSF's License Agreement and its
+  copyright notice are retained and a brief summary of the changes is included.
+  The weights and the tokenizer are derived from that text and are distributed
+  under the same terms: `LICENSE.txt` in this folder is the licence file of the
+  Python installation used for training ("Copyright (c) 2001-{info["psf_year"]}
+  Python Software Foundation; All Rights Reserved"), and this card is the
+  summary of the changes (the text was used as training data, see below).
 
 ## Architecture
 
 | | |
 |---|---|
 | architecture | `LlamaForCausalLM` |
-| parameters | {info['n_params']:,} ({info['n_params_non_embedding']:,} without embeddings and LM head) |
-| layers | {cfg['num_hidden_layers']} |
-| hidden size | {cfg['hidden_size']} |
-| attention heads / KV heads | {cfg['num_attention_heads']} / {cfg['num_key_value_heads']} (grouped-query attention) |
-| head dim | {cfg['head_dim']} |
-| MLP | SwiGLU, intermediate size {cfg['intermediate_size']} |
-| norm | RMSNorm, eps {cfg['rms_norm_eps']} |
-| position | RoPE, theta {cfg['rope_theta']:g}, max {cfg['max_position_embeddings']} positions (trained on {info['seq_len']}) |
+| parameters | {info["n_params"]:,} ({info["n_params_non_embedding"]:,} without embeddings and LM head) |
+| layers | {cfg["num_hidden_layers"]} |
+| hidden size | {cfg["hidden_size"]} |
+| attention heads / KV heads | {cfg["num_attention_heads"]} / {cfg["num_key_value_heads"]} (grouped-query attention) |
+| head dim | {cfg["head_dim"]} |
+| MLP | SwiGLU, intermediate size {cfg["intermediate_size"]} |
+| norm | RMSNorm, eps {cfg["rms_norm_eps"]} |
+| position | RoPE, theta {cfg["rope_theta"]:g}, max {cfg["max_position_embeddings"]} positions (trained on {info["seq_len"]}) |
 | embeddings | untied input embedding and LM head |
-| vocabulary | {cfg['vocab_size']} tokens, byte-level BPE |
-| weights | `{info['storage_dtype']}` safetensors ({info['weights_mb']:.1f} MB) |
+| vocabulary | {cfg["vocab_size"]} tokens, byte-level BPE |
+| weights | `{info["storage_dtype"]}` safetensors ({info["weights_mb"]:.1f} MB) |
 
 Special tokens: `<pad>` (0), `<s>` (1, BOS, added by the tokenizer), `</s>` (2,
 EOS), `<|system|>`, `<|user|>`, `<|assistant|>`. Chat format (the
@@ -592,48 +624,59 @@ EOS), `<|system|>`, `<|user|>`, `<|assistant|>`. Chat format (the
 ## Training
 
 ```
-{info['command']}
+{info["command"]}
 ```
 
-AdamW (b1 0.9, b2 0.95, weight decay {info['weight_decay']}), peak learning rate
-{info['lr']}, {info['warmup_steps']} warm-up steps then cosine decay to
-{info['final_lr_fraction']} of the peak, gradient clipping at {info['grad_clip']},
-batch {info['batch_size']} x {info['seq_len']} tokens, {info['steps']} steps
-({info['tokens_seen'] / 1e6:.1f} M tokens, {info['epochs']:.2f} epochs over
-{info['train_tokens'] / 1e6:.2f} M training tokens), float32, seed {info['seed']}.
-Pure JAX {info['jax_version']} on CPU ({info['cpu']}).
+AdamW (b1 0.9, b2 0.95, weight decay {info["weight_decay"]}), peak learning rate
+{info["lr"]}, {info["warmup_steps"]} warm-up steps then cosine decay to
+{info["final_lr_fraction"]} of the peak, gradient clipping at {info["grad_clip"]},
+batch {info["batch_size"]} x {info["seq_len"]} tokens, {info["steps"]} steps
+({info["tokens_seen"] / 1e6:.1f} M tokens, {info["epochs"]:.2f} epochs over
+{info["train_tokens"] / 1e6:.2f} M training tokens), float32, seed {info["seed"]}.
+Pure JAX {info["jax_version"]} on CPU ({info["cpu"]}).
 
-Wall time: {info['train_wall_s'] / 60:.1f} min for the training steps,
-{info['total_wall_s'] / 60:.1f} min for the whole script (tokenizer, training,
-evaluation, export and checks).
+Wall time: {info["train_wall_s"] / 60:.1f} min for the training steps
+({info["train_cpu_s"] / 60:.1f} min of CPU time; the machine's mean 1-minute load
+average during training was {info["mean_load"]:.1f}, i.e. the run shared the
+{info["cpu"]} with other jobs), {info["total_wall_s"] / 60:.1f} min for the whole
+script (tokenizer, training, evaluation, export and checks).
+
+Training windows are random {info["seq_len"] + 1}-token slices of the concatenated
+documents (each `<s> ... </s>`). A fraction {info["space_split_prob"]} of the
+tokens that start with a space (`" word"`) are written as a lone space token
+followed by `"word"`, so that prompts ending with a space (`"def "`) continue
+naturally.
 
 ## Evaluation
 
-Mean cross-entropy per token (nats) on the {info['heldout_tokens']:,} target
-tokens of the held-out files (windows of {info['seq_len']} tokens):
+Mean cross-entropy per token (nats) on the {info["heldout_tokens"]:,} target
+tokens of the held-out files (windows of {info["seq_len"]} tokens):
 
 | model | held-out loss | perplexity |
 |---|---|---|
-| unigram baseline (add-one smoothed token frequencies of the training set) | {info['unigram_loss']:.3f} | {math.exp(info['unigram_loss']):.1f} |
-| this model, float32 weights | {info['heldout_loss_fp32']:.3f} | {math.exp(info['heldout_loss_fp32']):.1f} |
-| this model, shipped {info['storage_dtype']} weights | {info['heldout_loss']:.3f} | {math.exp(info['heldout_loss']):.1f} |
+| unigram baseline (add-one smoothed token frequencies of the training set) | {info["unigram_loss"]:.3f} | {math.exp(info["unigram_loss"]):.1f} |
+| this model, float32 weights | {info["heldout_loss_fp32"]:.3f} | {math.exp(info["heldout_loss_fp32"]):.1f} |
+| this model, shipped {info["storage_dtype"]} weights | {info["heldout_loss"]:.3f} | {math.exp(info["heldout_loss"]):.1f} |
 
-Check against Hugging Face transformers {info['transformers_version']}
+Check against Hugging Face transformers {info["transformers_version"]}
 (PyTorch, float32) on held-out windows: max abs difference of the next-token
-logits {info['verify_max_abs_diff']:.2e} (logits up to {info['verify_logit_scale']:.1f}),
-argmax agreement {info['verify_argmax_agreement']:.4f}.
+logits {info["verify_max_abs_diff"]:.2e} (logits up to {info["verify_logit_scale"]:.1f}),
+argmax agreement {info["verify_argmax_agreement"]:.4f}.
 
 ## Sample greedy output
 
-Greedy decoding with transformers, {info['sample_tokens']} new tokens.
+Greedy decoding with transformers, {info["sample_tokens"]} new tokens.
 
 {samples}
 
-Chat (`apply_chat_template` with `add_generation_prompt=True`), user:
-`{chat['user']}`:
+Chat (`apply_chat_template` with `add_generation_prompt=True`); user message:
+
+> {chat["user"]}
+
+Assistant:
 
 ```python
-{chat['completion']}
+{chat["completion"]}
 ```
 """
     (out_dir / "README.md").write_text(card)
@@ -645,11 +688,24 @@ Chat (`apply_chat_template` with `add_generation_prompt=True`), user:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "jaxllm" / "default_model")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent.parent / "jaxllm" / "default_model"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stdlib", type=Path, default=Path(sysconfig.get_paths()["stdlib"]))
     ap.add_argument("--heldout-every", type=int, default=50)
-    ap.add_argument("--no-chat", action="store_true", help="do not add the chat-formatted examples")
+    ap.add_argument(
+        "--chat-max-lines",
+        type=int,
+        default=12,
+        help="chat examples use functions of at most this many lines (0: no chat examples)",
+    )
+    ap.add_argument(
+        "--space-split-prob",
+        type=float,
+        default=0.05,
+        help="probability of writing a training token ' word' as the two tokens ' ' + 'word'",
+    )
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--hidden-size", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -699,7 +755,7 @@ def main(argv=None) -> int:
     assert args.heads % args.kv_heads == 0 and args.hidden_size % args.heads == 0
 
     # --- data and tokenizer
-    corpus = build_corpus(args.stdlib, args.heldout_every, chat=not args.no_chat)
+    corpus = build_corpus(args.stdlib, args.heldout_every, args.chat_max_lines)
     print(
         f"corpus: {len(corpus['train_files'])} train files, {len(corpus['heldout_files'])} held-out files, "
         f"{len(corpus['skipped'])} skipped, {len(corpus['train_chat'])} chat examples",
@@ -711,14 +767,19 @@ def main(argv=None) -> int:
     hf_tok = wrap_tokenizer(tok, args.max_position_embeddings)
     bos_id, eos_id = hf_tok.bos_token_id, hf_tok.eos_token_id
 
-    probe = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
+    probe = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U"},
+        {"role": "assistant", "content": "A"},
+    ]
     assert hf_tok.apply_chat_template(probe, tokenize=False) == chat_text(probe)
     assert hf_tok.apply_chat_template(probe[:2], tokenize=False, add_generation_prompt=True) == chat_text(
         probe[:2], add_generation_prompt=True
     )
 
     train_stream = encode_stream(tok, corpus["train_docs"] + corpus["train_chat"], bos_id, eos_id)
-    # Shuffle order of documents is irrelevant: batches are random windows of the stream.
+    unigram_counts_stream = train_stream
+    train_stream = split_space_prefixed(train_stream, tok, args.space_split_prob, args.seed)
     heldout_stream = encode_stream(tok, corpus["heldout_docs"], bos_id, eos_id)
     windows = heldout_windows(heldout_stream, args.seq_len)
     train_bytes = sum(len(d.encode()) for d in corpus["train_docs"])
@@ -750,22 +811,24 @@ def main(argv=None) -> int:
     nll_fn = jax.jit(partial(token_nll, cfg=cfg))
     fwd = jax.jit(partial(forward, cfg=cfg))
 
-    unigram = unigram_loss(train_stream, windows, args.vocab_size)
+    unigram = unigram_loss(unigram_counts_stream, windows, args.vocab_size)
     print(f"unigram baseline held-out loss: {unigram:.4f}", flush=True)
 
     rng = np.random.default_rng(args.seed)
     history = []
     t_train = time.time()
-    t_log = t_train
+    cpu_train = time.process_time()
+    t_log, last_logged = t_train, 0
+    loads = []
     for step in range(1, args.steps + 1):
         batch = sample_batch(rng, train_stream, args.batch_size, args.seq_len)
         params, opt_state, loss, gnorm = train_step(params, opt_state, jnp.asarray(batch))
         if step % args.log_every == 0 or step == 1 or step == args.steps:
             loss = float(loss)
             now = time.time()
-            steps_done = args.log_every if step % args.log_every == 0 else 1
-            rate = steps_done / max(now - t_log, 1e-9)
-            t_log = now
+            rate = (step - last_logged) / max(now - t_log, 1e-9)
+            t_log, last_logged = now, step
+            loads.append(os.getloadavg()[0])
             print(
                 f"step {step:5d}  loss {loss:.4f}  gnorm {float(gnorm):.3f}  lr {float(schedule(step - 1)):.2e}  "
                 f"{rate:.2f} steps/s  {rate * args.batch_size * args.seq_len:,.0f} tok/s  "
@@ -778,7 +841,12 @@ def main(argv=None) -> int:
             print(f"step {step:5d}  held-out loss {ev:.4f}", flush=True)
     jax.block_until_ready(params)
     train_wall = time.time() - t_train
-    print(f"training: {args.steps} steps in {train_wall:.1f}s ({args.steps / train_wall:.2f} steps/s)", flush=True)
+    train_cpu = time.process_time() - cpu_train
+    print(
+        f"training: {args.steps} steps in {train_wall:.1f}s wall ({args.steps / train_wall:.2f} steps/s), "
+        f"{train_cpu:.1f}s CPU time",
+        flush=True,
+    )
 
     heldout_fp32 = evaluate(nll_fn, params, windows, 32)
     shipped = round_to_bf16(params) if args.storage_dtype == "bfloat16" else params
@@ -792,7 +860,11 @@ def main(argv=None) -> int:
     # --- export and checks
     save_checkpoint(out_dir, params, cfg, hf_tok, args.storage_dtype)
 
-    info_verify = {"max_abs_diff": float("nan"), "argmax_agreement": float("nan"), "logit_scale": float("nan")}
+    info_verify = {
+        "max_abs_diff": float("nan"),
+        "argmax_agreement": float("nan"),
+        "logit_scale": float("nan"),
+    }
     if not args.skip_verify:
         info_verify = verify_against_transformers(out_dir, fwd, windows, 4)
         print(
@@ -843,6 +915,10 @@ def main(argv=None) -> int:
     print(f"--- chat {chat_user!r}\n{chat_completion}", flush=True)
 
     n_train_tokens = len(train_stream)
+    license_text = (args.stdlib / "LICENSE.txt").read_text(encoding="utf-8")
+    years = re.findall(
+        r"\b(20\d\d)\b", license_text.split("PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2")[-1]
+    )
     total_wall = time.time() - t_start
     weights_mb = (out_dir / "model.safetensors").stat().st_size / 1e6
     command = "python " + " ".join(
@@ -851,6 +927,7 @@ def main(argv=None) -> int:
     info = {
         "cfg": cfg,
         "python_version": platform.python_version(),
+        "psf_year": max(years) if years else "",
         "n_train_files": len(corpus["train_files"]),
         "n_heldout_files": len(corpus["heldout_files"]),
         "n_train_chat": len(corpus["train_chat"]),
@@ -877,6 +954,9 @@ def main(argv=None) -> int:
         "jax_version": jax.__version__,
         "cpu": f"{os.cpu_count()} cores",
         "train_wall_s": train_wall,
+        "train_cpu_s": train_cpu,
+        "space_split_prob": args.space_split_prob,
+        "mean_load": float(np.mean(loads)) if loads else float("nan"),
         "total_wall_s": total_wall,
         "heldout_tokens": int(windows[:, 1:].size),
         "unigram_loss": unigram,
@@ -891,6 +971,7 @@ def main(argv=None) -> int:
         "chat_sample": {"user": chat_user, "completion": chat_completion},
     }
     write_model_card(out_dir, info)
+    shutil.copyfile(args.stdlib / "LICENSE.txt", out_dir / "LICENSE.txt")
     size = sum(f.stat().st_size for f in out_dir.iterdir() if f.is_file())
     print(f"wrote {out_dir} ({size / 1e6:.2f} MB): {sorted(f.name for f in out_dir.iterdir())}")
     print(f"total wall time {total_wall:.1f}s")
