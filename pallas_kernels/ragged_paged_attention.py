@@ -1,0 +1,144 @@
+"""Paged attention for chunks of queries: each packed query token attends to its own sequence's pages.
+
+The tokens of one step are packed back to back (prompt chunks of several sequences, possibly after a
+cached prefix). Their K/V are already written to the pool, so every query simply attends to the pool
+pages of its sequence up to its own position (causal within the chunk, full over the prefix):
+
+    q [T, N, H] packed:   [ a5 a6 a7 | b0 b1 | pad ]      positions [5 6 7 0 1 0]
+    q blocks (Qb = 2):    (row a, start 0, len 2) (row a, start 2, len 1) (row b, start 3, len 2)
+    block_tables [R, W]:  row a -> pages of a, row b -> pages of b
+
+Grid (q block, kv head): a program loads Qb query tokens x G heads, walks the sequence's pages up to its
+last query's position with an online softmax in float32, and writes its own output block; the wrapper
+scatters blocks back to the packed layout. `ragged_paged_attention_reference` is the plain-jnp truth.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+_M_INIT = -1e30
+
+
+def _kernel(row_ref, start_ref, len_ref, pos_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, *, scale, qb, g, ppcb):
+    i, head = pl.program_id(0), pl.program_id(1)
+    row, start, n = row_ref[i], start_ref[i], len_ref[i]
+    page_size, head_dim = k_ref.shape[-2], k_ref.shape[-1]
+    block_k = ppcb * page_size
+    q = q_ref[pl.ds(start, qb), pl.ds(head * g, g), :].reshape(qb * g, head_dim)  # [Qb*G, H]
+    pos = pos_ref[pl.ds(start, qb)]  # [Qb]
+    pos = jnp.broadcast_to(pos[:, None], (qb, g)).reshape(qb * g)  # [Qb*G]
+    valid_q = jnp.broadcast_to((jnp.arange(qb) < n)[:, None], (qb, g)).reshape(qb * g)
+    last = jnp.max(jnp.where(valid_q, pos, -1))
+    num_blocks = pl.cdiv(pl.cdiv(last + 1, page_size), ppcb)
+
+    def body(j, carry):
+        o_prev, m_prev, l_prev = carry
+        ids = bt_ref[row, pl.ds(j * ppcb, ppcb)]
+        k = k_ref[head, ids].reshape(block_k, head_dim)
+        v = v_ref[head, ids].reshape(block_k, head_dim)
+        kpos = j * block_k + jnp.arange(block_k)
+        mask = (kpos[None, :] <= pos[:, None]) & valid_q[:, None]
+        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
+        s = jnp.where(mask, s, -jnp.inf)
+        m_next = jnp.maximum(m_prev, s.max(axis=-1))
+        corr = jnp.exp(m_prev - m_next)
+        p = jnp.exp(s - m_next[:, None])
+        v = jnp.where((kpos <= last)[:, None], v, 0)
+        pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return corr[:, None] * o_prev + pv, m_next, corr * l_prev + p.sum(axis=-1)
+
+    o = jnp.zeros((qb * g, head_dim), jnp.float32)
+    m = jnp.full((qb * g,), _M_INIT, jnp.float32)
+    l = jnp.zeros((qb * g,), jnp.float32)
+    o, m, l = lax.fori_loop(0, num_blocks, body, (o, m, l))
+    o = o / jnp.where(l > 0, l, 1.0)[:, None]
+    o_ref[...] = o.reshape(qb, g, head_dim).astype(o_ref.dtype)
+
+
+def query_blocks(row_starts: np.ndarray, row_lens: np.ndarray, qb: int, num_blocks: int):
+    """Host-side plan: (row, start, len) per q block, padded to `num_blocks` with empty blocks."""
+    rows, starts, lens = [], [], []
+    for r, (s, n) in enumerate(zip(row_starts, row_lens)):
+        for off in range(0, int(n), qb):
+            rows.append(r)
+            starts.append(int(s) + off)
+            lens.append(min(qb, int(n) - off))
+    if len(rows) > num_blocks:
+        raise ValueError(f"{len(rows)} query blocks exceed the bucket of {num_blocks}")
+    pad = num_blocks - len(rows)
+    as_i32 = functools.partial(np.asarray, dtype=np.int32)
+    return as_i32(rows + [0] * pad), as_i32(starts + [0] * pad), as_i32(lens + [0] * pad)
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "qb", "interpret"))
+def ragged_paged_attention(
+    q, k_pages, v_pages, positions, block_tables, block_rows, block_starts, block_lens, *, scale=None, qb=16,
+    interpret=None,
+):
+    """Attention of packed query chunks over the paged pool.
+
+    q [T, N, H]; k_pages, v_pages [K, P, S, H]; positions [T] (each token's position in its sequence);
+    block_tables [R, W]; block_rows / block_starts / block_lens [Qn] from `query_blocks` (a block never
+    spans two sequences). Returns [T, N, H]; tokens not covered by any block come back as zeros.
+    """
+    t, n, h = q.shape
+    kh, p_, s_, _ = k_pages.shape
+    g = n // kh
+    qn = block_rows.shape[0]
+    w = block_tables.shape[1]
+    ppcb = min(8, w)
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
+    if scale is None:
+        scale = h**-0.5
+    w_pad = -(-w // ppcb) * ppcb
+    block_tables = jnp.pad(block_tables, ((0, 0), (0, w_pad - w)))
+    q_pad = jnp.pad(q, ((0, qb), (0, 0), (0, 0)))  # a block may read past the last token
+    pos_pad = jnp.pad(positions, (0, qb))
+    whole = pl.BlockSpec(memory_space=pl.ANY) if interpret else None
+    full = lambda shape: whole or pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))  # noqa: E731
+    smem = lambda shape: pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))  # noqa: E731
+    out = pl.pallas_call(
+        functools.partial(_kernel, scale=float(scale), qb=qb, g=g, ppcb=ppcb),
+        grid=(qn, kh),
+        in_specs=[
+            smem((qn,)), smem((qn,)), smem((qn,)), smem((t + qb,)), smem((block_tables.shape[0], w_pad)),
+            full((t + qb, n, h)), full((kh, p_, s_, h)), full((kh, p_, s_, h)),
+        ],
+        out_specs=pl.BlockSpec((None, qb, g, h), lambda i, hh: (i, 0, hh, 0)),
+        out_shape=jax.ShapeDtypeStruct((qn, qb, n, h), q.dtype),
+        interpret=interpret,
+    )(block_rows, block_starts, block_lens, pos_pad, block_tables, q_pad, k_pages, v_pages)
+    # Scatter blocks back to packed order; rows past a block's length go to a discarded extra slot.
+    idx = block_starts[:, None] + jnp.arange(qb)[None, :]  # [Qn, Qb]
+    idx = jnp.where(jnp.arange(qb)[None, :] < block_lens[:, None], idx, t)
+    packed = jnp.zeros((t + 1, n, h), q.dtype).at[idx.reshape(-1)].set(out.reshape(qn * qb, n, h))
+    return packed[:t]
+
+
+def ragged_paged_attention_reference(q, k_pages, v_pages, positions, segment_rows, block_tables, *, scale=None):
+    """Plain jnp: token t attends to pool positions 0..positions[t] of row segment_rows[t] (-1 = padding)."""
+    t, n, h = q.shape
+    kh, _, s_, _ = k_pages.shape
+    g = n // kh
+    scale = h**-0.5 if scale is None else scale
+    rows = jnp.maximum(segment_rows, 0)
+    pages = block_tables[rows]  # [T, W]
+    k = k_pages[:, pages].reshape(kh, t, -1, h)  # [K, T, W*S, H]
+    v = v_pages[:, pages].reshape(kh, t, -1, h)
+    qg = q.reshape(t, kh, g, h)
+    s = jnp.einsum("tkgh,ktlh->tkgl", qg.astype(jnp.float32), k.astype(jnp.float32)) * scale
+    kpos = jnp.arange(k.shape[2])
+    mask = (kpos[None, :] <= positions[:, None]) & (segment_rows >= 0)[:, None]
+    s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
+    p = jax.nn.softmax(s, axis=-1)
+    p = jnp.where(mask[:, None, None, :], p, 0.0)
+    o = jnp.einsum("tkgl,ktlh->tkgh", p, v.astype(jnp.float32))
+    return o.reshape(t, n, h).astype(q.dtype)
