@@ -156,6 +156,7 @@ class CacheConfig:
     kv_cache_memory_bytes: int | None = None
     num_gpu_blocks_override: int | None = None
     num_blocks: int | None = None  # P, including the null block 0
+    enable_prefix_caching: bool = True  # share the pages of equal prompt prefixes
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -26,7 +26,7 @@ _IGNORED_ENGINE_ARGS = frozenset(
         "mm_processor_kwargs", "limit_mm_per_prompt", "hf_token", "task", "runner", "convert",
         "pipeline_parallel_size", "enable_lora", "max_lora_rank", "max_loras", "kv_cache_dtype",
         "use_v2_block_manager", "preemption_mode", "logits_processors", "structured_outputs_config",
-        "guided_decoding_backend", "attention_config", "enable_prefix_caching", "served_model_name",
+        "guided_decoding_backend", "attention_config", "served_model_name",
     }
 )
 
@@ -68,6 +68,7 @@ class LLM:
         max_logprobs: int = 20,
         download_dir: str | None = None,
         load_format: str = "auto",
+        enable_prefix_caching: bool | None = None,
         compilation_cache_dir: str | None = None,
         hf_overrides: dict | None = None,
         **kwargs: Any,
@@ -75,8 +76,6 @@ class LLM:
         unknown = sorted(set(kwargs) - _IGNORED_ENGINE_ARGS)
         if unknown:
             raise TypeError(f"LLM() got unexpected keyword argument(s): {', '.join(unknown)}")
-        if quantization is not None:
-            raise ValueError(f"Unknown quantization method {quantization!r}; this build loads unquantized models.")
         self.model = model or default_model_path()
         path = resolve_model_path(self.model, revision=revision, download_dir=download_dir)
         self.model_config = ModelConfig.from_pretrained(path, dtype=dtype)
@@ -93,6 +92,7 @@ class LLM:
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=kv_cache_memory_bytes,
             num_gpu_blocks_override=num_gpu_blocks_override,
+            enable_prefix_caching=True if enable_prefix_caching is None else bool(enable_prefix_caching),
         )
         self.tokenizer = None
         if not skip_tokenizer_init:
@@ -119,7 +119,7 @@ class LLM:
 
         self.runner = ModelRunner(
             self.model_config, self.cache_config, self.scheduler_config, max_logprobs, load_format,
-            tensor_parallel_size,
+            tensor_parallel_size, quantization=quantization,
         )
         self.llm_engine = LLMEngine(
             self.model_config,
@@ -148,6 +148,10 @@ class LLM:
         return length
 
     # ---- vLLM's public surface -----------------------------------------------------------------
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget all cached prefix pages. Returns False (and changes nothing) while requests hold pages."""
+        return self.llm_engine.block_manager.reset_prefix_cache()
 
     def get_tokenizer(self):
         return self.tokenizer

@@ -26,7 +26,7 @@ from jax.experimental import pallas as pl
 _M_INIT = -1e30
 
 
-def _kernel(row_ref, start_ref, len_ref, pos_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, *, scale, qb, g, ppcb):
+def _kernel(row_ref, start_ref, len_ref, pos_ref, bt_ref, slope_ref, q_ref, k_ref, v_ref, o_ref, *, scale, qb, g, ppcb):
     i, head = pl.program_id(0), pl.program_id(1)
     row, start, n = row_ref[i], start_ref[i], len_ref[i]
     page_size, head_dim = k_ref.shape[-2], k_ref.shape[-1]
@@ -36,6 +36,7 @@ def _kernel(row_ref, start_ref, len_ref, pos_ref, bt_ref, q_ref, k_ref, v_ref, o
     pos = jnp.broadcast_to(pos[:, None], (qb, g)).reshape(qb * g)  # [Qb*G]
     valid_q = jnp.broadcast_to((jnp.arange(qb) < n)[:, None], (qb, g)).reshape(qb * g)
     last = jnp.max(jnp.where(valid_q, pos, -1))
+    slopes = jnp.broadcast_to(slope_ref[pl.ds(head * g, g)][None, :], (qb, g)).reshape(qb * g)  # ALiBi
     num_blocks = pl.cdiv(pl.cdiv(last + 1, page_size), ppcb)
 
     def body(j, carry):
@@ -46,6 +47,7 @@ def _kernel(row_ref, start_ref, len_ref, pos_ref, bt_ref, q_ref, k_ref, v_ref, o
         kpos = j * block_k + jnp.arange(block_k)
         mask = (kpos[None, :] <= pos[:, None]) & valid_q[:, None]
         s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
+        s = s + slopes[:, None] * (kpos[None, :] - pos[:, None]).astype(jnp.float32)
         s = jnp.where(mask, s, -jnp.inf)
         m_next = jnp.maximum(m_prev, s.max(axis=-1))
         corr = jnp.exp(m_prev - m_next)
@@ -79,14 +81,14 @@ def query_blocks(row_starts: np.ndarray, row_lens: np.ndarray, qb: int, num_bloc
 
 @functools.partial(jax.jit, static_argnames=("scale", "qb", "interpret"))
 def ragged_paged_attention(
-    q, k_pages, v_pages, positions, block_tables, block_rows, block_starts, block_lens, *, scale=None, qb=16,
-    interpret=None,
+    q, k_pages, v_pages, positions, block_tables, block_rows, block_starts, block_lens, *, alibi_slopes=None,
+    scale=None, qb=16, interpret=None,
 ):
     """Attention of packed query chunks over the paged pool.
 
     q [T, N, H]; k_pages, v_pages [K, P, S, H]; positions [T] (each token's position in its sequence);
     block_tables [R, W]; block_rows / block_starts / block_lens [Qn] from `query_blocks` (a block never
-    spans two sequences). Returns [T, N, H]; tokens not covered by any block come back as zeros.
+    spans two sequences); alibi_slopes [N] adds slope * (key_pos - query_pos). Returns [T, N, H]; tokens not covered by any block come back as zeros.
     """
     t, n, h = q.shape
     kh, p_, s_, _ = k_pages.shape
@@ -102,20 +104,21 @@ def ragged_paged_attention(
     block_tables = jnp.pad(block_tables, ((0, 0), (0, w_pad - w)))
     q_pad = jnp.pad(q, ((0, qb), (0, 0), (0, 0)))  # a block may read past the last token
     pos_pad = jnp.pad(positions, (0, qb))
+    slopes = jnp.zeros((n,), jnp.float32) if alibi_slopes is None else alibi_slopes.astype(jnp.float32)
     whole = pl.BlockSpec(memory_space=pl.ANY) if interpret else None
-    full = lambda shape: whole or pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))  # noqa: E731
-    smem = lambda shape: pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))  # noqa: E731
+    full = lambda shape: whole or pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))
+    smem = lambda shape: pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))
     out = pl.pallas_call(
         functools.partial(_kernel, scale=float(scale), qb=qb, g=g, ppcb=ppcb),
         grid=(qn, kh),
         in_specs=[
-            smem((qn,)), smem((qn,)), smem((qn,)), smem((t + qb,)), smem((block_tables.shape[0], w_pad)),
+            smem((qn,)), smem((qn,)), smem((qn,)), smem((t + qb,)), smem((block_tables.shape[0], w_pad)), smem((n,)),
             full((t + qb, n, h)), full((kh, p_, s_, h)), full((kh, p_, s_, h)),
         ],
         out_specs=pl.BlockSpec((None, qb, g, h), lambda i, hh: (i, 0, hh, 0)),
         out_shape=jax.ShapeDtypeStruct((qn, qb, n, h), q.dtype),
         interpret=interpret,
-    )(block_rows, block_starts, block_lens, pos_pad, block_tables, q_pad, k_pages, v_pages)
+    )(block_rows, block_starts, block_lens, pos_pad, block_tables, slopes, q_pad, k_pages, v_pages)
     # Scatter blocks back to packed order; rows past a block's length go to a discarded extra slot.
     idx = block_starts[:, None] + jnp.arange(qb)[None, :]  # [Qn, Qb]
     idx = jnp.where(jnp.arange(qb)[None, :] < block_lens[:, None], idx, t)
@@ -123,10 +126,12 @@ def ragged_paged_attention(
     return packed[:t]
 
 
-def ragged_paged_attention_reference(q, k_pages, v_pages, positions, segment_rows, block_tables, *, scale=None):
+def ragged_paged_attention_reference(
+    q, k_pages, v_pages, positions, segment_rows, block_tables, *, alibi_slopes=None, scale=None
+):
     """Plain jnp: token t attends to pool positions 0..positions[t] of row segment_rows[t] (-1 = padding)."""
     t, n, h = q.shape
-    kh, _, s_, _ = k_pages.shape
+    kh = k_pages.shape[0]
     g = n // kh
     scale = h**-0.5 if scale is None else scale
     rows = jnp.maximum(segment_rows, 0)
@@ -136,6 +141,9 @@ def ragged_paged_attention_reference(q, k_pages, v_pages, positions, segment_row
     qg = q.reshape(t, kh, g, h)
     s = jnp.einsum("tkgh,ktlh->tkgl", qg.astype(jnp.float32), k.astype(jnp.float32)) * scale
     kpos = jnp.arange(k.shape[2])
+    if alibi_slopes is not None:
+        rel = (kpos[None, :] - positions[:, None]).astype(jnp.float32)  # [T, L]
+        s = s + alibi_slopes.reshape(kh, g)[None, :, :, None] * rel[:, None, None, :]
     mask = (kpos[None, :] <= positions[:, None]) & (segment_rows >= 0)[:, None]
     s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
     p = jax.nn.softmax(s, axis=-1)

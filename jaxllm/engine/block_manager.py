@@ -4,13 +4,17 @@
                     ^null page: padding tokens write here, nothing reads it
     request.block_ids = [7, 2, 9]  -> tokens 0..S-1 in page 7, S..2S-1 in page 2, ...
 
-Reference counts let several sequences share a page later (prefix caching, beam search); a page is
-free exactly when its count is zero.
+Reference counts let several sequences share a page (prefix caching, beam search); a page is free
+exactly when its count is zero.
+
+Prefix caching: a full page is named by hash(parent page's hash, its token ids), so equal prefixes
+name equal pages. A new prompt first takes the pages its prefix already has; freed named pages stay
+in an LRU, still findable, and are recycled only when no unnamed free page is left.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 
 from jaxllm.engine.request import Request
 
@@ -22,7 +26,7 @@ def cdiv(a: int, b: int) -> int:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False):
         if num_blocks < 2:
             raise ValueError(f"The KV pool needs at least 2 blocks (one is the null block), got {num_blocks}.")
         self.num_blocks = num_blocks
@@ -30,10 +34,24 @@ class BlockManager:
         self.ref_counts = [0] * num_blocks
         self.ref_counts[NULL_BLOCK] = 1  # never handed out
         self.free_blocks: deque[int] = deque(range(1, num_blocks))
+        self.enable_prefix_caching = enable_prefix_caching
+        self.block_hash: list[int | None] = [None] * num_blocks
+        self.cached: dict[int, int] = {}  # hash -> page
+        self.lru: OrderedDict[int, None] = OrderedDict()  # free named pages, oldest first
+        self.prefix_queries = 0  # prompt tokens looked up
+        self.prefix_hits = 0  # ... of which were found
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_blocks)
+        return len(self.free_blocks) + len(self.lru)
+
+    def _take_free_block(self) -> int:
+        if self.free_blocks:
+            return self.free_blocks.popleft()
+        block, _ = self.lru.popitem(last=False)  # evict the least recently used named page
+        del self.cached[self.block_hash[block]]
+        self.block_hash[block] = None
+        return block
 
     def usage(self) -> float:
         return 1.0 - self.num_free_blocks / max(1, self.num_blocks - 1)
@@ -51,7 +69,7 @@ class BlockManager:
         if need > self.num_free_blocks:
             raise RuntimeError(f"KV pool exhausted: need {need} blocks, {self.num_free_blocks} free.")
         for _ in range(need):
-            block = self.free_blocks.popleft()
+            block = self._take_free_block()
             assert self.ref_counts[block] == 0, f"block {block} handed out twice"
             self.ref_counts[block] = 1
             request.block_ids.append(block)
@@ -61,9 +79,72 @@ class BlockManager:
             self.ref_counts[block] -= 1
             assert self.ref_counts[block] >= 0, f"block {block} freed twice"
             if self.ref_counts[block] == 0:
-                self.free_blocks.append(block)
+                if self.block_hash[block] is not None:
+                    self.lru[block] = None
+                else:
+                    self.free_blocks.append(block)
         request.block_ids = []
+        request.block_hashes = []
         request.num_computed_tokens = 0
+
+    # ---- prefix caching --------------------------------------------------------------------------
+
+    def _hashes(self, request: Request, num_full: int) -> list[int]:
+        hashes = request.block_hashes
+        tokens = request.all_token_ids
+        s = self.block_size
+        while len(hashes) < num_full:
+            i = len(hashes)
+            parent = hashes[-1] if hashes else None
+            hashes.append(hash((parent, tuple(tokens[i * s : (i + 1) * s]))))
+        return hashes[:num_full]
+
+    def match_prefix(self, request: Request) -> int:
+        """Share the cached pages of `request`'s prefix; returns how many tokens they hold.
+
+        The last token is always recomputed (its logits are needed), so a fully cached prompt gives
+        back its last page.
+        """
+        if not self.enable_prefix_caching or request.block_ids:
+            return 0
+        n = request.num_tokens
+        self.prefix_queries += n
+        matched = []
+        for h in self._hashes(request, (n - 1) // self.block_size):
+            block = self.cached.get(h)
+            if block is None:
+                break
+            matched.append(block)
+        for block in matched:
+            if self.ref_counts[block] == 0:
+                del self.lru[block]
+            self.ref_counts[block] += 1
+        request.block_ids = matched
+        hit = len(matched) * self.block_size
+        self.prefix_hits += hit
+        return hit
+
+    def register_computed(self, request: Request) -> None:
+        """Name the full pages whose tokens are all computed, so later prompts can share them."""
+        if not self.enable_prefix_caching:
+            return
+        full = min(request.num_computed_tokens, len(request.all_token_ids)) // self.block_size
+        for i, h in enumerate(self._hashes(request, full)):
+            block = request.block_ids[i]
+            if self.block_hash[block] is None and h not in self.cached:
+                self.block_hash[block] = h
+                self.cached[h] = block
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached page; refused (False) while any page is in use, as in vLLM."""
+        if any(self.ref_counts[1:]):
+            return False
+        for block in list(self.lru):
+            self.free_blocks.append(block)
+        self.lru.clear()
+        self.cached.clear()
+        self.block_hash = [None] * self.num_blocks
+        return True
 
     def fork(self, parent: Request, child: Request) -> None:
         """`child` shares all of `parent`'s pages (copy-on-write)."""
@@ -82,11 +163,11 @@ class BlockManager:
         """
         if not self.is_shared(request, position):
             return None
-        if not self.free_blocks:
+        if not self.num_free_blocks:
             raise RuntimeError("KV pool exhausted while copying a shared page.")
         index = position // self.block_size
         src = request.block_ids[index]
-        dst = self.free_blocks.popleft()
+        dst = self._take_free_block()
         self.ref_counts[dst] = 1
         self.ref_counts[src] -= 1
         request.block_ids[index] = dst

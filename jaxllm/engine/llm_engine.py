@@ -43,7 +43,9 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.runner = runner
         self.generation_config = generation_config or {}
-        self.block_manager = BlockManager(cache_config.num_blocks, cache_config.block_size)
+        self.block_manager = BlockManager(
+            cache_config.num_blocks, cache_config.block_size, cache_config.enable_prefix_caching
+        )
         self.scheduler = Scheduler(scheduler_config, self.block_manager)
         self.output_processor = OutputProcessor(tokenizer, scheduler_config.max_model_len)
         self._rng = random.Random(seed)
@@ -310,10 +312,12 @@ class LLMEngine:
                 continue
             if seq.beam is not None:
                 seq.num_computed_tokens = seq.num_tokens
+                self.block_manager.register_computed(seq)
                 seq.beam.record(seq, result.top_ids[i], result.top_logprobs[i])
                 beam_groups.append(self._groups.get(seq.parent_id))
                 continue
             seq.num_computed_tokens = seq.num_tokens - seq.num_pending
+            self.block_manager.register_computed(seq)
             if seq.request_id in result.prompt_logprobs:
                 self.output_processor.set_prompt_logprobs(self._groups[seq.parent_id], result.prompt_logprobs[seq.request_id])
             top_ids = result.top_ids[i] if result.top_ids is not None else None

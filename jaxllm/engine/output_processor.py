@@ -164,5 +164,5 @@ class OutputProcessor:
             prompt_logprobs=group.prompt_logprobs,
             outputs=outputs,
             finished=finished,
-            num_cached_tokens=0,
+            num_cached_tokens=group.sequences[0].num_cached_tokens if group.sequences else 0,
         )

@@ -50,6 +50,8 @@ class Request:
     stop_reason: int | str | None = None
     num_preemptions: int = 0
     error: str | None = None
+    block_hashes: list[int] = field(default_factory=list)  # prefix-cache names of the full pages so far
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at the first prefill
     beam: Any = None  # BeamState when this sequence is one beam of a beam search
     on_hold: bool = False  # running, but skipped by the scheduler until the engine releases it
 

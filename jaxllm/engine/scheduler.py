@@ -27,7 +27,10 @@ class SchedulerOutput:
 
     @property
     def num_tokens(self) -> int:
-        return sum(r.num_tokens for r in self.requests) if self.is_prefill else len(self.requests)
+        """Tokens computed this step (a prefill skips its cached prefix)."""
+        if not self.is_prefill:
+            return len(self.requests)
+        return sum(r.num_tokens - r.num_computed_tokens for r in self.requests)
 
     def __bool__(self) -> bool:
         return bool(self.requests)
@@ -77,12 +80,19 @@ class Scheduler:
     def _schedule_prefill(self) -> SchedulerOutput:
         out = SchedulerOutput(is_prefill=True)
         budget = self.config.max_num_batched_tokens
+        bm = self.block_manager
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             n = request.num_tokens
-            if n > budget or not self.block_manager.can_allocate(request, n):
+            cached = 0 if request.wants_prompt_logprobs else bm.match_prefix(request)
+            if n - cached > budget or not bm.can_allocate(request, n):
+                bm.free(request)  # give back the shared prefix pages
                 break
-            self.block_manager.allocate(request, n)
+            request.num_computed_tokens = cached
+            if request.num_preemptions == 0:
+                request.num_cached_tokens = cached
+            bm.allocate(request, n)
+            n -= cached
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
             self.running.append(request)

@@ -14,7 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+# matmul(x, w): x @ w for a dense weight or a QuantizedWeight; the models call their linear layers through it.
+from jaxllm.quantization.matmul import matmul  # noqa: F401 (re-exported for the models)
 from pallas_kernels.paged_attention import paged_attention, write_to_kv_pages
+from pallas_kernels.ragged_paged_attention import ragged_paged_attention
 
 
 class AttentionMetadata(NamedTuple):
@@ -27,12 +30,20 @@ class AttentionMetadata(NamedTuple):
 
     slot_mapping: jax.Array  # [T] int32: page_id * S + offset of each new token's K/V
     segment_ids: jax.Array | None = None  # [T] int32, prefill only
-    block_tables: jax.Array | None = None  # [B, W] int32, decode only
+    block_tables: jax.Array | None = None  # [B, W] int32: decode, and prefill after a cached prefix
     context_lens: jax.Array | None = None  # [B] int32, decode only
+    # Prefill after a cached prefix: every packed token attends through the pool (ragged kernel plan).
+    q_block_rows: jax.Array | None = None  # [Qn] int32
+    q_block_starts: jax.Array | None = None  # [Qn] int32
+    q_block_lens: jax.Array | None = None  # [Qn] int32
 
     @property
     def is_prefill(self) -> bool:
         return self.segment_ids is not None
+
+    @property
+    def is_ragged(self) -> bool:
+        return self.q_block_rows is not None
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float = 0.0) -> jax.Array:
@@ -182,7 +193,7 @@ def attention(
     kernel, which XLA cannot partition, run per kv-head shard under `shard_map`.
     """
     mesh = _tensor_parallel_mesh()
-    write, decode = write_to_kv_pages, paged_attention
+    write, decode, ragged = write_to_kv_pages, paged_attention, ragged_paged_attention
     if mesh is not None:
         heads, pool, rep = P(None, "tp", None), P("tp"), P()
         write = jax.shard_map(
@@ -201,8 +212,22 @@ def attention(
         def decode(q, kp, vp, bt, lens, alibi_slopes=None, scale=None):
             return sharded(q, kp, vp, bt, lens, *(() if alibi_slopes is None else (alibi_slopes,)))
 
+        def ragged(q, kp, vp, pos, bt, rows, starts, lens, alibi_slopes=None, scale=None):
+            def local(q, kp, vp, pos, bt, rows, starts, lens, *slopes):
+                return ragged_paged_attention(q, kp, vp, pos, bt, rows, starts, lens,
+                                              alibi_slopes=slopes[0] if slopes else None, scale=scale)
+
+            fn = jax.shard_map(
+                local, mesh=mesh, in_specs=(heads, pool, pool, rep, rep, rep, rep, rep, *slopes_spec),
+                out_specs=heads, check_vma=False,
+            )
+            return fn(q, kp, vp, pos, bt, rows, starts, lens, *(() if alibi_slopes is None else (alibi_slopes,)))
+
     k_pages, v_pages = write(kv_cache[0], kv_cache[1], k, v, md.slot_mapping)
-    if md.is_prefill:
+    if md.is_ragged:
+        out = ragged(q, k_pages, v_pages, positions, md.block_tables, md.q_block_rows, md.q_block_starts,
+                     md.q_block_lens, alibi_slopes=alibi_slopes, scale=scale)
+    elif md.is_prefill:
         out = prefill_attention(q, k, v, positions, md.segment_ids, scale, alibi_slopes)
     else:
         out = decode(q, k_pages, v_pages, md.block_tables, md.context_lens, alibi_slopes=alibi_slopes, scale=scale)

@@ -50,6 +50,9 @@ class InputBatch:
     segment_ids: np.ndarray | None = None  # [T] prefill
     block_tables: np.ndarray | None = None  # [B, W] decode
     context_lens: np.ndarray | None = None  # [B] decode
+    q_block_rows: np.ndarray | None = None  # [Qn] prefill after a cached prefix: the ragged kernel's plan
+    q_block_starts: np.ndarray | None = None
+    q_block_lens: np.ndarray | None = None
     prompt_spans: list[tuple[int, int]] | None = None  # (start, length) in the packed prompt, prefill
 
 
@@ -102,8 +105,12 @@ def _sampling_arrays(requests, rows: int, flags: StepFlags, bias_rows, vocab: in
     return arrays
 
 
-def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, max_len, bias_rows):
-    total = sum(r.num_tokens for r in requests)
+RAGGED_QUERY_BLOCK = 16  # query tokens per program of the ragged kernel
+
+
+def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, max_len, bias_rows, table_width):
+    """Pack each sequence's uncomputed tokens (all of them, or the suffix after a cached prefix)."""
+    total = sum(r.num_tokens - r.num_computed_tokens for r in requests)
     t = bucket_for(total, token_buckets)
     b = min(max_num_seqs, t)
     tokens = np.zeros(t, np.int32)
@@ -114,15 +121,30 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
     spans, start = [], 0
     for i, r in enumerate(requests):
         assert r.num_pending == 0, "a sequence with tokens in flight cannot be prefilled"
-        n = r.num_tokens
-        tokens[start : start + n] = r.all_token_ids
-        positions[start : start + n] = np.arange(n)
+        first = r.num_computed_tokens
+        n = r.num_tokens - first
+        tokens[start : start + n] = r.all_token_ids[first:]
+        positions[start : start + n] = np.arange(first, first + n)
         segment_ids[start : start + n] = i
-        slot_mapping[start : start + n] = [block_manager.slot(r, p) for p in range(n)]
+        slot_mapping[start : start + n] = [block_manager.slot(r, p) for p in range(first, first + n)]
         logits_indices[i] = start + n - 1
         spans.append((start, n))
         start += n
     flags = _flags(requests, True, bias_rows)
+    ragged = {}
+    if any(r.num_computed_tokens for r in requests):
+        # Some prompt continues after pages already in the pool: every token attends through the pool.
+        from pallas_kernels.ragged_paged_attention import query_blocks
+
+        tables = np.zeros((b, table_width), np.int32)
+        for i, r in enumerate(requests):
+            tables[i, : len(r.block_ids)] = r.block_ids
+        rows, starts, lens = query_blocks(
+            np.array([s for s, _ in spans]), np.array([n for _, n in spans]), RAGGED_QUERY_BLOCK,
+            -(-t // RAGGED_QUERY_BLOCK) + b,
+        )
+        ragged = dict(block_tables=tables, q_block_rows=rows, q_block_starts=starts, q_block_lens=lens)
+        segment_ids = None
     return InputBatch(
         is_prefill=True,
         num_seqs=len(requests),
@@ -135,6 +157,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
         token_dst_slots=np.where(np.arange(b) < len(requests), slot_mapping[logits_indices], 0).astype(np.int32),
         segment_ids=segment_ids,
         prompt_spans=spans,
+        **ragged,
     )
 
 

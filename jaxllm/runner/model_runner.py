@@ -19,6 +19,8 @@ from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.model_loader import init_dummy_params, load_params
 from jaxllm.models.layers import AttentionMetadata
 from jaxllm.models.registry import get_model_module
+from jaxllm.quantization.config import resolve_quantization
+from jaxllm.quantization.placement import dummy_param, put_param
 from jaxllm.runner import compile_counter
 from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
@@ -101,6 +103,7 @@ class ModelRunner:
         max_logprobs: int = 20,
         load_format: str = "auto",
         tensor_parallel_size: int = 1,
+        quantization: str | None = None,
     ):
         compile_counter.install()
         self.tp = tensor_parallel_size
@@ -112,6 +115,8 @@ class ModelRunner:
         self.cache_config = cache_config
         self.scheduler_config = scheduler_config
         self.module = get_model_module(model_config.architecture)
+        # None, or how the linear weights are stored: AWQ from the checkpoint, int8 / fp8 quantized at load.
+        self.quant_config = resolve_quantization(quantization, model_config.path, model_config.hf_config)
         self.params = self._load(load_format)
         if cache_config.num_blocks is None:
             cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config, self.tp)
@@ -133,7 +138,7 @@ class ModelRunner:
         cfg = self.model_config
         table = self.module.name_table(cfg)
         if load_format in ("auto", "safetensors"):
-            return load_params(cfg, table, self._put)
+            return load_params(cfg, table, self._put, self.quant_config)
         if load_format != "dummy":
             raise ValueError(f"Unknown load_format {load_format!r}; choose 'auto', 'safetensors' or 'dummy'.")
         dtype = jnp.dtype(cfg.dtype)
@@ -142,6 +147,10 @@ class ModelRunner:
             return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
 
         def make(path, shape, seed):
+            if seed is not None and self.quant_config is not None:
+                quantized = dummy_param(self.mesh, path, shape, seed, dtype, self.quant_config)
+                if quantized is not None:
+                    return quantized
             out = sharding.param_sharding(self.mesh, path[-1], shape)
             if seed is None:
                 return jax.jit(lambda: jnp.ones(shape, dtype), out_shardings=out)()
@@ -153,6 +162,8 @@ class ModelRunner:
         """A checkpoint tensor onto the mesh, each device receiving only its shard."""
         if path[-1] in ("wk", "wv", "bk", "bv") and self.kv_repeats > 1:
             host = sharding.repeat_kv_heads(host, self.kv_repeats, self.model_config.head_dim)
+        if self.quant_config is not None:
+            return put_param(self.mesh, path, host, self.quant_config)
         return jax.device_put(host, sharding.param_sharding(self.mesh, path[-1], host.shape))
 
     @property
@@ -184,6 +195,7 @@ class ModelRunner:
                 vocab,
                 max_len,
                 bias_rows,
+                self.table_width,
             )
         return build_decode(requests, block_manager, self.decode_buckets, self.table_width, vocab, max_len, bias_rows)
 
@@ -197,6 +209,9 @@ class ModelRunner:
             segment_ids=batch.segment_ids,
             block_tables=batch.block_tables,
             context_lens=batch.context_lens,
+            q_block_rows=batch.q_block_rows,
+            q_block_starts=batch.q_block_starts,
+            q_block_lens=batch.q_block_lens,
         )
         smd = SamplingMetadata(**batch.sampling)
         next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None

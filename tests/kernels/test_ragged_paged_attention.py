@@ -1,9 +1,9 @@
 """The chunked-prefill kernel against its plain-jnp reference and a numpy dense attention."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jax.numpy as jnp
 from pallas_kernels.ragged_paged_attention import (
     query_blocks,
     ragged_paged_attention,
@@ -52,6 +52,17 @@ def _numpy_attention(q, k_pages, v_pages, pos, seg, tables):
             p = np.exp(s - s.max())
             out[i, head] = (p / p.sum()) @ v[kv]
     return out
+
+
+def test_alibi_matches_reference():
+    rng = np.random.default_rng(3)
+    q, kp, vp, pos, seg, tables, starts, lens = _case(rng, [(5, 6), (0, 9)], kv_heads=2, groups=2)
+    slopes = jnp.asarray(rng.uniform(0.05, 0.5, size=4).astype(np.float32))
+    rows, bstarts, blens = query_blocks(starts, lens, 4, num_blocks=8)
+    args = [jnp.asarray(x) for x in (q, kp, vp, pos)]
+    got = ragged_paged_attention(*args, jnp.asarray(tables), rows, bstarts, blens, alibi_slopes=slopes, qb=4)
+    ref = ragged_paged_attention_reference(*args, jnp.asarray(seg), jnp.asarray(tables), alibi_slopes=slopes)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("groups", [1, 4])
