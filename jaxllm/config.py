@@ -176,6 +176,7 @@ class SchedulerConfig:
     max_model_len: int
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None  # default: max(max_model_len, 2048)
+    enable_chunked_prefill: bool = True  # split prompts over steps and mix them with decodes
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -184,9 +185,11 @@ class SchedulerConfig:
             raise ValueError(f"max_model_len must be at least 1, got {self.max_model_len}.")
         if self.max_num_batched_tokens is None:
             self.max_num_batched_tokens = max(self.max_model_len, 2048)
-        if self.max_num_batched_tokens < self.max_model_len:
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be at least 1, got {self.max_num_batched_tokens}.")
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
                 f"({self.max_model_len}): a prompt of max_model_len tokens could never be scheduled. "
-                "Raise max_num_batched_tokens or lower max_model_len."
+                "Raise max_num_batched_tokens, lower max_model_len, or enable chunked prefill."
             )

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 _IGNORED_ENGINE_ARGS = frozenset(
     {
         "swap_space", "cpu_offload_gb", "enforce_eager", "disable_custom_all_reduce", "disable_log_stats",
-        "max_seq_len_to_capture", "enable_chunked_prefill", "tokenizer_pool_size",
+        "max_seq_len_to_capture", "tokenizer_pool_size",
         "compilation_config", "disable_async_output_proc", "worker_cls", "distributed_executor_backend",
         "mm_processor_kwargs", "limit_mm_per_prompt", "hf_token", "task", "runner", "convert",
         "pipeline_parallel_size", "enable_lora", "max_lora_rank", "max_loras", "kv_cache_dtype",
@@ -69,6 +69,7 @@ class LLM:
         download_dir: str | None = None,
         load_format: str = "auto",
         enable_prefix_caching: bool | None = None,
+        enable_chunked_prefill: bool | None = None,
         compilation_cache_dir: str | None = None,
         hf_overrides: dict | None = None,
         **kwargs: Any,
@@ -86,6 +87,7 @@ class LLM:
             max_model_len=self._max_model_len(max_model_len),
             max_num_seqs=max_num_seqs or 256,
             max_num_batched_tokens=max_num_batched_tokens,
+            enable_chunked_prefill=True if enable_chunked_prefill is None else bool(enable_chunked_prefill),
         )
         self.cache_config = CacheConfig(
             block_size=block_size,

@@ -252,6 +252,8 @@ class LLMEngine:
         return self._process(*current, cursors)
 
     def _dispatch(self, sched: SchedulerOutput) -> tuple[SchedulerOutput, Any]:
+        for seq, n in zip(sched.requests, sched.num_new):
+            seq.num_new_tokens = n  # what the runner reads
         try:
             if self._can_overlap:
                 handle = self.runner.dispatch(sched, self.block_manager)
@@ -289,7 +291,8 @@ class LLMEngine:
             for seq in sched.requests:
                 if not seq.is_finished:
                     copies = [c for c in sched.block_copies if c[1] in seq.block_ids]
-                    single = SchedulerOutput(sched.is_prefill, [seq], block_copies=copies)
+                    single = SchedulerOutput(sched.is_prefill, [seq], block_copies=copies,
+                                             num_new=[sched.num_new[sched.requests.index(seq)]])
                     outputs += self._process(*self._dispatch(single), cursors)
             return outputs
         if isinstance(result, Exception):
@@ -311,13 +314,17 @@ class LLMEngine:
                 self._fail(seq, "the model produced non-finite logits for this request")
                 continue
             if seq.beam is not None:
-                seq.num_computed_tokens = seq.num_tokens
+                seq.num_computed_tokens += sched.num_new[i]
                 self.block_manager.register_computed(seq)
+                if seq.num_computed_tokens < seq.num_tokens:
+                    continue
                 seq.beam.record(seq, result.top_ids[i], result.top_logprobs[i])
                 beam_groups.append(self._groups.get(seq.parent_id))
                 continue
-            seq.num_computed_tokens = seq.num_tokens - seq.num_pending
+            seq.num_computed_tokens += sched.num_new[i]
             self.block_manager.register_computed(seq)
+            if seq.num_computed_tokens < seq.num_tokens - seq.num_pending:
+                continue  # a prompt chunk: the prompt goes on in a later step, nothing is sampled yet
             if seq.request_id in result.prompt_logprobs:
                 self.output_processor.set_prompt_logprobs(self._groups[seq.parent_id], result.prompt_logprobs[seq.request_id])
             top_ids = result.top_ids[i] if result.top_ids is not None else None

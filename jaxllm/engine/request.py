@@ -41,6 +41,7 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     block_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose K/V are in the pool
+    num_new_tokens: int = 0  # tokens the current step computes for this sequence (set by the scheduler)
     num_pending: int = 0  # tokens being sampled by steps still in flight (not yet in output_token_ids)
     cumulative_logprob: float = 0.0
     logprobs: list[dict] | None = None  # per generated token: {token_id: Logprob}

@@ -24,13 +24,12 @@ class SchedulerOutput:
     requests: list[Request] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) pages, before the step
+    num_new: list[int] = field(default_factory=list)  # tokens each sequence computes in this step
 
     @property
     def num_tokens(self) -> int:
         """Tokens computed this step (a prefill skips its cached prefix)."""
-        if not self.is_prefill:
-            return len(self.requests)
-        return sum(r.num_tokens - r.num_computed_tokens for r in self.requests)
+        return sum(r.num_new_tokens for r in self.requests)
 
     def __bool__(self) -> bool:
         return bool(self.requests)
@@ -60,13 +59,80 @@ class Scheduler:
         self.block_manager.free(request)
 
     def schedule(self, overlap: bool = False, exclude: frozenset | set = frozenset()) -> SchedulerOutput:
+        out = self._schedule(overlap, exclude)
+        # A snapshot: a step planned while this one is in flight sets the sequences' fields again.
+        out.num_new = [r.num_new_tokens for r in out.requests]
+        return out
+
+    def _schedule(self, overlap: bool, exclude) -> SchedulerOutput:
         """The next step. With `overlap`, the step is planned while another is still in flight: it
         never preempts (an empty output means "wait for the step in flight first") and leaves out the
         sequences in `exclude` (those that step is certain to finish)."""
+        if overlap:
+            if self.config.enable_chunked_prefill and (self.waiting or any(_prefilling(r) for r in self.running)):
+                return SchedulerOutput(is_prefill=False)  # mixed steps read their tokens from the host
+            out = SchedulerOutput(is_prefill=True) if self.config.enable_chunked_prefill else self._schedule_prefill()
+            return out if out else self._schedule_decode_overlapped(exclude)
+        if self.config.enable_chunked_prefill:
+            return self._schedule_chunked()
         out = self._schedule_prefill()
-        if out:
-            return out
-        return self._schedule_decode_overlapped(exclude) if overlap else self._schedule_decode()
+        return out if out else self._schedule_decode()
+
+    def _schedule_chunked(self) -> SchedulerOutput:
+        """One token budget: running sequences first (decodes, then prompts mid-prefill), then new prompts.
+
+        A prompt that does not fit the remaining budget is split; its chunks run in later steps next to
+        other sequences' decodes. The step is a pure decode (the fast path) when every row computes
+        exactly its newest token.
+        """
+        out = SchedulerOutput(is_prefill=True)
+        budget = self.config.max_num_batched_tokens
+        bm = self.block_manager
+        held = [r for r in self.running if r.on_hold]
+        queue = deque(sorted((r for r in self.running if not r.on_hold), key=_prefilling))  # decodes first
+        while queue and budget > 0:
+            request = queue.popleft()
+            n_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            target = request.num_computed_tokens + n_new
+            while not self._fits(request, target):
+                victim = queue.pop() if queue else request
+                self._preempt(victim, out)
+                if victim is request:
+                    break
+            else:
+                bm.allocate(request, target)
+                copy = bm.make_writable(request, target - 1)  # a beam writing a shared page
+                if copy:
+                    out.block_copies.append(copy)
+                request.num_new_tokens = n_new
+                out.requests.append(request)
+                budget -= n_new
+        self.running = held + out.requests + list(queue)  # those past the budget wait for the next step
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[0]
+            cached = 0 if request.wants_prompt_logprobs else bm.match_prefix(request)
+            n_new = min(request.num_tokens - cached, budget)
+            target = cached + n_new
+            whole = n_new == request.num_tokens - cached
+            if (request.wants_prompt_logprobs and not whole) or not bm.can_allocate(request, target):
+                bm.free(request)  # give back the shared prefix pages
+                break
+            request.num_computed_tokens = cached
+            if request.num_preemptions == 0:
+                request.num_cached_tokens = cached
+            bm.allocate(request, target)
+            request.num_new_tokens = n_new
+            self.waiting.popleft()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            out.requests.append(request)
+            budget -= n_new
+        # A pure decode step: every row computes exactly its newest token, which an earlier step sampled.
+        out.is_prefill = not all(
+            r.num_new_tokens == 1 and r.num_computed_tokens == r.num_tokens - 1 and not _prefilling(r)
+            for r in out.requests
+        )
+        return out
 
     def _schedule_decode_overlapped(self, exclude) -> SchedulerOutput:
         batch = [r for r in self.running if r not in exclude and not r.on_hold]
@@ -75,6 +141,7 @@ class Scheduler:
             return SchedulerOutput(is_prefill=False)
         for request in batch:
             self.block_manager.allocate(request, request.num_tokens)
+            request.num_new_tokens = 1
         return SchedulerOutput(is_prefill=False, requests=batch)
 
     def _schedule_prefill(self) -> SchedulerOutput:
@@ -93,6 +160,7 @@ class Scheduler:
                 request.num_cached_tokens = cached
             bm.allocate(request, n)
             n -= cached
+            request.num_new_tokens = n
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
             self.running.append(request)
@@ -107,7 +175,7 @@ class Scheduler:
         bm = self.block_manager
         while queue:
             request = queue.popleft()
-            while not self._fits(request):
+            while not self._fits(request, request.num_tokens):
                 victim = queue.pop() if queue else request
                 self._preempt(victim, out)
                 if victim is request:
@@ -117,13 +185,13 @@ class Scheduler:
                 copy = bm.make_writable(request, request.num_tokens - 1)  # a beam writing a shared page
                 if copy:
                     out.block_copies.append(copy)
+                request.num_new_tokens = 1
                 out.requests.append(request)
         self.running = held + out.requests
         return out
 
-    def _fits(self, request: Request) -> bool:
+    def _fits(self, request: Request, n: int) -> bool:
         bm = self.block_manager
-        n = request.num_tokens
         need = bm.blocks_needed(request, n) + int(bm.is_shared(request, n - 1))
         return need <= bm.num_free_blocks
 
@@ -134,3 +202,8 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(request)
         out.preempted.append(request)
+
+
+def _prefilling(request: Request) -> bool:
+    """The prompt is not fully computed yet (a chunk of it ran, or is running)."""
+    return request.num_computed_tokens < request.num_prompt_tokens

@@ -110,7 +110,7 @@ RAGGED_QUERY_BLOCK = 16  # query tokens per program of the ragged kernel
 
 def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, max_len, bias_rows, table_width):
     """Pack each sequence's uncomputed tokens (all of them, or the suffix after a cached prefix)."""
-    total = sum(r.num_tokens - r.num_computed_tokens for r in requests)
+    total = sum(r.num_new_tokens for r in requests)
     t = bucket_for(total, token_buckets)
     b = min(max_num_seqs, t)
     tokens = np.zeros(t, np.int32)
@@ -122,8 +122,8 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
     for i, r in enumerate(requests):
         assert r.num_pending == 0, "a sequence with tokens in flight cannot be prefilled"
         first = r.num_computed_tokens
-        n = r.num_tokens - first
-        tokens[start : start + n] = r.all_token_ids[first:]
+        n = r.num_new_tokens
+        tokens[start : start + n] = r.all_token_ids[first : first + n]
         positions[start : start + n] = np.arange(first, first + n)
         segment_ids[start : start + n] = i
         slot_mapping[start : start + n] = [block_manager.slot(r, p) for p in range(first, first + n)]

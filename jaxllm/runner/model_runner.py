@@ -116,7 +116,9 @@ class ModelRunner:
         self.scheduler_config = scheduler_config
         self.module = get_model_module(model_config.architecture)
         # None, or how the linear weights are stored: AWQ from the checkpoint, int8 / fp8 quantized at load.
-        self.quant_config = resolve_quantization(quantization, model_config.path, model_config.hf_config)
+        self.quant_config = resolve_quantization(
+            quantization, model_config.path, model_config.hf_config, random_weights=load_format == "dummy"
+        )
         self.params = self._load(load_format)
         if cache_config.num_blocks is None:
             cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config, self.tp)
@@ -168,8 +170,10 @@ class ModelRunner:
 
     @property
     def num_buckets(self) -> int:
-        """Distinct step shapes; each compiles once per flag combination that actually occurs."""
-        return len(self.decode_buckets) + len(self.prefill_buckets)
+        """Distinct step shapes: decode batch buckets, and token buckets in two prefill layouts (fresh
+        prompts attend densely; prompts continuing after pool pages go through the ragged kernel).
+        Each compiles once per flag combination that actually occurs."""
+        return len(self.decode_buckets) + 2 * len(self.prefill_buckets)
 
     def _compiled(self, flags: StepFlags):
         fn = self._steps.get(flags.key())
