@@ -46,7 +46,6 @@ def ttft(args, folder, load_format):
         llm.reset_prefix_cache()
         uncached.append(timed(request(system)))
         cached.append(timed(request(system)))
-    del llm
     return {"prefix_tokens": args.prefix_len, "ttft_uncached_s": min(t for t, _ in uncached),
             "ttft_cached_s": min(t for t, _ in cached), "cached_tokens": cached[0][1]}
 
