@@ -56,7 +56,7 @@ def itl(args, folder, load_format, chunked: bool):
     budget = 2048 if chunked else args.long_len + 256
     llm = LLM(folder, load_format=load_format, dtype="bfloat16", max_model_len=args.long_len + 256,
               max_num_batched_tokens=budget, enable_chunked_prefill=chunked, enable_prefix_caching=False,
-              max_num_seqs=64, skip_tokenizer_init=True, gpu_memory_utilization=0.5)
+              max_num_seqs=64, skip_tokenizer_init=True, gpu_memory_utilization=0.85)
     engine = llm.llm_engine
     rng = np.random.default_rng(1)
     vocab = llm.model_config.vocab_size
