@@ -11,7 +11,7 @@ import time
 SHAPES = {
     "llama-3-8b": dict(
         architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
         rope_theta=500000.0, rms_norm_eps=1e-5, torch_dtype="bfloat16", tie_word_embeddings=False,
     ),
     "qwen2.5-1.5b": dict(
