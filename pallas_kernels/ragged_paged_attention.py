@@ -26,7 +26,9 @@ from jax.experimental import pallas as pl
 _M_INIT = -1e30
 
 
-def _kernel(row_ref, start_ref, len_ref, pos_ref, bt_ref, slope_ref, q_ref, k_ref, v_ref, o_ref, *, scale, qb, g, ppcb):
+def _kernel(
+    row_ref, start_ref, len_ref, pos_ref, bt_ref, slope_ref, q_ref, k_ref, v_ref, o_ref, *, scale, qb, g, ppcb, precision
+):
     i, head = pl.program_id(0), pl.program_id(1)
     row, start, n = row_ref[i], start_ref[i], len_ref[i]
     page_size, head_dim = k_ref.shape[-2], k_ref.shape[-1]
@@ -46,14 +48,15 @@ def _kernel(row_ref, start_ref, len_ref, pos_ref, bt_ref, slope_ref, q_ref, k_re
         v = v_ref[head, ids].reshape(block_k, head_dim)
         kpos = j * block_k + jnp.arange(block_k)
         mask = (kpos[None, :] <= pos[:, None]) & valid_q[:, None]
-        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
+        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
+                            preferred_element_type=jnp.float32) * scale
         s = s + slopes[:, None] * (kpos[None, :] - pos[:, None]).astype(jnp.float32)
         s = jnp.where(mask, s, -jnp.inf)
         m_next = jnp.maximum(m_prev, s.max(axis=-1))
         corr = jnp.exp(m_prev - m_next)
         p = jnp.exp(s - m_next[:, None])
         v = jnp.where((kpos <= last)[:, None], v, 0)
-        pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        pv = jnp.dot(p.astype(v.dtype), v, precision=precision, preferred_element_type=jnp.float32)
         return corr[:, None] * o_prev + pv, m_next, corr * l_prev + p.sum(axis=-1)
 
     o = jnp.zeros((qb * g, head_dim), jnp.float32)
@@ -109,7 +112,8 @@ def ragged_paged_attention(
     full = lambda shape: whole or pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))
     smem = lambda shape: pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))
     out = pl.pallas_call(
-        functools.partial(_kernel, scale=float(scale), qb=qb, g=g, ppcb=ppcb),
+        functools.partial(_kernel, scale=float(scale), qb=qb, g=g, ppcb=ppcb,
+                          precision=lax.Precision.HIGHEST if q.dtype == jnp.float32 else None),  # no TF32
         grid=(qn, kh),
         in_specs=[
             smem((qn,)), smem((qn,)), smem((qn,)), smem((t + qb,)), smem((block_tables.shape[0], w_pad)), smem((n,)),

@@ -84,7 +84,7 @@ def itl(args, folder, load_format, chunked: bool):
             now = time.perf_counter()
             during.append(now - last)
             last = now
-            if any(o.request_id == "long" for o in outs):
+            if any(o.request_id == "long" and o.finished for o in outs):
                 first_token = now - start
         engine.abort_request([f"run{i}" for i in range(args.running)])
         while engine.has_unfinished_requests():

@@ -306,7 +306,7 @@ class LLMEngine:
             return self._collect(sched.requests, cursors)
         if sched.is_prefill:
             self.stats["prompt_tokens"] += sum(s.num_prompt_tokens for s in sched.requests)
-        beam_groups = []
+        beam_groups, chunk_only = [], set()
         for i, seq in enumerate(sched.requests):
             if seq.is_finished:  # finished or aborted while this step was in flight
                 continue
@@ -324,7 +324,8 @@ class LLMEngine:
             seq.num_computed_tokens += sched.num_new[i]
             self.block_manager.register_computed(seq)
             if seq.num_computed_tokens < seq.num_tokens - seq.num_pending:
-                continue  # a prompt chunk: the prompt goes on in a later step, nothing is sampled yet
+                chunk_only.add(seq)  # a prompt chunk: the prompt goes on later, nothing to report yet
+                continue
             if seq.request_id in result.prompt_logprobs:
                 self.output_processor.set_prompt_logprobs(self._groups[seq.parent_id], result.prompt_logprobs[seq.request_id])
             top_ids = result.top_ids[i] if result.top_ids is not None else None
@@ -338,7 +339,7 @@ class LLMEngine:
                 seq.num_pending = 0
         for group in dict.fromkeys(g for g in beam_groups if g is not None):
             self._advance_beams(group)
-        return self._collect(sched.requests, cursors)
+        return self._collect([s for s in sched.requests if s not in chunk_only], cursors)
 
     def _collect(self, seqs: list[Request], cursors: dict | None) -> list[RequestOutput]:
         outputs = []
