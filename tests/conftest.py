@@ -4,6 +4,9 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+# The transformers reference runs tiny models: one torch thread is much faster than two fighting XLA.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # One persistent XLA cache for the session: the many small engines the tests build share executables.
 if "JAXLLM_CACHE_DIR" not in os.environ:
     import tempfile
