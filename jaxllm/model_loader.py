@@ -97,34 +97,66 @@ def iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
                 yield name, f.get_tensor(name)
 
 
-def load_params(config: Any, name_table: dict[str, tuple[tuple, bool]], put: Any) -> dict:
+def load_params(config: Any, name_table: dict[str, tuple[tuple, bool]], put: Any, quant: Any = None) -> dict:
     """Build the parameter pytree from safetensors.
 
     name_table maps a checkpoint name to (path in the tree, transpose?). `put(path, array)` turns a host
     array (already cast to the model dtype) into a device array; it is where sharding happens.
     Unknown checkpoint names are ignored (e.g. rotary caches); missing ones raise.
+
+    With an AWQ `quant` (a QuantConfig), a layer's `X.qweight`, `X.qzeros` and `X.scales` become one
+    host QuantizedWeight put at the place the dense `X.weight` would go (layers listed in the config's
+    modules_to_not_convert keep their dense `X.weight`).
     """
     import ml_dtypes
 
     np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[config.dtype]
+    awq = None
+    if quant is not None and quant.method == "awq":
+        from jaxllm.quantization.awq import AwqCollector
+
+        awq = AwqCollector(quant.group_size)
     params: dict = {}
     seen: set[str] = set()
     for name, array in iter_safetensors(config.path):
-        entry = name_table.get(name)
-        if entry is None:
-            continue
-        tree_path, transpose = entry
-        host = np.ascontiguousarray(array.T if transpose else array).astype(np_dtype)
+        base = awq.base_name(name) if awq is not None else None
+        if base is not None:
+            if base not in name_table:
+                continue
+            done = awq.add(name, array)
+            if done is None:
+                continue
+            name, host = done
+            tree_path = name_table[name][0]
+            _check_quantizable(name, tree_path)
+        else:
+            entry = name_table.get(name)
+            if entry is None:
+                continue
+            tree_path, transpose = entry
+            host = np.ascontiguousarray(array.T if transpose else array).astype(np_dtype)
         node = params
         for key in tree_path[:-1]:
             node = node.setdefault(key, {})
         node[tree_path[-1]] = put(tree_path, host)
         seen.add(name)
+    if awq is not None and awq.incomplete():
+        raise ValueError(f"The AWQ checkpoint in {config.path} lacks tensors: {', '.join(awq.incomplete()[:8])}.")
     missing = sorted(set(name_table) - seen)
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise ValueError(f"The checkpoint in {config.path} lacks weights the model needs: {shown}.")
     return params
+
+
+def _check_quantizable(name: str, tree_path: tuple) -> None:
+    from jaxllm.quantization.weights import is_linear_leaf
+
+    if not is_linear_leaf(tree_path, 2):
+        raise ValueError(
+            f"{name} is stored quantized, but jaxllm runs {tree_path[-1]!r} unquantized (only the linear layers "
+            "inside the decoder layers are read quantized)."
+        )
 
 
 def init_dummy_params(config: Any, name_table: dict, hf_shapes: dict, make: Any) -> dict:

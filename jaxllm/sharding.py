@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxllm.config import ModelConfig
+from jaxllm.quantization.weights import QuantizedWeight
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +104,26 @@ def kv_head_repeats(cfg: ModelConfig, tp: int) -> int:
     return max(1, tp // cfg.num_kv_heads)
 
 
-def repeat_kv_heads(array: np.ndarray, repeats: int, head_dim: int) -> np.ndarray:
-    """[..., K*H] -> [..., K*repeats*H], each head repeated in place (head k -> k*repeats ... )."""
+def repeat_kv_heads(array, repeats: int, head_dim: int):
+    """[..., K*H] -> [..., K*repeats*H], each head repeated in place (head k -> k*repeats ... ).
+
+    A QuantizedWeight repeats every field along its output axis: AWQ's packed fields hold H/8 words
+    per head (the last axis of qweight, zeros and the j-major scales), int8 / fp8 hold H columns.
+    """
     if repeats == 1:
         return array
+    if isinstance(array, QuantizedWeight):
+        per_head = head_dim // 8 if array.kind == "awq" else head_dim
+        if array.kind == "awq" and head_dim % 8:
+            raise ValueError(f"AWQ kv heads of head_dim {head_dim} (not a multiple of 8) cannot be repeated.")
+        k, n = array.shape
+        return dataclasses.replace(
+            array,
+            qweight=repeat_kv_heads(array.qweight, repeats, per_head),
+            scales=repeat_kv_heads(array.scales, repeats, per_head),
+            zeros=None if array.zeros is None else repeat_kv_heads(array.zeros, repeats, per_head),
+            shape=(k, n * repeats),
+        )
     lead = array.shape[:-1]
     k = array.shape[-1] // head_dim
     heads = array.reshape(*lead, k, 1, head_dim)
@@ -130,6 +147,50 @@ def partition_spec(name: str, shape: tuple[int, ...], tp: int) -> PartitionSpec:
 
 def param_sharding(mesh: Mesh, name: str, shape: tuple[int, ...]) -> NamedSharding:
     return NamedSharding(mesh, partition_spec(name, shape, mesh.shape[TP]))
+
+
+def _field_spec(name: str, axes: tuple, shape: tuple[int, ...], tp: int) -> PartitionSpec:
+    spec = []
+    for logical, size in zip(axes, shape):
+        mesh_axis = RULES.get(logical) if logical else None
+        if mesh_axis and size % tp:
+            logger.info("Replicating a dimension of quantized %s: %d is not divisible by tp=%d", name, size, tp)
+            mesh_axis = None
+        spec.append(mesh_axis)
+    return PartitionSpec(*spec)
+
+
+def quantized_sharding(mesh: Mesh, name: str, weight: QuantizedWeight) -> QuantizedWeight:
+    """Shardings of a QuantizedWeight's fields (a QuantizedWeight of NamedShardings).
+
+    Each field is split along the logical axes of the dense weight it stands for: the input axis is
+    axis 0 of qweight (and of the per-group zeros/scales, one row per group), the output axis their
+    last axis. AWQ packs the output dim by 8, so a column split needs N/8 divisible by tp, and a row
+    split K/G; a dimension that does not divide stays replicated (still correct: XLA moves the data).
+    """
+    tp = mesh.shape[TP]
+    in_axis, out_axis = LOGICAL_AXES.get(name, (None, None)) if tp > 1 else (None, None)
+
+    def put(axes, array):
+        return None if array is None else NamedSharding(mesh, _field_spec(name, axes, array.shape, tp))
+
+    if weight.kind == "awq":
+        return dataclasses.replace(
+            weight,
+            qweight=put((in_axis, out_axis), weight.qweight),
+            zeros=put((in_axis, out_axis), weight.zeros),
+            scales=put((in_axis, None, out_axis), weight.scales),
+        )
+    return dataclasses.replace(
+        weight, qweight=put((in_axis, out_axis), weight.qweight), scales=put((out_axis,), weight.scales)
+    )
+
+
+def leaf_sharding(mesh: Mesh, name: str, leaf):
+    """The sharding of one parameter leaf: a NamedSharding, or a QuantizedWeight of them."""
+    if isinstance(leaf, QuantizedWeight):
+        return quantized_sharding(mesh, name, leaf)
+    return param_sharding(mesh, name, leaf.shape)
 
 
 def kv_cache_sharding(mesh: Mesh) -> NamedSharding:

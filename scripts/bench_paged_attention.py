@@ -126,7 +126,7 @@ def jax_copy_bandwidths(gib=4.0):
     def hlo_kinds(fn, *args):
         try:
             txt = fn.lower(*args).compile().as_text()
-        except Exception:  # noqa: BLE001 - diagnostics only
+        except Exception:
             return "?"
         kinds = []
         for key in ("copy-start", "custom-call", "fusion", " copy(", "dynamic-update-slice"):
@@ -390,7 +390,7 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
                 f"  {name:10s} {label[:100]:100s} {rec['time_us']:9.1f} us {rec['tbps']:5.2f} TB/s"
                 f" err {rec['rel_err']:.1e} {'ok' if rec['ok'] else 'BAD'}"
             )
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             msg = f"{type(e).__name__}: {e}"
             rec["error"] = msg[:400]
             log(f"  {name} {label[:100]}: FAILED {msg[:300]}")
@@ -428,7 +428,7 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
     for name in impls:
         try:
             variants = build_impl(name, B, L, N, K)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             records.append({**rec_base, "impl": name, "error": f"{type(e).__name__}: {e}"[:300]})
             log(f"  {name}: unavailable: {e}")
             continue
@@ -549,7 +549,7 @@ def main(argv=None):
             if c:
                 copy["torch"] = c
                 log(f"copy: {c['method']}: {c['tbps']:.2f} TB/s")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log(f"torch copy failed: {e}")
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.90")
     import jax
@@ -561,7 +561,7 @@ def main(argv=None):
             for c in jax_copy_bandwidths():
                 copy[c["method"]] = c
                 log(f"copy: {c['method']}: {c['tbps']:.2f} TB/s (HLO: {c.get('hlo')})")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log(f"jax copy failed: {e}")
     memcpy = [c for k, c in copy.items() if "elementwise" not in k]
     ceiling = max(memcpy, key=lambda c: c["tbps"]) if memcpy else None
@@ -591,7 +591,7 @@ def main(argv=None):
         log(f"B={B} L={L} heads {N}/{K}: K+V {nb / 1e6:.0f} MB  [{time.time() - t_start:.0f} s]")
         try:
             records += run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log(f"  shape failed: {e}")
             traceback.print_exc()
         jax.clear_caches()

@@ -40,7 +40,7 @@ def main() -> None:
                    help="decode attention: the Pallas kernel, or the plain-jnp reference (gather + dense)")
     args = p.parse_args()
     if args.attention == "reference":
-        import jaxllm.models.layers as layers
+        from jaxllm.models import layers
         from pallas_kernels.paged_attention_reference import paged_attention_reference
 
         layers.paged_attention = paged_attention_reference

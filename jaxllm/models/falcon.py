@@ -30,6 +30,7 @@ from jaxllm.models.layers import (
     apply_rope,
     attention,
     layer_norm,
+    matmul,
     rope_inv_freq,
 )
 
@@ -127,7 +128,7 @@ def _split_qkv(cfg: ModelConfig, qkv: jax.Array) -> tuple[jax.Array, jax.Array, 
 
 
 def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
-    y = x @ p["w" + name]
+    y = matmul(x, p["w" + name])
     return y + p["b" + name] if ("b" + name) in p else y
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.models.layers import AttentionMetadata, activation, apply_rope, attention, rope_inv_freq
+from jaxllm.models.layers import AttentionMetadata, activation, apply_rope, attention, matmul, rope_inv_freq
 from jaxllm.models.llama import compute_logits, hf_shapes, name_table
 
 __all__ = ["compute_logits", "forward", "hf_shapes", "name_table"]
@@ -27,7 +27,7 @@ def gemma_rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 
 
 def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
-    y = x @ p["w" + name]
+    y = matmul(x, p["w" + name])
     return y + p["b" + name] if ("b" + name) in p else y
 
 

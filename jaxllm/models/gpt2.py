@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
 from jaxllm.models.hf_config import weight_prefix
-from jaxllm.models.layers import AttentionMetadata, activation, attention, layer_norm
+from jaxllm.models.layers import AttentionMetadata, activation, attention, layer_norm, matmul
 
 _LAYER = {
     "ln_1.weight": "attn_norm", "ln_1.bias": "attn_norm_bias",
@@ -95,14 +95,14 @@ def forward(
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         y = layer_norm(x, p["attn_norm"], p["attn_norm_bias"], eps)
-        qkv = y @ p["wqkv"] + p["bqkv"]  # [T, 3D]
+        qkv = matmul(y, p["wqkv"]) + p["bqkv"]  # [T, 3D]
         q, k, v = (qkv[:, j * d:(j + 1) * d].reshape(t, n, h) for j in range(3))
         layer_scale = scale / (i + 1) if hf.get("scale_attn_by_inverse_layer_idx") else scale
         o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=layer_scale)
         new_caches.append(cache)
-        x = x + (o.reshape(t, d) @ p["wo"] + p["bo"])
+        x = x + (matmul(o.reshape(t, d), p["wo"]) + p["bo"])
         y = layer_norm(x, p["mlp_norm"], p["mlp_norm_bias"], eps)
-        x = x + (act(y @ p["w_up"] + p["b_up"]) @ p["w_down"] + p["b_down"])
+        x = x + (matmul(act(matmul(y, p["w_up"]) + p["b_up"]), p["w_down"]) + p["b_down"])
     return layer_norm(x, params["final_norm"], params["final_norm_bias"], eps), new_caches
 
 

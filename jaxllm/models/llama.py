@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.models.layers import AttentionMetadata, apply_rope, attention, rms_norm, rope_inv_freq
+from jaxllm.models.layers import AttentionMetadata, apply_rope, attention, matmul, rms_norm, rope_inv_freq
 
 _LAYER_WEIGHTS = {
     "self_attn.q_proj": "q",
@@ -69,7 +69,7 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
-    y = x @ p["w" + name]
+    y = matmul(x, p["w" + name])
     return y + p["b" + name] if ("b" + name) in p else y
 
 

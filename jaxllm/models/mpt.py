@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.models.layers import AttentionMetadata, activation, alibi_slopes, attention, layer_norm
+from jaxllm.models.layers import AttentionMetadata, activation, alibi_slopes, attention, layer_norm, matmul
 
 _LAYER = {
     "norm_1.weight": ("attn_norm", False),
@@ -89,15 +89,15 @@ def forward(
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         y = layer_norm(x, p["attn_norm"], None, eps)
-        qkv = y @ p["wqkv"]  # [T, 3D]
+        qkv = matmul(y, p["wqkv"])  # [T, 3D]
         if clip:
             qkv = jnp.clip(qkv, -clip, clip)
         q, k, v = (qkv[:, j * d:(j + 1) * d].reshape(t, n, h) for j in range(3))
         o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=scale, alibi_slopes=slopes)
         new_caches.append(cache)
-        x = x + o.reshape(t, d) @ p["wo"]
+        x = x + matmul(o.reshape(t, d), p["wo"])
         y = layer_norm(x, p["mlp_norm"], None, eps)
-        x = x + act(y @ p["w_up"]) @ p["w_down"]
+        x = x + matmul(act(matmul(y, p["w_up"])), p["w_down"])
     return layer_norm(x, params["final_norm"], None, eps), new_caches
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
 from jaxllm.models.hf_config import weight_prefix
-from jaxllm.models.layers import AttentionMetadata, activation, attention, layer_norm
+from jaxllm.models.layers import AttentionMetadata, activation, attention, layer_norm, matmul
 
 _POSITION_OFFSET = 2  # OPT's position table starts two rows in (a fairseq padding convention)
 
@@ -97,7 +97,7 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
-    y = x @ p["w" + name]
+    y = matmul(x, p["w" + name])
     return y + p["b" + name] if ("b" + name) in p else y
 
 
@@ -120,7 +120,7 @@ def forward(
     act = activation(cfg.hidden_act, cfg.architecture)
     x = params["embed"][tokens]  # [T, E]
     if "proj_in" in params:
-        x = x @ params["proj_in"]  # [T, D]
+        x = matmul(x, params["proj_in"])  # [T, D]
     x = x + params["pos_embed"][positions + _POSITION_OFFSET]
     new_caches = []
     for i in range(cfg.num_layers):
@@ -139,7 +139,7 @@ def forward(
     if final:
         x = _norm(x, params, "final_norm", eps)
     if "proj_out" in params:
-        x = x @ params["proj_out"]  # [T, E]
+        x = matmul(x, params["proj_out"])  # [T, E]
     return x, new_caches
 
 

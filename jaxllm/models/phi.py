@@ -20,6 +20,7 @@ from jaxllm.models.layers import (
     apply_rope,
     attention,
     layer_norm,
+    matmul,
     rope_inv_freq,
 )
 
@@ -101,17 +102,17 @@ def forward(
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         y = layer_norm(x, p["norm"], p["norm_bias"], eps)
-        q = (y @ p["wq"] + p["bq"]).reshape(t, n, h)
-        k = (y @ p["wk"] + p["bk"]).reshape(t, kv, h)
-        v = (y @ p["wv"] + p["bv"]).reshape(t, kv, h)
+        q = (matmul(y, p["wq"]) + p["bq"]).reshape(t, n, h)
+        k = (matmul(y, p["wk"]) + p["bk"]).reshape(t, kv, h)
+        v = (matmul(y, p["wv"]) + p["bv"]).reshape(t, kv, h)
         if "q_norm" in p:
             q = layer_norm(q, p["q_norm"], p["q_norm_bias"], eps)
             k = layer_norm(k, p["k_norm"], p["k_norm_bias"], eps)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
         new_caches.append(cache)
-        attn_out = o.reshape(t, n * h) @ p["wo"] + p["bo"]
-        mlp_out = act(y @ p["w_up"] + p["b_up"]) @ p["w_down"] + p["b_down"]
+        attn_out = matmul(o.reshape(t, n * h), p["wo"]) + p["bo"]
+        mlp_out = matmul(act(matmul(y, p["w_up"]) + p["b_up"]), p["w_down"]) + p["b_down"]
         x = attn_out + mlp_out + x
     return layer_norm(x, params["final_norm"], params["final_norm_bias"], eps), new_caches
 

@@ -1,0 +1,119 @@
+"""`matmul(x, w)`: `x @ w` for a dense weight, the dequantizing matmul for a `QuantizedWeight`.
+
+Every model calls its linear layers through this one function, so a parameter tree may hold dense
+and quantized weights in any mix.
+
+* int8 / fp8 (one scale per output column): `(x @ q.astype(x.dtype)) * s`. The scale commutes with
+  the sum over K, so it is applied to the [M, N] output in float32; the exact int8/fp8 -> x.dtype
+  conversion is an operand conversion XLA can fuse into the GEMM's read of the weights (the
+  benchmark's HLO summary shows what it did).
+* AWQ (one scale and zero point per group of G input rows): the scale does not commute with the K
+  sum. Two formulations: the Pallas kernel (`awq_kernel.py`), which unpacks the nibbles in registers,
+  and the XLA one (`awq.awq_matmul_xla`: unpack, dequantize, dot). Which one runs is decided per call
+  site at trace time by `awq_impl` (see docs/quantization.md for the measurements behind it); the
+  environment variable JAXLLM_AWQ_MATMUL=xla|pallas forces one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxllm.quantization.awq import awq_matmul_xla
+from jaxllm.quantization.weights import QuantizedWeight
+
+logger = logging.getLogger(__name__)
+
+# Largest number of rows (tokens) for which the Pallas kernel is used on GPU; above it the weight is
+# dequantized by XLA and multiplied by a dense GEMM (compute-bound there; vLLM switches at 256).
+# JAXLLM_AWQ_PALLAS_MAX_ROWS overrides it.
+PALLAS_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_PALLAS_MAX_ROWS", "128"))
+
+# (K, N, group, dtype, launch config) -> whether the Pallas kernel compiled and matched XLA here.
+_PALLAS_CHECKED: dict[tuple, bool] = {}
+
+
+def _tensor_parallel() -> bool:
+    mesh = jax.sharding.get_abstract_mesh()
+    return not (mesh is None or mesh.empty or "tp" not in mesh.axis_names or mesh.shape["tp"] == 1)
+
+
+def awq_impl(m: int, w: QuantizedWeight, dtype=jnp.bfloat16) -> str:
+    """"pallas" or "xla" for an [m, K] @ w product with x in `dtype` (decided at trace time)."""
+    from jaxllm.quantization import awq_kernel
+
+    forced = os.environ.get("JAXLLM_AWQ_MATMUL", "auto").lower()
+    k, n = w.shape
+    fits = awq_kernel.supported(m, k, n, w.group_size)
+    if forced == "pallas" and fits and not _tensor_parallel():
+        return "pallas"
+    if forced == "xla" or jax.default_backend() != "gpu":
+        return "xla"
+    # Under a tensor-parallel mesh the kernel cannot be partitioned by XLA; the XLA formulation can.
+    if fits and m <= PALLAS_MAX_ROWS and not _tensor_parallel() and _pallas_checked(m, k, n, w.group_size, dtype):
+        return "pallas"
+    return "xla"
+
+
+def _pallas_checked(m: int, k: int, n: int, group: int, dtype) -> bool:
+    """Compile and run the kernel once per launch configuration, on random data, against XLA.
+
+    A kernel that fails to lower on this jax / GPU, or disagrees with the XLA formulation, is not used
+    (a warning says why), so the model still runs, through XLA.
+    """
+    from jaxllm.quantization.awq_kernel import awq_matmul_pallas, default_config
+
+    config = default_config(m, k, n, group)
+    key = (k, n, group, jnp.dtype(dtype).name, config)
+    if key in _PALLAS_CHECKED:
+        return _PALLAS_CHECKED[key]
+    ok = False
+    try:
+        rng = np.random.default_rng(0)
+        words = rng.integers(0, 2**32, (k, n // 8), dtype=np.uint64).astype(np.uint32).view(np.int32)
+        zeros = rng.integers(0, 2**32, (k // group, n // 8), dtype=np.uint64).astype(np.uint32).view(np.int32)
+        scales = (0.001 + 0.01 * rng.random((k // group, 8, n // 8))).astype(np.float16)
+        x = rng.standard_normal((m, k)).astype(jnp.dtype(dtype))
+        w = QuantizedWeight(words, scales, zeros, kind="awq", group_size=group, shape=(k, n))
+        # Lowered, compiled and run on concrete host arrays: programs of their own, whatever trace is
+        # in progress around this call.
+        got = np.asarray(awq_matmul_pallas.lower(x, w).compile()(x, w), np.float32)
+        x32 = x.astype(np.float32)
+        want = np.asarray(jax.jit(awq_matmul_xla).lower(x32, w).compile()(x32, w), np.float32)
+        err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+        ok = bool(np.isfinite(err) and err < 2e-2)
+        if not ok:
+            logger.warning("AWQ Pallas kernel disagrees with XLA for %dx%d (rel. error %.2e); using XLA.", k, n, err)
+    except Exception as e:  # any lowering / compile failure: fall back to XLA
+        logger.warning("AWQ Pallas kernel unavailable for %dx%d (%s: %s); using XLA.", k, n, type(e).__name__, e)
+    _PALLAS_CHECKED[key] = ok
+    return ok
+
+
+def awq_matmul(x: jax.Array, w: QuantizedWeight, impl: str | None = None) -> jax.Array:
+    impl = impl or awq_impl(x.shape[0], w, x.dtype)
+    if impl == "pallas":
+        from jaxllm.quantization.awq_kernel import awq_matmul_pallas
+
+        return awq_matmul_pallas(x, w)
+    return awq_matmul_xla(x, w)
+
+
+def channel_matmul(x: jax.Array, w: QuantizedWeight) -> jax.Array:
+    """int8 / fp8 weight with per-output-channel scales: (x @ q) * s, accumulated in float32."""
+    y = jnp.dot(x, w.qweight.astype(x.dtype), preferred_element_type=jnp.float32)
+    return (y * w.scales).astype(x.dtype)
+
+
+def matmul(x: jax.Array, w) -> jax.Array:
+    """x [..., K] @ w [K, N] -> [..., N], for a dense array or a QuantizedWeight."""
+    if not isinstance(w, QuantizedWeight):
+        return x @ w
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    y = awq_matmul(x2, w) if w.kind == "awq" else channel_matmul(x2, w)
+    return y.reshape(*lead, w.shape[1])
