@@ -14,7 +14,7 @@ import json
 import time
 
 import numpy as np
-from bench_common import copy_bandwidth, decode_roofline_s, hf_peer_model, model_folder, param_bytes
+from bench_common import copy_bandwidth, decode_roofline_s, hf_peer_model, model_folder
 
 
 def timed(fn, iters: int) -> float:
@@ -38,9 +38,12 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    p.add_argument("--quantization", "-q", default=None, help="awq, int8 or fp8 (random weights in that format)")
     p.add_argument("--hf-peer", action="store_true", help="also time transformers generate on the same shape")
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
+
+    import jax
 
     from jaxllm import LLM, SamplingParams
 
@@ -48,7 +51,7 @@ def main() -> None:
     max_len = args.input_len + args.output_len
     llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=max_len,
               max_num_seqs=max(args.batch_size, 1), skip_tokenizer_init=True,
-              tensor_parallel_size=args.tensor_parallel_size)
+              tensor_parallel_size=args.tensor_parallel_size, quantization=args.quantization)
     rng = np.random.default_rng(0)
     prompts = [{"prompt_token_ids": rng.integers(0, llm.model_config.vocab_size, args.input_len).tolist()}
                for _ in range(args.batch_size)]
@@ -63,7 +66,7 @@ def main() -> None:
     per_token = (full - short) / (args.output_len - max(1, args.output_len // 4))
     bw, method = copy_bandwidth()
     cfg = llm.model_config
-    weights = param_bytes(cfg, cfg.dtype_bytes)
+    weights = sum(x.nbytes for x in jax.tree.leaves(llm.runner.params))  # as stored (packed when quantized)
     roof = decode_roofline_s(weights, cfg.kv_bytes_per_token(), args.batch_size, args.input_len + args.output_len / 2, bw,
                              args.tensor_parallel_size)
     result = {
@@ -91,8 +94,6 @@ def main() -> None:
             hf_short = timed(hf(max(1, args.output_len // 4)), 1)
             hf_step = (hf_full - hf_short) / (args.output_len - max(1, args.output_len // 4))
             result.update(hf_latency_s=hf_full, hf_decode_ms_per_step=hf_step * 1e3, speedup_vs_hf=hf_step / per_token)
-    import jax
-
     result.update(jax_version=jax.__version__, device=str(jax.devices()[0].device_kind), args=vars(args))
     print(json.dumps(result, indent=2))
     if args.output_json:
