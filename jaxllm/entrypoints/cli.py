@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_run_batch_parser = None
     if add_run_batch_parser is not None:
         add_run_batch_parser(sub)
+    try:
+        from jaxllm.converted_checkpoint import add_convert_parser
+    except ImportError:
+        add_convert_parser = None
+    if add_convert_parser is not None:
+        add_convert_parser(sub)
     return parser
 
 

@@ -138,6 +138,11 @@ class ModelRunner:
 
     def _load(self, load_format: str) -> dict:
         cfg = self.model_config
+        from jaxllm.converted_checkpoint import is_converted_checkpoint, load_converted  # `jaxllm convert`
+
+        if load_format != "dummy" and is_converted_checkpoint(cfg.path):
+            shard = lambda path, shape: sharding.param_sharding(self.mesh, path[-1], shape)
+            return load_converted(cfg.path, cfg, shard, self.kv_repeats, self.quant_config)
         table = self.module.name_table(cfg)
         if load_format in ("auto", "safetensors"):
             return load_params(cfg, table, self._put, self.quant_config)
