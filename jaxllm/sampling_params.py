@@ -65,7 +65,10 @@ def _float_field(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         # ValueError, not TypeError: vLLM and its servers report every invalid parameter as ValueError.
         raise ValueError(f"{name} must be a number, got {type(value).__name__}.")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range, e.g. 10**400
+        raise ValueError(f"{name} is out of range, got an integer of {len(str(abs(value)))} digits.") from None
 
 
 def _bool_field(name: str, value: Any) -> bool:
@@ -151,9 +154,12 @@ def _logit_bias_field(value: Any) -> dict[int, float] | None:
         except (TypeError, ValueError):
             bad_keys.append(token)
             continue
-        if isinstance(b, bool) or not isinstance(b, numbers.Real) or math.isnan(b):
+        if isinstance(b, bool) or not isinstance(b, numbers.Real):
             raise ValueError(f"logit_bias values must be numbers, got {b!r} for token {token!r}.")
-        bias[token_id] = min(100.0, max(-100.0, float(b)))
+        b = _float_field(f"logit_bias[{token!r}]", b)
+        if math.isnan(b):
+            raise ValueError(f"logit_bias values must be numbers, got {b!r} for token {token!r}.")
+        bias[token_id] = min(100.0, max(-100.0, b))
     if bad_keys:
         raise ValueError(
             f"logit_bias contains key(s) that cannot be converted to integer token IDs: {bad_keys!r}"

@@ -12,6 +12,7 @@ tokens including a final EOS (the Hugging Face convention; the prompt does not c
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,13 @@ from jaxllm.outputs import Logprob
 
 
 def beam_score(cum_logprob: float, generated_len: int, length_penalty: float) -> float:
-    return cum_logprob / (max(1, generated_len) ** length_penalty)
+    try:
+        denominator = max(1, generated_len) ** length_penalty
+    except OverflowError:  # an extreme length_penalty: the length term dominates
+        denominator = math.inf
+    if denominator == 0.0:
+        return -math.inf if cum_logprob < 0 else 0.0
+    return cum_logprob / denominator
 
 
 @dataclass

@@ -172,9 +172,14 @@ class LLMEngine:
         if not state.round_complete(live):
             return
         children = state.expand(live, group.request_id, self.output_processor.decode_token)
+        resident, recompute = [], []
         for child in children:
-            self.block_manager.fork(child.fork_from, child)
-            child.num_computed_tokens = child.fork_from.num_tokens
+            if child.fork_from.block_ids:  # share the parent's pages
+                self.block_manager.fork(child.fork_from, child)
+                child.num_computed_tokens = child.fork_from.num_tokens
+                resident.append(child)
+            else:  # the parent gave its pages up while it waited: recompute (the prefix cache may help)
+                recompute.append(child)
             del child.fork_from
         for parent in live:
             parent.status = RequestStatus.FINISHED_STOPPED
@@ -186,7 +191,9 @@ class LLMEngine:
                 child.status = RequestStatus.FINISHED_LENGTH
             state.done = True
         else:
-            self.scheduler.running.extend(children)
+            self.scheduler.running.extend(resident)
+            for child in recompute:
+                self.scheduler.add(child)
         group.sequences = children
 
     def _fail(self, seq: Request, error: str) -> None:

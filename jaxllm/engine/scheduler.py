@@ -95,6 +95,8 @@ class Scheduler:
             n_new = min(request.num_tokens - request.num_computed_tokens, budget)
             target = request.num_computed_tokens + n_new
             while not self._fits(request, target):
+                if self._release_held_pages(held):
+                    continue
                 victim = queue.pop() if queue else request
                 self._preempt(victim, out)
                 if victim is request:
@@ -108,12 +110,14 @@ class Scheduler:
                 out.requests.append(request)
                 budget -= n_new
         self.running = held + out.requests + list(queue)  # those past the budget wait for the next step
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.waiting and budget > 0 and self._num_active() < self.config.max_num_seqs:
             request = self.waiting[0]
             cached = 0 if request.wants_prompt_logprobs else bm.match_prefix(request)
             n_new = min(request.num_tokens - cached, budget)
             target = cached + n_new
             whole = n_new == request.num_tokens - cached
+            while not bm.can_allocate(request, target) and self._release_held_pages(held):
+                pass
             if (request.wants_prompt_logprobs and not whole) or not bm.can_allocate(request, target):
                 bm.free(request)  # give back the shared prefix pages
                 break
@@ -148,10 +152,12 @@ class Scheduler:
         out = SchedulerOutput(is_prefill=True)
         budget = self.config.max_num_batched_tokens
         bm = self.block_manager
-        while self.waiting and len(self.running) < self.config.max_num_seqs:
+        while self.waiting and self._num_active() < self.config.max_num_seqs:
             request = self.waiting[0]
             n = request.num_tokens
             cached = 0 if request.wants_prompt_logprobs else bm.match_prefix(request)
+            while not bm.can_allocate(request, n) and self._release_held_pages(self.running):
+                pass
             if n - cached > budget or not bm.can_allocate(request, n):
                 bm.free(request)  # give back the shared prefix pages
                 break
@@ -176,6 +182,8 @@ class Scheduler:
         while queue:
             request = queue.popleft()
             while not self._fits(request, request.num_tokens):
+                if self._release_held_pages(held):
+                    continue
                 victim = queue.pop() if queue else request
                 self._preempt(victim, out)
                 if victim is request:
@@ -189,6 +197,19 @@ class Scheduler:
                 out.requests.append(request)
         self.running = held + out.requests
         return out
+
+    def _num_active(self) -> int:
+        """Running sequences that take part in steps (beams waiting for their round do not)."""
+        return sum(1 for r in self.running if not r.on_hold)
+
+    def _release_held_pages(self, held: list[Request]) -> bool:
+        """Free the pages of one beam waiting for its round; its candidates are already recorded and
+        its children recompute from their tokens. Returns False when no held beam has pages."""
+        for request in held:
+            if request.on_hold and request.block_ids:
+                self.block_manager.free(request)
+                return True
+        return False
 
     def _fits(self, request: Request, n: int) -> bool:
         bm = self.block_manager
