@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 import logging
 from dataclasses import dataclass
 
@@ -224,11 +225,18 @@ class ModelRunner:
         )
         smd = SamplingMetadata(**batch.sampling)
         next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None
+        built, started = compile_counter.num_executables(), time.perf_counter()
         with self._mesh_context():
             out, prompt, self.kv_caches, self.token_buffer = self._compiled(batch.flags)(
                 self.params, self.kv_caches, self.token_buffer, batch.tokens, batch.positions, md,
                 batch.logits_indices, smd, next_tokens, batch.token_src_slots, batch.token_dst_slots,
                 batch.token_from_buffer,
+            )
+        if compile_counter.num_executables() > built:  # this bucket was built just now
+            logger.info(
+                "Built the %s step for %d tokens in %.2f s (%d compilations so far, %.1f s in total)",
+                "prefill" if batch.is_prefill else "decode", len(batch.tokens), time.perf_counter() - started,
+                compile_counter.num_compilations(), compile_counter.seconds_building(),
             )
         return PendingStep(list(sched_out.requests), batch, out, prompt)
 
