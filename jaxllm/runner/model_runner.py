@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 import logging
+import time
 from dataclasses import dataclass
 
 import jax
