@@ -6,6 +6,10 @@
 
 FastAPI and uvicorn are imported inside functions, so `jaxllm generate` works without the server extra.
 (No `from __future__ import annotations` here: FastAPI reads the route functions' annotations as objects.)
+
+Shutdown (SIGTERM, SIGINT): the listening socket closes, requests that still arrive on open connections
+get a 503 (so does /health), in-flight requests run on; after `--shutdown-timeout` seconds the ones still
+running are aborted with a 503 (an error event in a stream), then the engine stops.
 """
 
 import argparse
@@ -87,6 +91,9 @@ def serving_config(args: argparse.Namespace, llm_engine: Any) -> Any:
         max_log_len=args.max_log_len,
         default_sampling=defaults,
         default_max_tokens=max_tokens_cap,
+        max_n=getattr(args, "max_n", None),
+        max_prompt_tokens=getattr(args, "max_prompt_tokens", None),
+        request_timeout=getattr(args, "request_timeout", None),
     )
 
 
@@ -116,6 +123,69 @@ async def run_until_disconnected(raw_request: Any, coro: Any) -> Any:
     return handler.result()
 
 
+async def _send_error(send: Any, err: Any) -> None:
+    """Answer with an `OpenAIError` straight from ASGI middleware."""
+    body = err.response_body().model_dump_json().encode()
+    await send({"type": "http.response.start", "status": err.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def body_too_large_message(limit: int) -> str:
+    return f"The request body is larger than this server's limit of {limit} bytes (--max-request-body-bytes)."
+
+
+class BodySizeLimitMiddleware:
+    """`--max-request-body-bytes`: a 413 for a larger body, from its Content-Length before it is read, or
+    as soon as a body sent without one (chunked) grows past the limit."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.exceptions import HTTPException
+
+        from jaxllm.entrypoints.openai.errors import OpenAIError
+
+        limit = self.max_bytes
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            await _send_error(send, OpenAIError(body_too_large_message(limit), 413))
+            return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:  # FastAPI's body parsing lets HTTPException through to our handler
+                    raise HTTPException(413, body_too_large_message(limit))
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class DrainMiddleware:
+    """While the server shuts down, requests that still arrive on open connections get a 503."""
+
+    def __init__(self, app: Any, tracker: Any):
+        self.app = app
+        self.tracker = tracker
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.tracker.draining and scope.get("method") == "POST":
+            from jaxllm.entrypoints.openai.errors import OpenAIError
+
+            await _send_error(send, OpenAIError("The server is shutting down.", 503))
+            return
+        await self.app(scope, receive, send)
+
+
 class RequestIdHeaderMiddleware:
     """`--enable-request-id-headers`: echo the caller's X-Request-Id, or send a fresh one."""
 
@@ -136,6 +206,15 @@ class RequestIdHeaderMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+def _cache_info(llm_engine: Any) -> dict | None:
+    """The labels of vllm:cache_config_info, from the engine's KV pool (None when it has none)."""
+    bm = getattr(llm_engine, "block_manager", None)
+    if not isinstance(getattr(bm, "num_blocks", None), int):
+        return None
+    return {"block_size": bm.block_size, "num_gpu_blocks": bm.num_blocks - 1,  # page 0 is never handed out
+            "enable_prefix_caching": bool(getattr(bm, "enable_prefix_caching", False))}
+
+
 def build_app(engine: Any, tokenizer: Any, config: Any, args: argparse.Namespace, api_keys: list[str]) -> Any:
     """The FastAPI app around a (not yet started) `AsyncLLMEngine`; the app's lifespan runs the engine."""
     from fastapi import Depends, FastAPI, Request
@@ -148,22 +227,31 @@ def build_app(engine: Any, tokenizer: Any, config: Any, args: argparse.Namespace
     from jaxllm.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatLogger
     from jaxllm.entrypoints.openai.protocol import (
         ChatCompletionRequest,
+        ChatCompletionResponse,
         CompletionRequest,
+        CompletionResponse,
         DetokenizeRequest,
+        DetokenizeResponse,
+        ErrorResponse,
+        ModelList,
         TokenizeRequest,
+        TokenizeResponse,
     )
     from jaxllm.entrypoints.openai.serving_chat import OpenAIServingChat
     from jaxllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+    from jaxllm.entrypoints.openai.serving_engine import RequestTracker
     from jaxllm.entrypoints.openai.serving_models import OpenAIServingModels
     from jaxllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 
-    metrics = PrometheusStatLogger(config.served_model_names[0], config.max_model_len)
+    metrics = PrometheusStatLogger(config.served_model_names[0], config.max_model_len,
+                                   cache_info=_cache_info(getattr(engine, "engine", None)))
     engine.stat_loggers.append(metrics)
     if not args.disable_log_stats:
         engine.stat_loggers.append(LoggingStatLogger())
-    completions = OpenAIServingCompletion(engine, tokenizer, config)
-    chat = OpenAIServingChat(engine, tokenizer, config)
-    tokenization = OpenAIServingTokenization(engine, tokenizer, config)
+    tracker = RequestTracker(config.request_timeout)
+    completions = OpenAIServingCompletion(engine, tokenizer, config, tracker)
+    chat = OpenAIServingChat(engine, tokenizer, config, tracker)
+    tokenization = OpenAIServingTokenization(engine, tokenizer, config, tracker)
     models = OpenAIServingModels(config)
 
     @contextlib.asynccontextmanager
@@ -179,6 +267,7 @@ def build_app(engine: Any, tokenizer: Any, config: Any, args: argparse.Namespace
     if args.root_path:
         app.root_path = args.root_path
     app.state.engine, app.state.metrics, app.state.config = engine, metrics, config
+    app.state.tracker = tracker
     install_exception_handlers(app)
 
     async def json_only(raw_request: Request) -> None:
@@ -186,40 +275,57 @@ def build_app(engine: Any, tokenizer: Any, config: Any, args: argparse.Namespace
         if media != "application/json":
             raise OpenAIError(_JSON_ONLY)
 
+    # What the routes answer, for /openapi.json: errors are ErrorResponse (never FastAPI's 422).
+    error = {"model": ErrorResponse, "description": "an error in OpenAI's shape"}
+    errors = {"4XX": error, "5XX": error}
+    unauthorized = {401: {"description": "missing or wrong API key (with --api-key)", "content": {
+        "application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}}
+    sse = {"text/event-stream": {"schema": {  # one server-sent event (OpenAPI < 3.2: `schema` is per event)
+        "type": "object", "required": ["data"], "properties": {"data": {
+            "type": "string", "description": 'a JSON chunk, an error object {"error": ...}, or the final [DONE]'}}}}}
     post = {"dependencies": [Depends(json_only)]}
 
     async def health() -> Response:
-        return Response(status_code=503 if engine.errored else 200)
+        return Response(status_code=503 if engine.errored or tracker.draining else 200)
 
-    app.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/ping", health, methods=["GET", "POST"])
+    health_docs = {200: {"description": "the engine is running", "content": {}},
+                   503: {"description": "the engine is dead, or the server is shutting down", "content": {}}}
+    app.add_api_route("/health", health, methods=["GET"], response_class=Response, responses=health_docs)
+    for method in ("GET", "POST"):  # one route each: one operation id each in /openapi.json
+        app.add_api_route("/ping", health, methods=[method], response_class=Response, responses=health_docs,
+                          name=f"ping_{method.lower()}")
 
     @app.get("/version")
-    async def version() -> dict:
+    async def version() -> dict[str, str]:
         return {"version": jaxllm.__version__}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {
+        "description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus_metrics() -> Response:
         body, content_type = metrics.exposition()
         return Response(content=body, media_type=content_type)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={200: {"model": ModelList}, **unauthorized, **errors})
     async def list_models() -> JSONResponse:
         return JSONResponse(models.show_available_models().model_dump())
 
-    @app.post("/tokenize", **post)
+    @app.post("/tokenize", responses={200: {"model": TokenizeResponse}, **errors}, **post)
     async def tokenize(request: TokenizeRequest) -> JSONResponse:
         return JSONResponse(tokenization.create_tokenize(request).model_dump())
 
-    @app.post("/detokenize", **post)
+    @app.post("/detokenize", responses={200: {"model": DetokenizeResponse}, **errors}, **post)
     async def detokenize(request: DetokenizeRequest) -> JSONResponse:
         return JSONResponse(tokenization.create_detokenize(request).model_dump())
 
-    @app.post("/v1/completions", **post)
+    @app.post("/v1/completions", **post, responses={
+        200: {"model": CompletionResponse, "description": "the completion, or a stream of chunks",
+              "content": sse}, **unauthorized, **errors})
     async def create_completion(request: CompletionRequest, raw_request: Request) -> Response:
         return await run_until_disconnected(raw_request, completions.create_completion(request, raw_request))
 
-    @app.post("/v1/chat/completions", **post)
+    @app.post("/v1/chat/completions", **post, responses={
+        200: {"model": ChatCompletionResponse, "description": "the chat completion, or a stream of chunks",
+              "content": sse}, **unauthorized, **errors})
     async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request) -> Response:
         return await run_until_disconnected(raw_request, chat.create_chat_completion(request, raw_request))
 
@@ -227,6 +333,10 @@ def build_app(engine: Any, tokenizer: Any, config: Any, args: argparse.Namespace
         app.add_middleware(AuthenticationMiddleware, api_keys=api_keys)
     if args.enable_request_id_headers:
         app.add_middleware(RequestIdHeaderMiddleware)
+    app.add_middleware(DrainMiddleware, tracker=tracker)
+    max_body = getattr(args, "max_request_body_bytes", 0)
+    if max_body:
+        app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body)
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
                        allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
     return app
@@ -258,48 +368,82 @@ def _check_port_free(host: str, port: int) -> None:
             raise ValueError(f"Cannot listen on {host}:{port}: {err.strerror}. Is another server running there?") from err
 
 
-def run_server(args: argparse.Namespace) -> int:
-    """Load the model, then serve until SIGTERM/SIGINT (in-flight requests finish first). Exit code."""
+SHUTDOWN_GRACE_SECONDS = 5.0  # after --shutdown-timeout aborts requests, how long their answers may take
+
+
+def create_server(args: argparse.Namespace, llm_engine: Any, tokenizer: Any, host: str | None = None) -> Any:
+    """The `uvicorn.Server` that serves `llm_engine` with these flags (not started; `.run()` it).
+
+    Its app is `server.config.app`; the engine thread starts and stops with the server.
+    """
     import uvicorn
 
-    from jaxllm import LLM
     from jaxllm.engine.async_engine import AsyncLLMEngine
-    from jaxllm.entrypoints.cli import engine_kwargs
     from jaxllm.entrypoints.openai.auth import resolve_api_keys
-    from jaxllm.sampling_params import set_max_logprobs_limit
+    from jaxllm.entrypoints.openai.serving_engine import ShutdownAbortError
 
-    _setup_logging()
-    host = args.host or "0.0.0.0"
-    try:
-        validate_args(args)
-        _check_port_free(host, args.port)
-        set_max_logprobs_limit(args.max_logprobs)
-        logger.info("Loading model %s", args.model or "(embedded default model)")
-        llm = LLM(args.model, max_logprobs=args.max_logprobs, tokenizer_mode=args.tokenizer_mode,
-                  load_format=args.load_format, **engine_kwargs(args))
-        config = serving_config(args, llm.llm_engine)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    engine = AsyncLLMEngine(llm.llm_engine, log_requests=config.log_requests)
+    config = serving_config(args, llm_engine)
+    engine = AsyncLLMEngine(llm_engine, log_requests=config.log_requests)
     api_keys = resolve_api_keys(args.api_key)
-    app = build_app(engine, llm.tokenizer, config, args, api_keys)
+    app = build_app(engine, tokenizer, config, args, api_keys)
+    tracker = app.state.tracker
+    shutdown_timeout = args.shutdown_timeout
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            tracker.draining = True
+            if shutdown_timeout is not None:
+                asyncio.get_running_loop().call_later(shutdown_timeout, abort_remaining)
+            await super().shutdown(sockets)
+
+    def abort_remaining() -> None:
+        aborted = tracker.abort_all(ShutdownAbortError())
+        if aborted:
+            logger.warning("Shutdown timeout (%gs) reached: aborted %d running request(s).", shutdown_timeout, aborted)
+
     logger.info("Serving %s as %s%s", config.model_root, ", ".join(config.served_model_names),
                 " (API key required on /v1)" if api_keys else "")
-    server = uvicorn.Server(
+    return Server(
         uvicorn.Config(
             app,
-            host=host,
+            host=host or args.host or "0.0.0.0",
             port=args.port,
             log_level=args.uvicorn_log_level,
             access_log=not args.disable_uvicorn_access_log,
-            timeout_graceful_shutdown=args.shutdown_timeout,
+            # a backstop: requests still running after the abort are cancelled outright
+            timeout_graceful_shutdown=None if shutdown_timeout is None else shutdown_timeout + SHUTDOWN_GRACE_SECONDS,
             timeout_keep_alive=5,
             ssl_keyfile=args.ssl_keyfile,
             ssl_certfile=args.ssl_certfile,
             ssl_ca_certs=args.ssl_ca_certs,
         )
     )
+
+
+def load_llm(args: argparse.Namespace) -> Any:
+    """The `LLM` that `jaxllm serve` builds from its flags."""
+    from jaxllm import LLM
+    from jaxllm.entrypoints.cli import engine_kwargs
+    from jaxllm.sampling_params import set_max_logprobs_limit
+
+    set_max_logprobs_limit(args.max_logprobs)
+    logger.info("Loading model %s", args.model or "(embedded default model)")
+    return LLM(args.model, max_logprobs=args.max_logprobs, tokenizer_mode=args.tokenizer_mode,
+               load_format=args.load_format, **engine_kwargs(args))
+
+
+def run_server(args: argparse.Namespace) -> int:
+    """Load the model, then serve until SIGTERM/SIGINT (in-flight requests finish first). Exit code."""
+    _setup_logging()
+    host = args.host or "0.0.0.0"
+    try:
+        validate_args(args)
+        _check_port_free(host, args.port)
+        llm = load_llm(args)
+        server = create_server(args, llm.llm_engine, llm.tokenizer, host)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal; these no-op handlers make that re-raise
     # a clean exit (status 0) instead of a kill by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,6 +10,7 @@ import argparse
 import json
 
 DEFAULT_SERVED_NAME = "jaxllm-default"  # the name of the embedded default model when no model is given
+DEFAULT_MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 
 
 def _json_list(value: str) -> list[str]:
@@ -61,7 +62,20 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
                      help='logprob tokens as "token_id:<id>" strings')
     srv.add_argument("--disable-fastapi-docs", action="store_true", help="no /docs, /redoc, /openapi.json")
     srv.add_argument("--shutdown-timeout", type=float, default=None,
-                     help="on SIGTERM, seconds to let in-flight requests finish (default: wait for all)")
+                     help="on SIGTERM, seconds to let in-flight requests finish; then the rest are aborted "
+                          "(503) (default: wait for all)")
+    lim = parser.add_argument_group("limits")
+    lim.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+                     help="largest request body accepted; larger bodies get a 413 (0: no limit; "
+                          "default: %(default)s = 16 MiB)")
+    lim.add_argument("--max-n", type=int, default=None,
+                     help="largest `n` / `best_of` (and beam width) per prompt; more is a 400 (default: no limit)")
+    lim.add_argument("--max-prompt-tokens", type=int, default=None,
+                     help="largest prompt, in tokens, after truncation; longer prompts get a 400 "
+                          "(default: max_model_len - 1)")
+    lim.add_argument("--request-timeout", type=float, default=None,
+                     help="seconds a completion or chat request may take once queued; then it is aborted "
+                          "with a 408 (default: no limit)")
     srv.add_argument("--tokenizer-mode", default="auto", choices=["auto", "hf", "slow"])
     srv.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"],
                      help="dummy: random weights of the model's shape (for benchmarks)")
@@ -85,3 +99,16 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError("--max-logprobs must be non-negative (or -1 for no limit).")
     if args.port < 0 or args.port > 65535:
         raise ValueError(f"--port must be in [0, 65535], got {args.port}.")
+    for name in ("max_request_body_bytes",):
+        if getattr(args, name, 0) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be non-negative (0 means no limit).")
+    for name in ("max_n", "max_prompt_tokens"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1.")
+    timeout = getattr(args, "request_timeout", None)
+    if timeout is not None and not timeout > 0:
+        raise ValueError("--request-timeout must be a positive number of seconds.")
+    timeout = getattr(args, "shutdown_timeout", None)
+    if timeout is not None and not timeout >= 0:
+        raise ValueError("--shutdown-timeout must be a non-negative number of seconds.")

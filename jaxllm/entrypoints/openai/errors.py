@@ -1,10 +1,13 @@
 """Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, with vLLM's status codes.
 
     400 BadRequestError      invalid parameters (pydantic validation too: never 422), too-long prompts,
-                             a chat template that raises, a wrong Content-Type
+                             a chat template that raises, a wrong Content-Type, over --max-n or
+                             --max-prompt-tokens
     404 NotFoundError        an unknown model (or route)
+    408 RequestTimeoutError  the request ran past --request-timeout (it was aborted)
+    413 RequestTooLargeError the body is over --max-request-body-bytes
     500 InternalServerError  a failed generation step
-    503 ServiceUnavailable   the engine is dead
+    503 ServiceUnavailable   the engine is dead, or the server is shutting down
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ _TYPES = {
     400: "BadRequestError",
     401: "AuthenticationError",
     404: "NotFoundError",
+    408: "RequestTimeoutError",
+    413: "RequestTooLargeError",
     500: "InternalServerError",
     501: "NotImplementedError",
     503: "ServiceUnavailableError",
@@ -90,7 +95,8 @@ def install_exception_handlers(app: Any) -> None:
 
     async def on_http_error(_request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return reply(OpenAIError(detail, exc.status_code, HTTPStatus(exc.status_code).phrase))
+        code = exc.status_code
+        return reply(OpenAIError(detail, code, _TYPES[code] if code == 413 else HTTPStatus(code).phrase))
 
     async def on_openai_error(_request, exc: OpenAIError) -> JSONResponse:
         return reply(exc)

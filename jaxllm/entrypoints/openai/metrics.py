@@ -16,6 +16,9 @@ thread feeds `record()` after each loop iteration; prometheus_client's metrics a
     vllm:e2e_request_latency_seconds histogram  arrival to finish
     vllm:request_prompt_tokens       histogram  prompt length per finished request
     vllm:request_generation_tokens   histogram  output length per finished request
+    vllm:cache_config_info           gauge (1)  labels block_size, num_gpu_blocks (usable KV pages),
+                                                enable_prefix_caching: pages in use =
+                                                kv_cache_usage_perc * num_gpu_blocks
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def _token_buckets(max_model_len: int) -> list[int]:
 class PrometheusStatLogger:
     """Engine statistics as Prometheus metrics in a registry of its own."""
 
-    def __init__(self, model_name: str, max_model_len: int, registry=None):
+    def __init__(self, model_name: str, max_model_len: int, registry=None, cache_info: dict | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -89,6 +92,10 @@ class PrometheusStatLogger:
                                         token_buckets)
         self.request_generation = histogram("vllm:request_generation_tokens",
                                             "Number of generation tokens processed.", token_buckets)
+        if cache_info:
+            names = sorted(cache_info)
+            Gauge("vllm:cache_config_info", "Information of the KV cache configuration.", names,
+                  registry=reg).labels(*(str(cache_info[n]) for n in names)).set(1)
 
     def record(self, snapshot: EngineSnapshot, stats: IterationStats) -> None:
         self.running.set(snapshot.num_running)

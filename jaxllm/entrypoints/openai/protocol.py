@@ -2,6 +2,9 @@
 
 Requests accept unknown fields (`extra="allow"`), as vLLM does, so clients that send newer OpenAI fields
 keep working. Nullable fields accept JSON `null` (LangChain sends `"logit_bias": null`, `"seed": null`).
+
+`_doc(...)` puts a field's valid range into /openapi.json only: the server checks it later, with vLLM's
+error messages (a 400 naming the field), rather than pydantic's.
 """
 
 from __future__ import annotations
@@ -14,6 +17,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
+
+
+def _doc(**schema: Any) -> dict[str, Any]:
+    """JSON-schema keywords for /openapi.json that the request model itself does not enforce."""
+    return {"json_schema_extra": schema}
+
+
+def _token_ids(**schema: Any) -> dict[str, Any]:
+    return _doc(items={"type": "integer", "minimum": 0}, **schema)
+
+
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string"},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}, {"type": "null"}]},
+    },
+}
 
 
 def random_id(prefix: str) -> str:
@@ -66,35 +88,35 @@ class _SamplingFields(OpenAIBaseModel):
     """Fields shared by completion and chat requests (OpenAI's, then vLLM's extras)."""
 
     model: str | None = None
-    frequency_penalty: float | None = 0.0
+    frequency_penalty: float | None = Field(0.0, **_doc(minimum=-2, maximum=2))
     logit_bias: dict[str, float] | None = None
-    n: int = 1
-    presence_penalty: float | None = 0.0
+    n: int = Field(1, **_doc(minimum=1))
+    presence_penalty: float | None = Field(0.0, **_doc(minimum=-2, maximum=2))
     seed: int | None = Field(None, ge=_INT64_MIN, le=_INT64_MAX)
     stop: str | list[str] | None = Field(default_factory=list)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: float | None = Field(None, **_doc(minimum=0, maximum=2))
+    top_p: float | None = Field(None, **_doc(exclusiveMinimum=0, maximum=1))
     user: str | None = None
     response_format: ResponseFormat | None = None
     # vLLM's sampling extras
-    best_of: int | None = None
+    best_of: int | None = Field(None, **_doc(minimum=1))
     use_beam_search: bool = False
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    length_penalty: float = 1.0
-    stop_token_ids: list[int] | None = Field(default_factory=list)
+    top_k: int | None = Field(None, **_doc(minimum=-1))
+    min_p: float | None = Field(None, **_doc(minimum=0, maximum=1))
+    repetition_penalty: float | None = Field(None, **_doc(exclusiveMinimum=0))
+    length_penalty: float = Field(1.0, **_doc(minimum=-10, maximum=10))  # beam search only
+    stop_token_ids: list[int] | None = Field(default_factory=list, **_token_ids())
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
-    min_tokens: int = 0
+    min_tokens: int = Field(0, **_doc(minimum=0))
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
-    allowed_token_ids: list[int] | None = None
+    allowed_token_ids: list[int] | None = Field(None, **_token_ids(minItems=1))
     bad_words: list[str] = Field(default_factory=list)
-    prompt_logprobs: int | None = None
+    prompt_logprobs: int | None = Field(None, **_doc(minimum=-1))
     echo: bool = False
     priority: int = 0
     request_id: str | None = None
@@ -146,8 +168,8 @@ class _SamplingFields(OpenAIBaseModel):
 class CompletionRequest(_SamplingFields):
     prompt: list[int] | list[list[int]] | str | list[str] | None = None
     prompt_embeds: Any = None
-    logprobs: int | None = None
-    max_tokens: int | None = 16
+    logprobs: int | None = Field(None, **_doc(minimum=0))
+    max_tokens: int | None = Field(16, **_doc(minimum=1))
     suffix: str | None = None
     add_special_tokens: bool = True
 
@@ -214,11 +236,11 @@ class CompletionStreamResponse(OpenAIBaseModel):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = Field(**_doc(items=_MESSAGE, minItems=1))
     logprobs: bool | None = False
-    top_logprobs: int | None = 0
-    max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens
-    max_completion_tokens: int | None = None
+    top_logprobs: int | None = Field(0, **_doc(minimum=-1))
+    max_tokens: int | None = Field(None, **_doc(minimum=1))  # deprecated: max_completion_tokens
+    max_completion_tokens: int | None = Field(None, **_doc(minimum=1))
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = False
@@ -351,7 +373,7 @@ class TokenizeCompletionRequest(OpenAIBaseModel):
 
 class TokenizeChatRequest(OpenAIBaseModel):
     model: str | None = None
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = Field(**_doc(items=_MESSAGE, minItems=1))
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False
@@ -381,7 +403,7 @@ class TokenizeResponse(OpenAIBaseModel):
 
 class DetokenizeRequest(OpenAIBaseModel):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[int] = Field(**_token_ids())
 
 
 class DetokenizeResponse(OpenAIBaseModel):

@@ -25,7 +25,6 @@ from jaxllm.entrypoints.openai.serving_engine import (
     SSE_DONE,
     GenerationError,
     OpenAIServing,
-    collect_final,
     merge_streams,
     sse,
 )
@@ -41,6 +40,7 @@ class OpenAIServingChat(OpenAIServing):
         ids = self.tokenize(prompt, request.add_special_tokens, request.truncate_prompt_tokens)
         if not ids:
             raise OpenAIError("The decoder prompt cannot be empty.")
+        self.check_prompt_tokens(len(ids), param="messages")
         requested = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         top = request.top_logprobs or 0
         params = self.sampling_params(
@@ -53,7 +53,7 @@ class OpenAIServingChat(OpenAIServing):
         if request.stream:
             return StreamingResponse(self._stream(request, request_id, created, ids, streams),
                                      media_type="text/event-stream")
-        (final,) = await collect_final(streams)
+        (final,) = await self.collect(streams)
         body = self._response(request, request_id, created, ids, final)
         return Response(content=body.model_dump_json(), media_type="application/json")
 
@@ -177,4 +177,5 @@ class OpenAIServingChat(OpenAIServing):
         finally:
             for stream in streams:
                 stream.close()
+            self.tracker.untrack(streams)
         yield SSE_DONE

@@ -20,7 +20,6 @@ from jaxllm.entrypoints.openai.serving_engine import (
     SSE_DONE,
     GenerationError,
     OpenAIServing,
-    collect_final,
     merge_streams,
     sse,
 )
@@ -54,7 +53,7 @@ class OpenAIServingCompletion(OpenAIServing):
             return StreamingResponse(
                 self._stream(request, request_id, created, prompts, streams), media_type="text/event-stream"
             )
-        finals = await collect_final(streams)
+        finals = await self.collect(streams)
         body = self._response(request, request_id, created, prompts, finals)
         return Response(content=body.model_dump_json(), media_type="application/json")
 
@@ -79,6 +78,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 self.check_token_ids(ids)
             if not ids:
                 raise OpenAIError("The decoder prompt cannot be empty.")
+            self.check_prompt_tokens(len(ids))
             result.append((text, ids))
         return result
 
@@ -178,4 +178,5 @@ class OpenAIServingCompletion(OpenAIServing):
         finally:
             for stream in streams:
                 stream.close()
+            self.tracker.untrack(streams)
         yield SSE_DONE

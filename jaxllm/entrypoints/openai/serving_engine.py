@@ -5,6 +5,10 @@ messages before anything reaches the engine; the engine gets `{"prompt", "prompt
 
 `use_beam_search=true` turns a request into a beam search with `n` beams (`BeamSearchParams`): its one
 engine output holds the n best beams, best first, which the endpoints answer like n ordinary choices.
+
+Operator limits (`--max-n`, `--max-prompt-tokens`) are 400s here; `RequestTracker` enforces
+`--request-timeout` (408) and aborts what is still running when a shutdown outlasts `--shutdown-timeout`
+(503): it fails the request's streams, which aborts their engine requests and frees their KV blocks.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +41,9 @@ logger = logging.getLogger(__name__)
 MIN_LOGPROB = -9999.0  # -inf is not JSON; OpenAI clients expect a finite number
 SSE_DONE = "data: [DONE]\n\n"
 _SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+# A beam's score divides by len ** length_penalty; past this bound the length term swamps the
+# log-probabilities (and for long beams leaves the float range).
+MAX_ABS_LENGTH_PENALTY = 10.0
 
 
 @dataclass
@@ -57,6 +65,9 @@ class ServingConfig:
     max_log_len: int | None = None
     default_sampling: dict[str, Any] = field(default_factory=dict)  # from generation_config.json
     default_max_tokens: int | None = None  # generation_config.json's max_new_tokens
+    max_n: int | None = None  # --max-n: the largest n / best_of / beam width a request may ask for
+    max_prompt_tokens: int | None = None  # --max-prompt-tokens
+    request_timeout: float | None = None  # --request-timeout, seconds
 
     @staticmethod
     def sampling_defaults(generation_config: dict[str, Any] | None) -> tuple[dict[str, Any], int | None]:
@@ -74,11 +85,90 @@ def clamp_logprob(value: float) -> float:
     return max(value, MIN_LOGPROB) if not math.isnan(value) else MIN_LOGPROB
 
 
+class RequestTimeoutError(OpenAIError):
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            f"The request did not finish within the server's request timeout of {timeout:g} seconds "
+            "(--request-timeout) and was aborted.", 408)
+
+
+class ShutdownAbortError(OpenAIError):
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down; the request was aborted when the shutdown timeout "
+                         "(--shutdown-timeout) ran out.", 503)
+
+
+def fail_stream(stream: RequestStream, err: BaseException) -> None:
+    """Make `stream`'s consumer raise `err` at its next output (it then aborts the engine request).
+
+    Uses the stream's own queue, the way the engine thread reports a dead engine; runs on the event loop.
+    """
+    if not stream.finished:
+        stream._put(err)
+
+
+class RequestTracker:
+    """The engine requests the HTTP handlers are waiting on: their deadlines, and the shutdown abort.
+
+    Streams are held weakly: a stream nobody consumes any more (its engine request finished or was
+    aborted) drops out by itself. Every method runs on the event loop.
+    """
+
+    def __init__(self, timeout: float | None = None):
+        self.timeout = timeout
+        self.draining = False
+        self._streams: weakref.WeakSet[RequestStream] = weakref.WeakSet()
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._abort_error: BaseException | None = None
+
+    def track(self, streams: list[RequestStream]) -> None:
+        """Watch the streams of one HTTP request (until `untrack`); its timeout runs from now."""
+        if not streams:
+            return
+        for stream in streams:
+            self._streams.add(stream)
+        if self._abort_error is not None:
+            for stream in streams:
+                fail_stream(stream, self._abort_error)
+        elif self.timeout is not None:
+            loop = asyncio.get_running_loop()
+            key = id(streams[0])
+            self._timers[key] = loop.call_later(self.timeout, self._expire, key, list(streams))
+
+    def untrack(self, streams: list[RequestStream]) -> None:
+        for stream in streams:
+            self._streams.discard(stream)
+        if streams:
+            timer = self._timers.pop(id(streams[0]), None)
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, key: int, streams: list[RequestStream]) -> None:
+        self._timers.pop(key, None)
+        if any(not s.finished for s in streams):
+            logger.warning("Request %s timed out after %gs; aborting it", streams[0].request_id, self.timeout)
+        for stream in streams:
+            fail_stream(stream, RequestTimeoutError(self.timeout))
+
+    def abort_all(self, err: BaseException) -> int:
+        """Fail every tracked request (and any tracked later) with `err`; returns how many were running."""
+        self._abort_error = err
+        live = [s for s in list(self._streams) if not s.finished]
+        for stream in live:
+            fail_stream(stream, err)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        return len(live)
+
+
 class OpenAIServing:
-    def __init__(self, engine: AsyncLLMEngine, tokenizer: Any, config: ServingConfig):
+    def __init__(self, engine: AsyncLLMEngine, tokenizer: Any, config: ServingConfig,
+                 tracker: RequestTracker | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.config = config
+        self.tracker = tracker if tracker is not None else RequestTracker(config.request_timeout)
         self._decoded: dict[int, str] = {}
 
     @property
@@ -139,6 +229,25 @@ class OpenAIServing:
         keep = self.config.max_model_len if truncate == -1 else truncate
         return ids[-keep:] if keep > 0 else ids
 
+    def check_prompt_tokens(self, num_prompt_tokens: int, param: str = "prompt") -> None:
+        """`--max-prompt-tokens`: a longer prompt is a 400."""
+        limit = self.config.max_prompt_tokens
+        if limit is not None and num_prompt_tokens > limit:
+            raise OpenAIError(
+                f"This server accepts prompts of at most {limit} tokens (--max-prompt-tokens); your prompt "
+                f"has {num_prompt_tokens} tokens.", param=param)
+
+    def check_n(self, request: Any) -> None:
+        """`--max-n`: more completions (n, best_of) or beams per prompt than allowed is a 400."""
+        limit = self.config.max_n
+        if limit is None:
+            return
+        for name in ("n", "best_of"):
+            value = getattr(request, name, None)
+            if isinstance(value, int) and value > limit:
+                raise OpenAIError(f"`{name}` must be at most {limit} on this server (--max-n), got {value}.",
+                                  param=name)
+
     def check_token_ids(self, ids: list[int]) -> None:
         vocab = self.config.vocab_size
         for t in ids:
@@ -174,6 +283,7 @@ class OpenAIServing:
                 "Structured outputs (response_format json_object/json_schema, structured_outputs, guided_*) "
                 "are not supported yet."
             )
+        self.check_n(request)
         if request.use_beam_search:
             return self.beam_search_params(request, max_tokens, logprobs, prompt_logprobs)
         defaults = self.config.default_sampling
@@ -224,6 +334,9 @@ class OpenAIServing:
                 "Prompt logprobs (`prompt_logprobs`, or `echo` with `logprobs`) are not available with "
                 "`use_beam_search`."
             )
+        if not abs(request.length_penalty) <= MAX_ABS_LENGTH_PENALTY:
+            raise OpenAIError(f"length_penalty must be between -{MAX_ABS_LENGTH_PENALTY:g} and "
+                              f"{MAX_ABS_LENGTH_PENALTY:g}, got {request.length_penalty}.", param="length_penalty")
         temperature = request.temperature
         if temperature is None:
             temperature = self.config.default_sampling.get("temperature", 1.0)
@@ -265,7 +378,15 @@ class OpenAIServing:
             if isinstance(err, ValueError):
                 raise OpenAIError(str(err)) from err
             raise
+        self.tracker.track(streams)
         return streams
+
+    async def collect(self, streams: list[RequestStream]) -> list[RequestOutput]:
+        """The final outputs of a non-streaming request (its streams are closed and untracked after)."""
+        try:
+            return await collect_final(streams)
+        finally:
+            self.tracker.untrack(streams)
 
     def _log_request(
         self, request_id: str, text: str | None, ids: list[int], params: SamplingParams | BeamSearchParams
