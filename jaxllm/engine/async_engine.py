@@ -49,6 +49,8 @@ class EngineSnapshot:
     num_waiting: int = 0  # sequences queued (or preempted)
     kv_cache_usage: float = 0.0  # fraction of KV pages in use, 0..1
     num_unfinished_requests: int = 0  # requests with a live stream
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache, since start
+    prefix_cache_hits: int = 0  # ... of which were found
 
 
 @dataclass
@@ -383,6 +385,8 @@ class AsyncLLMEngine:
             num_running=len(sched.running),
             num_waiting=len(sched.waiting),
             kv_cache_usage=float(self.engine.block_manager.usage()),
+            prefix_cache_queries=getattr(self.engine.block_manager, "prefix_queries", 0),
+            prefix_cache_hits=getattr(self.engine.block_manager, "prefix_hits", 0),
             num_unfinished_requests=len(self._live),
         )
 

@@ -25,6 +25,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--download-dir", default=None)
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                        help="share KV pages of equal prompt prefixes (default on)")
+    parser.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
+                        help="split long prompts and mix them with decodes (default on)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -34,7 +38,11 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         "block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
         "tensor_parallel_size", "quantization", "seed", "download_dir", "trust_remote_code",
     ]
-    return {n: getattr(args, n) for n in names if hasattr(args, n)}
+    kwargs = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    for flag in ("enable_prefix_caching", "enable_chunked_prefill"):
+        if getattr(args, flag, None) is not None:
+            kwargs[flag] = getattr(args, flag)
+    return kwargs
 
 
 def _generate(args: argparse.Namespace) -> int:

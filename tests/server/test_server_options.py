@@ -76,8 +76,17 @@ def test_chat_template_rejecting_system_role_is_400(server):
 
 
 def test_prompt_tokens_details(server):
-    r = server.client(api_key=KEY).completions.create(model=NAME, prompt="Hello", max_tokens=2)
+    client = server.client(api_key=KEY)
+    r = client.completions.create(model=NAME, prompt="Hello", max_tokens=2)
     assert r.usage.prompt_tokens_details.cached_tokens == 0
+    # A long prompt sent twice: the second is served from the prefix cache, and /metrics counts it.
+    prompt = "The quick brown fox jumps over the lazy dog. " * 12
+    client.completions.create(model=NAME, prompt=prompt, max_tokens=2)
+    again = client.completions.create(model=NAME, prompt=prompt, max_tokens=2)
+    assert again.usage.prompt_tokens_details.cached_tokens >= 16
+    text = httpx.get(server.url_for("/llm/metrics"), headers={"Authorization": f"Bearer {KEY}"}).text
+    hits = [line for line in text.splitlines() if line.startswith("vllm:prefix_cache_hits_total")]
+    assert hits and float(hits[0].split()[-1]) >= 16
 
 
 def test_request_id_header(server):

@@ -77,6 +77,12 @@ class PrometheusStatLogger:
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
         self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemptions.")
+        self.prefix_queries = counter("vllm:prefix_cache_queries",
+                                      "Prefix cache queries, in prompt tokens looked up.")
+        self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in prompt tokens found.")
+        self.prefix_hit_rate = gauge("vllm:prefix_cache_hit_rate",
+                                     "Share of looked-up prompt tokens found in the prefix cache since start.")
+        self._prefix_seen = (0, 0)
         self._success = Counter("vllm:request_success", "Count of finished requests.",
                                 labels + ["finished_reason"], registry=reg)
         for reason in ("stop", "length", "abort", "error"):
@@ -102,6 +108,12 @@ class PrometheusStatLogger:
         self.waiting.set(snapshot.num_waiting)
         self.kv_usage.set(snapshot.kv_cache_usage)
         self.gpu_usage.set(snapshot.kv_cache_usage)
+        queries, hits = snapshot.prefix_cache_queries, snapshot.prefix_cache_hits
+        if queries > self._prefix_seen[0]:
+            self.prefix_queries.inc(queries - self._prefix_seen[0])
+            self.prefix_hits.inc(hits - self._prefix_seen[1])
+            self._prefix_seen = (queries, hits)
+            self.prefix_hit_rate.set(hits / queries)
         if stats.num_prompt_tokens:
             self.prompt_tokens.inc(stats.num_prompt_tokens)
         if stats.num_generation_tokens:

@@ -107,7 +107,7 @@ class OpenAIServingChat(OpenAIServing):
                     token_ids=list(out.token_ids) if request.return_token_ids else None,
                 )
             )
-        usage = self.usage(len(ids), sum(len(o.token_ids) for o in final.outputs))
+        usage = self.usage(len(ids), sum(len(o.token_ids) for o in final.outputs), final.num_cached_tokens or 0)
         return ChatCompletionResponse(
             id=request_id,
             created=created,

@@ -118,7 +118,8 @@ class OpenAIServingCompletion(OpenAIServing):
                     )
                 )
         choices.sort(key=lambda c: c.index)
-        usage = self.usage(sum(len(ids) for _, ids in prompts), num_generated)
+        usage = self.usage(sum(len(ids) for _, ids in prompts), num_generated,
+                           sum(res.num_cached_tokens or 0 for res in finals))
         return CompletionResponse(id=request_id, created=created, model=self.model_name, choices=choices,
                                   usage=usage)
 

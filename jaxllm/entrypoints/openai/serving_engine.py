@@ -399,8 +399,10 @@ class OpenAIServing:
 
     # ---- outputs -----------------------------------------------------------------------------
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> UsageInfo:
-        details = PromptTokenUsageInfo(cached_tokens=0) if self.config.enable_prompt_tokens_details else None
+    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> UsageInfo:
+        """Usage; with --enable-prompt-tokens-details, how many prompt tokens the prefix cache served."""
+        details = (PromptTokenUsageInfo(cached_tokens=cached_tokens)
+                   if self.config.enable_prompt_tokens_details else None)
         return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                          total_tokens=prompt_tokens + completion_tokens, prompt_tokens_details=details)
 
