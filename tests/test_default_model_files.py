@@ -23,6 +23,7 @@ REQUIRED_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
     "README.md",
+    "LICENSE.txt",
 ]
 MAX_BYTES = 20 * 1024 * 1024
 
