@@ -500,7 +500,7 @@ def paged_attention(
         # Explicit Triton parameters select the Triton backend (without them a GPU
         # pallas_call may be routed to Mosaic GPU, which this kernel is not written for).
         if _TritonCompilerParams is None:
-            raise NotImplementedError("this jax build has no Pallas Triton backend")
+            raise RuntimeError("this jax build has no Pallas Triton backend: run with interpret=True")
         compiler_params = _TritonCompilerParams(
             num_warps=defaults["num_warps"] if num_warps is None else num_warps,
             num_stages=defaults["num_stages"] if num_stages is None else num_stages,
