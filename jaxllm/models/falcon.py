@@ -30,7 +30,7 @@ from jaxllm.models.layers import (
     apply_rope,
     attention,
     layer_norm,
-    matmul,
+    linear,
     rope_inv_freq,
 )
 
@@ -127,11 +127,6 @@ def _split_qkv(cfg: ModelConfig, qkv: jax.Array) -> tuple[jax.Array, jax.Array, 
     return q, k, v
 
 
-def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
-    y = matmul(x, p["w" + name])
-    return y + p["b" + name] if ("b" + name) in p else y
-
-
 def forward(
     params: dict,
     cfg: ModelConfig,
@@ -156,19 +151,19 @@ def forward(
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         attn_in = layer_norm(x, p["attn_norm"], p["attn_norm_bias"], eps)
-        q, k, v = _split_qkv(cfg, _linear(attn_in, p, "qkv"))
+        q, k, v = _split_qkv(cfg, linear(attn_in, p, "qkv"))
         if inv_freq is not None:
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=scale, alibi_slopes=slopes)
         new_caches.append(cache)
-        attn_out = _linear(o.reshape(t, n * h), p, "o")
+        attn_out = linear(o.reshape(t, n * h), p, "o")
         if parallel:
             mlp_in = layer_norm(x, p["mlp_norm"], p["mlp_norm_bias"], eps) if num_norms == 2 else attn_in
-            x = x + (_linear(act(_linear(mlp_in, p, "_up")), p, "_down") + attn_out)
+            x = x + (linear(act(linear(mlp_in, p, "_up")), p, "_down") + attn_out)
         else:
             x = x + attn_out
             mlp_in = layer_norm(x, p["mlp_norm"], p["mlp_norm_bias"], eps)
-            x = x + _linear(act(_linear(mlp_in, p, "_up")), p, "_down")
+            x = x + linear(act(linear(mlp_in, p, "_up")), p, "_down")
     return layer_norm(x, params["final_norm"], params["final_norm_bias"], eps), new_caches
 
 

@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.models.layers import AttentionMetadata, activation, apply_rope, attention, matmul, rope_inv_freq
+from jaxllm.models.layers import (
+    AttentionMetadata,
+    activation,
+    apply_rope,
+    attention,
+    linear,
+    rope_inv_freq,
+)
 from jaxllm.models.llama import compute_logits, hf_shapes, name_table
 
 __all__ = ["compute_logits", "forward", "hf_shapes", "name_table"]
@@ -24,11 +31,6 @@ def gemma_rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return (x32 * (1.0 + weight.astype(jnp.float32))).astype(x.dtype)
-
-
-def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
-    y = matmul(x, p["w" + name])
-    return y + p["b" + name] if ("b" + name) in p else y
 
 
 def forward(
@@ -50,12 +52,12 @@ def forward(
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         y = gemma_rms_norm(x, p["input_norm"], eps)
-        q = apply_rope(_linear(y, p, "q").reshape(t, n, h), positions, inv_freq)  # [T, N, H]
-        k = apply_rope(_linear(y, p, "k").reshape(t, kv, h), positions, inv_freq)  # [T, K, H]
-        v = _linear(y, p, "v").reshape(t, kv, h)
+        q = apply_rope(linear(y, p, "q").reshape(t, n, h), positions, inv_freq)  # [T, N, H]
+        k = apply_rope(linear(y, p, "k").reshape(t, kv, h), positions, inv_freq)  # [T, K, H]
+        v = linear(y, p, "v").reshape(t, kv, h)
         o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
         new_caches.append(cache)
-        x = x + _linear(o.reshape(t, n * h), p, "o")
+        x = x + linear(o.reshape(t, n * h), p, "o")
         y = gemma_rms_norm(x, p["post_norm"], eps)
-        x = x + _linear(act(_linear(y, p, "_gate")) * _linear(y, p, "_up"), p, "_down")
+        x = x + linear(act(linear(y, p, "_gate")) * linear(y, p, "_up"), p, "_down")
     return gemma_rms_norm(x, params["final_norm"], eps), new_caches

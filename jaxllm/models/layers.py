@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 # matmul(x, w): x @ w for a dense weight or a QuantizedWeight; the models call their linear layers through it.
-from jaxllm.quantization.matmul import matmul  # noqa: F401 (re-exported for the models)
+from jaxllm.quantization.matmul import matmul  # also used by the models directly
 from pallas_kernels.paged_attention import paged_attention, write_to_kv_pages
 from pallas_kernels.ragged_paged_attention import ragged_paged_attention
 
@@ -51,6 +51,12 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float = 0.0) -
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return (x32.astype(x.dtype) * (weight + offset).astype(x.dtype)).astype(x.dtype)
+
+
+def linear(x: jax.Array, p: dict, name: str) -> jax.Array:
+    """`x @ p["w" + name]` (+ `p["b" + name]` when the layer has a bias); quantized weights go through `matmul`."""
+    y = matmul(x, p["w" + name])
+    return y + p["b" + name] if ("b" + name) in p else y
 
 
 def layer_norm(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, eps: float) -> jax.Array:

@@ -15,7 +15,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.models.layers import AttentionMetadata, apply_rope, attention, matmul, rms_norm, rope_inv_freq
+from jaxllm.models.layers import (
+    AttentionMetadata,
+    apply_rope,
+    attention,
+    linear,
+    rms_norm,
+    rope_inv_freq,
+)
 
 _LAYER_WEIGHTS = {
     "self_attn.q_proj": "q",
@@ -68,11 +75,6 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: s for k, s in shapes.items() if k in name_table(cfg)}
 
 
-def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
-    y = matmul(x, p["w" + name])
-    return y + p["b" + name] if ("b" + name) in p else y
-
-
 def _act(cfg: ModelConfig):
     if cfg.hidden_act in ("silu", "swish"):
         return jax.nn.silu
@@ -101,14 +103,14 @@ def forward(
     for i in range(cfg.num_layers):  # unrolled on purpose: a scan over layers is slower for decode
         p = params["layers"][i]
         y = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-        q = apply_rope(_linear(y, p, "q").reshape(t, n, h), positions, inv_freq)  # [T, N, H]
-        k = apply_rope(_linear(y, p, "k").reshape(t, kv, h), positions, inv_freq)  # [T, K, H]
-        v = _linear(y, p, "v").reshape(t, kv, h)  # [T, K, H]
+        q = apply_rope(linear(y, p, "q").reshape(t, n, h), positions, inv_freq)  # [T, N, H]
+        k = apply_rope(linear(y, p, "k").reshape(t, kv, h), positions, inv_freq)  # [T, K, H]
+        v = linear(y, p, "v").reshape(t, kv, h)  # [T, K, H]
         o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
         new_caches.append(cache)
-        x = x + _linear(o.reshape(t, n * h), p, "o")
+        x = x + linear(o.reshape(t, n * h), p, "o")
         y = rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
-        x = x + _linear(act(_linear(y, p, "_gate")) * _linear(y, p, "_up"), p, "_down")
+        x = x + linear(act(linear(y, p, "_gate")) * linear(y, p, "_up"), p, "_down")
     return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_caches
 
 

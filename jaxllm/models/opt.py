@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
 from jaxllm.models.hf_config import weight_prefix
-from jaxllm.models.layers import AttentionMetadata, activation, attention, layer_norm, matmul
+from jaxllm.models.layers import AttentionMetadata, activation, attention, layer_norm, linear, matmul
 
 _POSITION_OFFSET = 2  # OPT's position table starts two rows in (a fairseq padding convention)
 
@@ -96,11 +96,6 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: s for k, s in shapes.items() if k in name_table(cfg)}
 
 
-def _linear(x: jax.Array, p: dict, name: str) -> jax.Array:
-    y = matmul(x, p["w" + name])
-    return y + p["b" + name] if ("b" + name) in p else y
-
-
 def _norm(x: jax.Array, p: dict, name: str, eps: float) -> jax.Array:
     return layer_norm(x, p.get(name), p.get(name + "_bias"), eps)
 
@@ -126,14 +121,14 @@ def forward(
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         y = _norm(x, p, "attn_norm", eps) if pre_norm else x
-        q, k, v = (_linear(y, p, name).reshape(t, n, h) for name in ("q", "k", "v"))
+        q, k, v = (linear(y, p, name).reshape(t, n, h) for name in ("q", "k", "v"))
         o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
         new_caches.append(cache)
-        x = x + _linear(o.reshape(t, d), p, "o")
+        x = x + linear(o.reshape(t, d), p, "o")
         if not pre_norm:
             x = _norm(x, p, "attn_norm", eps)
         y = _norm(x, p, "mlp_norm", eps) if pre_norm else x
-        x = x + _linear(act(_linear(y, p, "_up")), p, "_down")
+        x = x + linear(act(linear(y, p, "_up")), p, "_down")
         if not pre_norm:
             x = _norm(x, p, "mlp_norm", eps)
     if final:
