@@ -163,6 +163,11 @@ def prefill_attention(
     """Causal attention within each packed prompt; softmax in float32. Returns [T, N, H]."""
     t, n, h = q.shape
     kv = k.shape[1]
+    # One prompt's non-finite value must not reach the prompts packed beside it: a masked-out key
+    # still multiplies its V by a zero probability, and 0 * NaN = NaN. Zero such V rows and make
+    # their keys NaN instead, which reaches only the queries allowed to attend to them.
+    bad = ~jnp.all(jnp.isfinite(v), axis=-1, keepdims=True)
+    k, v = jnp.where(bad, jnp.nan, k).astype(k.dtype), jnp.where(bad, 0, v).astype(v.dtype)
     qg = q.reshape(t, kv, n // kv, h)  # [T, K, G, H]
     scores = jnp.einsum("tkgh,skh->kgts", qg, k, preferred_element_type=jnp.float32) * scale
     if alibi_slopes is not None:
