@@ -64,7 +64,7 @@ def test_bf16_conversion_halves_bytes_and_errors(tiny_model_dir, converted, tmp_
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["torch_dtype"] == "bfloat16"
     llm, tokens = _tokens(out)  # dtype="auto" picks the stored bf16
-    assert llm.runner.params["layers"][0]["wq"].dtype == "bfloat16" and all(len(t) == 8 for t in tokens)
+    assert llm.runner.params["layers"][0]["wo"].dtype == "bfloat16" and all(len(t) == 8 for t in tokens)
     llm = LLM(converted, dtype="bfloat16", max_model_len=64, max_num_seqs=4)  # cast while restoring
     assert llm.runner.params["embed"].dtype == "bfloat16"
     with pytest.raises(ValueError, match="not empty"):

@@ -19,10 +19,14 @@ from jaxllm.models.layers import (
     activation,
     apply_rope,
     attention,
+    gate_up_projection,
     linear,
+    qkv_projection,
     rope_inv_freq,
 )
 from jaxllm.models.llama import compute_logits, hf_shapes, name_table
+
+SUPPORTS_FUSED_PROJECTIONS = True  # the forward takes wqkv / w_gate_up (see fusion.py)
 
 __all__ = ["compute_logits", "forward", "hf_shapes", "name_table"]
 
@@ -52,12 +56,11 @@ def forward(
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         y = gemma_rms_norm(x, p["input_norm"], eps)
-        q = apply_rope(linear(y, p, "q").reshape(t, n, h), positions, inv_freq)  # [T, N, H]
-        k = apply_rope(linear(y, p, "k").reshape(t, kv, h), positions, inv_freq)  # [T, K, H]
-        v = linear(y, p, "v").reshape(t, kv, h)
+        q, k, v = qkv_projection(y, p, n, kv, h)  # [T, N, H], [T, K, H], [T, K, H]
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
         new_caches.append(cache)
         x = x + linear(o.reshape(t, n * h), p, "o")
         y = gemma_rms_norm(x, p["post_norm"], eps)
-        x = x + linear(act(linear(y, p, "_gate")) * linear(y, p, "_up"), p, "_down")
+        x = x + linear(gate_up_projection(y, p, act), p, "_down")
     return gemma_rms_norm(x, params["final_norm"], eps), new_caches

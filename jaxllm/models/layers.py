@@ -59,6 +59,26 @@ def linear(x: jax.Array, p: dict, name: str) -> jax.Array:
     return y + p["b" + name] if ("b" + name) in p else y
 
 
+def qkv_projection(x: jax.Array, p: dict, n: int, kv: int, h: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q [T, N, H], k and v [T, K, H], from one fused `wqkv` (see `fusion.py`) or from wq, wk, wv."""
+    t = x.shape[0]
+    if "wqkv" not in p:
+        return (linear(x, p, "q").reshape(t, n, h), linear(x, p, "k").reshape(t, kv, h),
+                linear(x, p, "v").reshape(t, kv, h))
+    y = linear(x, p, "qkv")
+    return (y[:, : n * h].reshape(t, n, h), y[:, n * h : (n + kv) * h].reshape(t, kv, h),
+            y[:, (n + kv) * h :].reshape(t, kv, h))
+
+
+def gate_up_projection(x: jax.Array, p: dict, act) -> jax.Array:
+    """act(x @ w_gate) * (x @ w_up), from one fused `w_gate_up` or from the two weights."""
+    if "w_gate_up" not in p:
+        return act(linear(x, p, "_gate")) * linear(x, p, "_up")
+    y = linear(x, p, "_gate_up")
+    f = y.shape[-1] // 2
+    return act(y[:, :f]) * y[:, f:]
+
+
 def layer_norm(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, eps: float) -> jax.Array:
     """LayerNorm computed in float32 (affine part included), then cast back, as torch's fused kernel does.
 

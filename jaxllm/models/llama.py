@@ -7,6 +7,9 @@ to it). Parameters, with weights stored [in, out] so that `x @ w` needs no trans
     embed        [V, D]         final_norm [D]        lm_head [D, V] (absent when tied)
     layers[i]:   input_norm [D]  wq [D, N*H]  wk, wv [D, K*H]  (bq [N*H], bk, bv [K*H])  wo [N*H, D]
                  post_norm [D]   w_gate, w_up [D, F]  w_down [F, D]
+
+After loading, the runner may fuse wq|wk|wv into `wqkv` and w_gate|w_up into `w_gate_up`
+(`fusion.py`); the forward takes either layout.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ import jax.numpy as jnp
 from jaxllm.config import ModelConfig
 from jaxllm.models.layers import (
     AttentionMetadata,
+    activation,
     apply_rope,
     attention,
+    gate_up_projection,
     linear,
+    qkv_projection,
     rms_norm,
     rope_inv_freq,
 )
+
+SUPPORTS_FUSED_PROJECTIONS = True  # the forward takes wqkv / w_gate_up (see fusion.py)
 
 _LAYER_WEIGHTS = {
     "self_attn.q_proj": "q",
@@ -75,16 +83,6 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: s for k, s in shapes.items() if k in name_table(cfg)}
 
 
-def _act(cfg: ModelConfig):
-    if cfg.hidden_act in ("silu", "swish"):
-        return jax.nn.silu
-    if cfg.hidden_act in ("gelu_pytorch_tanh", "gelu_new"):
-        return lambda x: jax.nn.gelu(x, approximate=True)
-    if cfg.hidden_act == "gelu":
-        return lambda x: jax.nn.gelu(x, approximate=False)
-    raise ValueError(f"Unsupported hidden_act {cfg.hidden_act!r} for {cfg.architecture}.")
-
-
 def forward(
     params: dict,
     cfg: ModelConfig,
@@ -97,20 +95,19 @@ def forward(
     t = tokens.shape[0]
     n, kv, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     inv_freq = rope_inv_freq(h, cfg.rope_theta, cfg.rope_scaling)
-    act = _act(cfg)
+    act = activation(cfg.hidden_act, cfg.architecture)
     x = params["embed"][tokens]  # [T, D]
     new_caches = []
     for i in range(cfg.num_layers):  # unrolled on purpose: a scan over layers is slower for decode
         p = params["layers"][i]
         y = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-        q = apply_rope(linear(y, p, "q").reshape(t, n, h), positions, inv_freq)  # [T, N, H]
-        k = apply_rope(linear(y, p, "k").reshape(t, kv, h), positions, inv_freq)  # [T, K, H]
-        v = linear(y, p, "v").reshape(t, kv, h)  # [T, K, H]
+        q, k, v = qkv_projection(y, p, n, kv, h)  # [T, N, H], [T, K, H], [T, K, H]
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
         new_caches.append(cache)
         x = x + linear(o.reshape(t, n * h), p, "o")
         y = rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
-        x = x + linear(act(linear(y, p, "_gate")) * linear(y, p, "_up"), p, "_down")
+        x = x + linear(gate_up_projection(y, p, act), p, "_down")
     return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_caches
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from jaxllm import sharding
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.model_loader import init_dummy_params, load_params
+from jaxllm.models.fusion import fuse_projections, fusion_enabled
 from jaxllm.models.layers import AttentionMetadata
 from jaxllm.models.registry import get_model_module
 from jaxllm.quantization.config import resolve_quantization
@@ -121,6 +122,8 @@ class ModelRunner:
             quantization, model_config.path, model_config.hf_config, random_weights=load_format == "dummy"
         )
         self.params = self._load(load_format)
+        if self.tp == 1 and getattr(self.module, "SUPPORTS_FUSED_PROJECTIONS", False) and fusion_enabled():
+            self.params = fuse_projections(self.params)  # 4 matmuls a layer instead of 7
         if cache_config.num_blocks is None:
             cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config, self.tp)
         self.kv_caches = allocate_kv_caches(
