@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 # that vLLM code runs unchanged.
 _IGNORED_ENGINE_ARGS = frozenset(
     {
-        "swap_space", "cpu_offload_gb", "enforce_eager", "disable_custom_all_reduce", "disable_log_stats",
+        "swap_space", "cpu_offload_gb", "disable_custom_all_reduce", "disable_log_stats",
         "max_seq_len_to_capture", "tokenizer_pool_size",
         "compilation_config", "disable_async_output_proc", "worker_cls", "distributed_executor_backend",
         "mm_processor_kwargs", "limit_mm_per_prompt", "hf_token", "task", "runner", "convert",
@@ -42,6 +42,12 @@ class LLM:
     Arguments and defaults follow `vllm.LLM`. `model` is a local Hugging Face folder or a hub id
     (resolved from the local cache, downloaded only when a network exists); None uses the embedded
     default model.
+
+    `precompile` compiles every step bucket ahead of time on background threads, while the weights
+    load: "background" (or True) returns once the weights are loaded and lets a step wait only for its
+    own bucket; "wait" returns once every bucket is compiled; "off" (or False) compiles each bucket when
+    a step first needs it. None: $JAXLLM_PRECOMPILE, else "background" on GPU/TPU and "off" on CPU;
+    `enforce_eager=True` (vLLM's switch) means "off" too.
     """
 
     def __init__(
@@ -71,6 +77,8 @@ class LLM:
         enable_prefix_caching: bool | None = None,
         enable_chunked_prefill: bool | None = None,
         compilation_cache_dir: str | None = None,
+        precompile: bool | str | None = None,
+        enforce_eager: bool = False,
         hf_overrides: dict | None = None,
         **kwargs: Any,
     ):
@@ -96,14 +104,6 @@ class LLM:
             num_gpu_blocks_override=num_gpu_blocks_override,
             enable_prefix_caching=True if enable_prefix_caching is None else bool(enable_prefix_caching),
         )
-        self.tokenizer = None
-        if not skip_tokenizer_init:
-            from jaxllm.tokenizer import get_tokenizer
-
-            self.tokenizer = get_tokenizer(
-                tokenizer or path, trust_remote_code=trust_remote_code, revision=tokenizer_revision,
-                tokenizer_mode=tokenizer_mode,
-            )
         self.generation_config = load_generation_config(path)
         self.max_logprobs = max_logprobs
         if max_logprobs != 20:
@@ -116,13 +116,32 @@ class LLM:
 
         maybe_initialize_distributed()
         from jaxllm.runner.compilation_cache import enable_compilation_cache
+        from jaxllm.runner.precompile import resolve_mode
 
         self.compilation_cache_dir = enable_compilation_cache(compilation_cache_dir)
+        self.precompile = resolve_mode(precompile, enforce_eager)
 
+        # With precompile on, the steps compile on background threads from here on, while the weights
+        # and then the tokenizer load.
         self.runner = ModelRunner(
             self.model_config, self.cache_config, self.scheduler_config, max_logprobs, load_format,
-            tensor_parallel_size, quantization=quantization,
+            tensor_parallel_size, quantization=quantization, precompile=self.precompile != "off",
         )
+        try:
+            self._finish_init(tokenizer or path, skip_tokenizer_init, trust_remote_code, tokenizer_revision,
+                              tokenizer_mode, seed, max_logprobs)
+        except BaseException:
+            self.runner.shutdown()
+            raise
+
+    def _finish_init(self, tokenizer, skip_tokenizer_init, trust_remote_code, revision, mode, seed, max_logprobs):
+        self.tokenizer = None
+        if not skip_tokenizer_init:
+            from jaxllm.tokenizer import get_tokenizer
+
+            self.tokenizer = get_tokenizer(
+                tokenizer, trust_remote_code=trust_remote_code, revision=revision, tokenizer_mode=mode
+            )
         self.llm_engine = LLMEngine(
             self.model_config,
             self.cache_config,
@@ -134,6 +153,8 @@ class LLM:
             max_logprobs=max_logprobs,
         )
         self._counter = itertools.count()
+        if self.precompile == "wait" and self.runner.precompiler is not None:
+            self.runner.precompiler.wait()
 
     def _max_model_len(self, requested: int | None) -> int:
         cfg = self.model_config
@@ -292,7 +313,15 @@ class LLM:
                 raise ValueError(f"sampling_params must be SamplingParams, got {type(p).__name__}.")
         return params
 
+    def _check_precompile(self, ids: list[str]) -> None:
+        """A bucket that failed to compile ahead of time fails the call, with the compiler's error."""
+        precompiler = self.runner.precompiler
+        if precompiler is not None and precompiler.error is not None:
+            self.llm_engine.abort_request(ids)
+            raise precompiler.error
+
     def _run_engine(self, ids: list[str], use_tqdm: bool | Any) -> list[RequestOutput]:
+        self._check_precompile(ids)
         finished: dict[str, RequestOutput] = {}
         bar = None
         if use_tqdm:
@@ -307,6 +336,7 @@ class LLM:
                         finished[out.request_id] = out
                         if bar is not None:
                             bar.update(1)
+                self._check_precompile(ids)
         finally:
             if bar is not None:
                 bar.close()

@@ -7,6 +7,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 # The transformers reference runs tiny models: one torch thread is much faster than two fighting XLA.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Steps compile lazily in tests (tests/runner/test_precompile.py asks for ahead-of-time compilation).
+os.environ.setdefault("JAXLLM_PRECOMPILE", "off")
+
 # One persistent XLA cache for the session: the many small engines the tests build share executables.
 if "JAXLLM_CACHE_DIR" not in os.environ:
     import tempfile

@@ -28,10 +28,14 @@ def _activation_reserve(model: ModelConfig, sched: SchedulerConfig) -> int:
     return scores + logits + hidden
 
 
-def plan_num_blocks(model: ModelConfig, cache: CacheConfig, sched: SchedulerConfig, tp: int = 1) -> int:
+def plan_num_blocks(
+    model: ModelConfig, cache: CacheConfig, sched: SchedulerConfig, tp: int = 1, weights_to_come: int = 0
+) -> int:
     """Number of pages P (including the null page), from the overrides or one device's memory.
 
     With tensor parallelism each device holds 1/tp of every page (its kv heads), so budgets are per device.
+    `weights_to_come`: bytes of parameters each device will receive after this call (planning before the
+    weights are loaded, so the pool's shape is known to the steps compiled meanwhile).
     """
     per_block = model.kv_bytes_per_token() * cache.block_size // tp
     pages_per_seq = -(-sched.max_model_len // cache.block_size)
@@ -50,7 +54,7 @@ def plan_num_blocks(model: ModelConfig, cache: CacheConfig, sched: SchedulerConf
             num_blocks = min(budget // per_block, 1 + sched.max_num_seqs * pages_per_seq)
             source = f"the CPU KV space of {CPU_KV_CACHE_GIB:g} GiB"
         else:
-            total, used = stats["bytes_limit"], stats.get("bytes_in_use", 0)
+            total, used = stats["bytes_limit"], stats.get("bytes_in_use", 0) + weights_to_come
             free = cache.gpu_memory_utilization * total - used - _activation_reserve(model, sched)
             num_blocks = int(max(0, free) // per_block)
             source = f"gpu_memory_utilization={cache.gpu_memory_utilization}"

@@ -23,11 +23,12 @@ from jaxllm.models.layers import AttentionMetadata
 from jaxllm.models.registry import get_model_module
 from jaxllm.quantization.config import resolve_quantization
 from jaxllm.quantization.placement import dummy_param, put_param
-from jaxllm.runner import compile_counter
+from jaxllm.runner import abstract_params, compile_counter
 from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
 from jaxllm.runner.kv_cache import allocate_kv_caches, plan_num_blocks
 from jaxllm.runner.logit_bias import step_logit_bias
+from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
 from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,24 @@ class ModelRunnerOutput:
     top_logprobs: np.ndarray | None  # [B, k]
     prompt_logprobs: dict[str, PromptLogprobs]
     finite: np.ndarray | None = None  # [B] bool: False where the model produced NaN/inf logits
+
+
+def step_inputs(batch: InputBatch) -> tuple:
+    """The per-call arguments of `_step` after (params, kv_caches, token_buffer), from a padded batch."""
+    md = AttentionMetadata(
+        slot_mapping=batch.slot_mapping,
+        segment_ids=batch.segment_ids,
+        block_tables=batch.block_tables,
+        context_lens=batch.context_lens,
+        q_block_rows=batch.q_block_rows,
+        q_block_starts=batch.q_block_starts,
+        q_block_lens=batch.q_block_lens,
+    )
+    next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None
+    return (
+        batch.tokens, batch.positions, md, batch.logits_indices, SamplingMetadata(**batch.sampling), next_tokens,
+        batch.token_src_slots, batch.token_dst_slots, batch.token_from_buffer,
+    )
 
 
 def _step(
@@ -106,7 +125,10 @@ class ModelRunner:
         load_format: str = "auto",
         tensor_parallel_size: int = 1,
         quantization: str | None = None,
+        precompile: bool = False,
     ):
+        """precompile: compile every bucket for default sampling ahead of time, on background threads
+        started before the weights load (see runner/precompile.py)."""
         compile_counter.install()
         self.tp = tensor_parallel_size
         self.mesh = sharding.make_mesh(self.tp)
@@ -121,9 +143,19 @@ class ModelRunner:
         self.quant_config = resolve_quantization(
             quantization, model_config.path, model_config.hf_config, random_weights=load_format == "dummy"
         )
-        self.params = self._load(load_format)
-        if self.tp == 1 and getattr(self.module, "SUPPORTS_FUSED_PROJECTIONS", False) and fusion_enabled():
-            self.params = fuse_projections(self.params)  # 4 matmuls a layer instead of 7
+        self.table_width = -(-scheduler_config.max_model_len // cache_config.block_size)
+        self.decode_buckets = ladder(scheduler_config.max_num_seqs)
+        self.prefill_buckets = ladder(scheduler_config.max_num_batched_tokens, start=16)
+        vocab = model_config.vocab_size
+        self.num_top_logprobs = vocab if max_logprobs < 0 else max(1, min(max_logprobs, vocab))
+        self._steps: dict[tuple, object] = {}
+        self._copy_fn = None
+        self.precompiler: Precompiler | None = None
+        try:
+            self.params = self._load_overlapped(load_format) if precompile else self._load_and_fuse(load_format)
+        except BaseException:
+            self.shutdown()
+            raise
         if cache_config.num_blocks is None:
             cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config, self.tp)
         self.kv_caches = allocate_kv_caches(
@@ -132,13 +164,59 @@ class ModelRunner:
         self.token_buffer = jax.device_put(
             np.zeros(cache_config.num_blocks * cache_config.block_size, np.int32), sharding.replicated(self.mesh)
         )
-        self.table_width = -(-scheduler_config.max_model_len // cache_config.block_size)
-        self.decode_buckets = ladder(scheduler_config.max_num_seqs)
-        self.prefill_buckets = ladder(scheduler_config.max_num_batched_tokens, start=16)
-        vocab = model_config.vocab_size
-        self.num_top_logprobs = vocab if max_logprobs < 0 else max(1, min(max_logprobs, vocab))
-        self._steps: dict[tuple, object] = {}
-        self._copy_fn = None
+
+    def _load_and_fuse(self, load_format: str) -> dict:
+        params = self._load(load_format)
+        return fuse_projections(params) if self.fuses_projections else params  # 4 matmuls a layer, not 7
+
+    def _load_overlapped(self, load_format: str) -> dict:
+        """Load while every bucket compiles from the predicted parameter tree; compile again from the
+        loaded tree if the prediction was impossible or wrong."""
+        cache, plan = self.cache_config, lambda *extra: plan_num_blocks(
+            self.model_config, self.cache_config, self.scheduler_config, self.tp, *extra
+        )
+        predicted = abstract_params.predict(self, load_format)
+        planned = predicted is not None and cache.num_blocks is None
+        if predicted is not None:  # the pool's size is part of each step's shape: plan it before loading
+            if planned:
+                cache.num_blocks = plan(abstract_params.bytes_per_device(predicted))
+            self._start_precompile(predicted)
+        params = self._load_and_fuse(load_format)
+        loaded = abstract_params.abstract(params)
+        differs = abstract_params.difference(predicted, loaded) if predicted is not None else "not predicted"
+        if differs:
+            if predicted is not None:
+                logger.warning("Parameters differ from their prediction (%s); compiling again", differs)
+            self.shutdown()
+            if planned or cache.num_blocks is None:  # size the pool from the loaded weights
+                cache.num_blocks = plan()
+            self._start_precompile(loaded)
+        return params
+
+    @property
+    def fuses_projections(self) -> bool:
+        return self.tp == 1 and getattr(self.module, "SUPPORTS_FUSED_PROJECTIONS", False) and fusion_enabled()
+
+    def _start_precompile(self, params) -> None:
+        """Compile every bucket for default sampling on background threads, from abstract arguments."""
+        cfg, cache = self.model_config, self.cache_config
+        pool_shape = (cfg.num_kv_heads, cache.num_blocks, cache.block_size, cfg.head_dim)
+        page = jax.ShapeDtypeStruct(pool_shape, jnp.dtype(cfg.dtype), sharding=sharding.kv_cache_sharding(self.mesh))
+        kv = [(page, page) for _ in range(cfg.num_layers)]
+        buffer = jax.ShapeDtypeStruct(
+            (cache.num_blocks * cache.block_size,), jnp.int32, sharding=sharding.replicated(self.mesh)
+        )
+        steps = [
+            (name, self._compiled(batch.flags), step_inputs(batch))
+            for name, batch in example_steps(self.prepare, self.decode_buckets, self.prefill_buckets)
+        ]
+        self.precompiler = Precompiler(steps, (params, kv, buffer), self._mesh_context, default_workers())
+
+    def shutdown(self) -> None:
+        """Stop precompiling (buckets already compiling finish; nothing else starts)."""
+        if self.precompiler is not None:
+            self.precompiler.cancel()
+            self.precompiler = None
 
     def _load(self, load_format: str) -> dict:
         cfg = self.model_config
@@ -217,25 +295,14 @@ class ModelRunner:
         batch = self.prepare(sched_out, block_manager)
         if sched_out.block_copies:
             self._copy_blocks(sched_out.block_copies)
-        md = AttentionMetadata(
-            slot_mapping=batch.slot_mapping,
-            segment_ids=batch.segment_ids,
-            block_tables=batch.block_tables,
-            context_lens=batch.context_lens,
-            q_block_rows=batch.q_block_rows,
-            q_block_starts=batch.q_block_starts,
-            q_block_lens=batch.q_block_lens,
-        )
-        smd = SamplingMetadata(**batch.sampling)
-        next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None
-        built, started = compile_counter.num_executables(), time.perf_counter()
+        inputs = step_inputs(batch)
+        fn = self.precompiler.get(inputs) if self.precompiler is not None else None  # this bucket's executable
+        if fn is None:
+            fn = self._compiled(batch.flags)
+        cached, started = fn._cache_size() if hasattr(fn, "_cache_size") else 0, time.perf_counter()
         with self._mesh_context():
-            out, prompt, self.kv_caches, self.token_buffer = self._compiled(batch.flags)(
-                self.params, self.kv_caches, self.token_buffer, batch.tokens, batch.positions, md,
-                batch.logits_indices, smd, next_tokens, batch.token_src_slots, batch.token_dst_slots,
-                batch.token_from_buffer,
-            )
-        if compile_counter.num_executables() > built:  # this bucket was built just now
+            out, prompt, self.kv_caches, self.token_buffer = fn(self.params, self.kv_caches, self.token_buffer, *inputs)
+        if hasattr(fn, "_cache_size") and fn._cache_size() > cached:  # this bucket was built just now
             logger.info(
                 "Built the %s step for %d tokens in %.2f s (%d compilations so far, %.1f s in total)",
                 "prefill" if batch.is_prefill else "decode", len(batch.tokens), time.perf_counter() - started,

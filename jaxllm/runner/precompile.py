@@ -1,0 +1,216 @@
+"""Compile every step bucket ahead of time, in background threads, while the weights load.
+
+    decode buckets (1, 2, 4, ..., max_num_seqs) + prefill token buckets (16, ..., max_num_batched_tokens)
+    in both prefill layouts (fresh prompts: dense; rows after pool pages: ragged) = runner.num_buckets
+
+Each bucket's example inputs are made by the runner's own `prepare` (the builders `dispatch` uses), from
+stand-in requests with default `SamplingParams`, so their shapes cannot drift from real steps. Lowering
+only needs shapes and shardings: the parameters, KV pool and token buffer go in as
+`jax.ShapeDtypeStruct`s, so compilation can start before any weight is read. `jax.jit(...).lower(...)
+.compile()` runs on a thread pool (XLA compiles without the GIL); `dispatch` calls the resulting
+executables directly. A step whose bucket is not ready waits for that bucket alone, and one that has not
+started yet is compiled at once by the step itself, ahead of the queue.
+
+    LLM(precompile=...)   None: $JAXLLM_PRECOMPILE, else "background" on GPU/TPU and "off" on CPU
+                          "background" (True): LLM() returns once the weights are loaded
+                          "wait": LLM() returns once every bucket is compiled; "off" (False): lazy
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxllm.engine.request import Request
+from jaxllm.engine.scheduler import SchedulerOutput
+from jaxllm.runner import compile_counter
+from jaxllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+MODES = ("off", "background", "wait")
+_ALIASES = {"0": "off", "false": "off", "no": "off", "none": "off", "1": "background", "true": "background",
+            "on": "background", "yes": "background", "auto": "auto"}
+
+
+def resolve_mode(precompile: bool | str | None, enforce_eager: bool = False) -> str:
+    """"off", "background" or "wait" from the LLM argument, vLLM's enforce_eager, $JAXLLM_PRECOMPILE and the
+    platform (only accelerators precompile by default: on CPU, XLA compiles one program at a time)."""
+    if precompile is None:
+        precompile = "off" if enforce_eager else os.environ.get("JAXLLM_PRECOMPILE", "auto")
+    if precompile is True or precompile is False:
+        return "background" if precompile else "off"
+    mode = _ALIASES.get(str(precompile).strip().lower(), str(precompile).strip().lower())
+    if mode == "auto":
+        return "off" if jax.default_backend() == "cpu" else "background"
+    if mode not in MODES:
+        raise ValueError(f"precompile must be one of {', '.join(MODES)}, 'auto', True, False or None; got {precompile!r}.")
+    return mode
+
+
+def default_workers() -> int:
+    """Compile threads: $JAXLLM_PRECOMPILE_THREADS, else one per core up to 8."""
+    return max(1, int(os.environ.get("JAXLLM_PRECOMPILE_THREADS") or 0) or min(8, os.cpu_count() or 1))
+
+
+class _ShapeOnlyPool:
+    """Stands in for the BlockManager when building example inputs: every token's slot is the null page."""
+
+    def slot(self, request, position: int) -> int:
+        return 0
+
+
+def _requests(count: int, new: int, computed: int = 0) -> list[Request]:
+    params = SamplingParams()
+    out = []
+    for i in range(count):
+        r = Request(f"precompile-{i}", [1] * (computed + new), params, seed=0)
+        r.num_computed_tokens, r.num_new_tokens, r.block_ids = computed, new, [1]
+        out.append(r)
+    return out
+
+
+def example_steps(prepare: Callable, decode_buckets: list[int], prefill_buckets: list[int]) -> list[tuple[str, Any]]:
+    """(name, InputBatch) of every bucket for default sampling, smallest first (what a first request needs)."""
+    pool, out = _ShapeOnlyPool(), []
+    for i in range(max(len(decode_buckets), len(prefill_buckets))):
+        if i < len(prefill_buckets):
+            t = prefill_buckets[i]
+            out.append((f"prefill step for {t} tokens", prepare(SchedulerOutput(True, _requests(1, t)), pool)))
+        if i < len(decode_buckets):
+            b = decode_buckets[i]
+            out.append((f"decode step for {b} sequences", prepare(SchedulerOutput(False, _requests(b, 1)), pool)))
+        if i < len(prefill_buckets):  # a row continuing after pages already in the pool: the ragged layout
+            t = prefill_buckets[i]
+            batch = prepare(SchedulerOutput(True, _requests(1, t, computed=1)), pool)
+            out.append((f"prefill step for {t} tokens after cached pages", batch))
+    return out
+
+
+def shape_key(inputs: tuple) -> tuple:
+    """What selects an executable: the pytree of a step's per-call inputs and each leaf's shape and dtype."""
+    leaves, tree = jax.tree_util.tree_flatten(inputs)
+    return tree, tuple((np.shape(x), np.result_type(x)) for x in leaves)
+
+
+def _abstract(x):
+    return jax.ShapeDtypeStruct(np.shape(x), np.result_type(x))
+
+
+@dataclass(eq=False)
+class _Bucket:
+    name: str
+    fn: Any  # the jitted step for this bucket's flags
+    inputs: tuple  # ShapeDtypeStructs of the per-call inputs
+    future: Any = None
+    compiled: Any = None
+    error: Exception | None = None
+
+
+class Precompiler:
+    """Compiles a list of step shapes on a thread pool; `get(inputs)` hands out the executable for a shape."""
+
+    def __init__(self, steps: list[tuple[str, Any, tuple]], fixed: tuple, mesh_context: Callable, workers: int,
+                 progress: bool = True):
+        """steps: (name, jitted step function, per-call inputs as arrays or ShapeDtypeStructs), in priority
+        order; fixed: the arguments every step shares (parameters, KV pool, token buffer), abstract."""
+        self._buckets: dict[tuple, _Bucket] = {}
+        for name, fn, inputs in steps:
+            self._buckets.setdefault(shape_key(inputs), _Bucket(name, fn, jax.tree_util.tree_map(_abstract, inputs)))
+        self.total = len(self._buckets)
+        self.error: Exception | None = None
+        self._cancelled = False
+        self._fixed, self._mesh_context = fixed, mesh_context
+        self._done = 0
+        self._cond = threading.Condition()
+        self._started = time.perf_counter()
+        self._hits = compile_counter.num_executables() - compile_counter.num_compilations()
+        self._bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=f"Compiling {self.total} step buckets", dynamic_ncols=True)
+        self._pool = ThreadPoolExecutor(max(1, min(workers, self.total)), thread_name_prefix="jaxllm-precompile")
+        for bucket in self._buckets.values():
+            bucket.future = self._pool.submit(self._build, bucket)
+
+    def _compile(self, bucket: _Bucket):
+        with self._mesh_context():
+            return bucket.fn.lower(*self._fixed, *bucket.inputs).compile()
+
+    def _build(self, bucket: _Bucket):
+        try:
+            bucket.compiled = self._compile(bucket)
+        except Exception as err:
+            bucket.error = RuntimeError(f"Compiling the {bucket.name} ahead of time failed: {type(err).__name__}: {err}")
+            bucket.error.__cause__ = err
+            if not self._cancelled:  # a cancelled run's failures are nobody's concern
+                logger.error("%s", bucket.error)
+                with self._cond:
+                    self.error = self.error or bucket.error
+        self._finish_one()
+        if bucket.error is not None:
+            raise bucket.error
+        return bucket.compiled
+
+    def _finish_one(self) -> None:
+        with self._cond:
+            self._done += 1
+            if self._bar is not None:
+                self._bar.update(1)
+            if self._done < self.total:
+                return
+            if self._bar is not None:
+                self._bar.close()
+            hits = compile_counter.num_executables() - compile_counter.num_compilations() - self._hits
+            logger.log(
+                logging.DEBUG if self._cancelled else logging.INFO,
+                "Compiled %d step buckets ahead of time in %.1f s (%d of them from the persistent cache)%s",
+                self.total, time.perf_counter() - self._started, min(hits, self.total),
+                "; some failed" if self.error else "",
+            )
+            self._cond.notify_all()
+        self._pool.shutdown(wait=False)
+
+    @property
+    def done(self) -> bool:
+        return self._done >= self.total
+
+    def get(self, inputs: tuple):
+        """The executable for these per-call inputs, or None if their shape is not precompiled. Waits for
+        this one bucket only; one still queued is compiled here and now. Raises if its compilation failed."""
+        bucket = self._buckets.get(shape_key(inputs))
+        if bucket is None:
+            return None
+        if bucket.compiled is not None:
+            return bucket.compiled
+        if bucket.future.cancel():  # still queued: jump the queue
+            return self._build(bucket)
+        return bucket.future.result()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every bucket is compiled; raise the first compilation error, if any."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._done >= self.total, timeout):
+                raise TimeoutError(f"{self.total - self._done} of {self.total} step buckets are still compiling.")
+        self.check()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self) -> None:
+        """Drop the buckets not started yet (those compiling finish, unused)."""
+        self._cancelled = True
+        for bucket in self._buckets.values():
+            if bucket.future.cancel():
+                self._finish_one()
