@@ -29,6 +29,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share KV pages of equal prompt prefixes (default on)")
     parser.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
                         help="split long prompts and mix them with decodes (default on)")
+    parser.add_argument("--precompile", default=None, choices=["auto", "background", "wait", "off"],
+                        help="compile every step bucket at start, on background threads while the weights load: "
+                             "background (serve at once; a step waits only for its own bucket), wait (start when "
+                             "all are compiled), off (compile each when first needed). Default auto: "
+                             "$JAXLLM_PRECOMPILE, else background on GPU/TPU, off on CPU")
+    parser.add_argument("--enforce-eager", action="store_true", help="as vLLM: no ahead-of-time work (--precompile off)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -39,9 +45,11 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         "tensor_parallel_size", "quantization", "seed", "download_dir", "trust_remote_code",
     ]
     kwargs = {n: getattr(args, n) for n in names if hasattr(args, n)}
-    for flag in ("enable_prefix_caching", "enable_chunked_prefill"):
+    for flag in ("enable_prefix_caching", "enable_chunked_prefill", "precompile"):
         if getattr(args, flag, None) is not None:
             kwargs[flag] = getattr(args, flag)
+    if getattr(args, "enforce_eager", False):
+        kwargs["enforce_eager"] = True
     return kwargs
 
 

@@ -81,7 +81,6 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
                      help="dummy: random weights of the model's shape (for benchmarks)")
 
     compat = parser.add_argument_group("accepted for compatibility with vllm serve (no effect)")
-    compat.add_argument("--enforce-eager", action="store_true")
     compat.add_argument("--disable-custom-all-reduce", action="store_true")
     compat.add_argument("--disable-frontend-multiprocessing", action="store_true")
     compat.add_argument("--swap-space", type=float, default=None)

@@ -76,7 +76,6 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     fe.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"],
                     help="dummy: random weights of the model's shape")
     compat = parser.add_argument_group("accepted for compatibility with vLLM's run_batch (no effect)")
-    compat.add_argument("--enforce-eager", action="store_true")
     compat.add_argument("--disable-log-requests", action="store_true")
     compat.add_argument("--disable-log-stats", action="store_true")
     compat.add_argument("--swap-space", type=float, default=None)
