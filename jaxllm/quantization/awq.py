@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm.quantization.weights import AWQ_SHIFTS, QuantizedWeight
+from jaxllm.quantization.weights import AWQ_SHIFTS, QuantizedWeight, after_input
 
 AWQ_SUFFIXES = ("qweight", "qzeros", "scales")
 
@@ -154,8 +154,13 @@ def dequantize_awq(w: QuantizedWeight, dtype) -> jax.Array:
 
 
 def awq_matmul_xla(x: jax.Array, w: QuantizedWeight) -> jax.Array:
-    """x [M, K] @ W: dequantize in XLA (fused into the consumer where XLA can), then one dense dot."""
-    return jnp.dot(x, dequantize_awq(w, x.dtype))
+    """x [M, K] @ W: dequantize in XLA (fused into the consumer where XLA can), then one dense dot.
+
+    The dequantized weight is made to depend on x (`after_input`): otherwise it depends only on
+    parameters, and XLA schedules every layer's dequantization first and holds a dense copy of the
+    whole model at once.
+    """
+    return jnp.dot(x, after_input(dequantize_awq(w, x.dtype), x))
 
 
 def random_awq_weight(key: jax.Array, k: int, n: int, group_size: int, dtype, std: float = 0.02) -> QuantizedWeight:
@@ -163,7 +168,9 @@ def random_awq_weight(key: jax.Array, k: int, n: int, group_size: int, dtype, st
     g = resolve_group_size(group_size, k)
     bits = jax.random.bits(key, (k, n // 8), jnp.uint32)
     qweight = jax.lax.bitcast_convert_type(bits, jnp.int32)
-    zero_bits = jnp.full((k // g, n // 8), 0x88888888, jnp.uint32)  # every zero point 8 (mid-range)
-    zeros = jax.lax.bitcast_convert_type(zero_bits, jnp.int32)
-    scales = jnp.full((k // g, 8, n // 8), std / 4.6, dtype)  # uniform 0..15 minus 8 has std ~4.6
+    # Zero points 7 or 8 at random: q - z (q uniform in 0..15) then has mean 0 and std ~4.6. A fixed
+    # zero point would give every weight the same sign of bias, which grows through the layers.
+    flips = jax.random.bits(jax.random.fold_in(key, 1), (k // g, n // 8), jnp.uint32) & 0x11111111
+    zeros = jax.lax.bitcast_convert_type(jnp.uint32(0x77777777) + flips, jnp.int32)
+    scales = jnp.full((k // g, 8, n // 8), std / 4.6, dtype)
     return QuantizedWeight(qweight, scales, zeros, kind="awq", group_size=g, shape=(k, n))

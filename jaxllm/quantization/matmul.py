@@ -8,10 +8,11 @@ and quantized weights in any mix.
   conversion is an operand conversion XLA can fuse into the GEMM's read of the weights (the
   benchmark's HLO summary shows what it did).
 * AWQ (one scale and zero point per group of G input rows): the scale does not commute with the K
-  sum. Two formulations: the Pallas kernel (`awq_kernel.py`), which unpacks the nibbles in registers,
-  and the XLA one (`awq.awq_matmul_xla`: unpack, dequantize, dot). Which one runs is decided per call
-  site at trace time by `awq_impl` (see docs/quantization.md for the measurements behind it); the
-  environment variable JAXLLM_AWQ_MATMUL=xla|pallas forces one.
+  sum. Three formulations: the Pallas matrix-vector kernel for up to 8 rows (`awq_gemv.py`: no dot,
+  zero point and scale applied once per group), the dot-based Pallas kernel (`awq_kernel.py`), both
+  unpacking the nibbles in registers, and the XLA one (`awq.awq_matmul_xla`: unpack, dequantize,
+  dot). Which one runs is decided per call site at trace time by `awq_impl` (see
+  docs/quantization.md for the measurements behind it); JAXLLM_AWQ_MATMUL=xla|pallas|gemv forces one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.quantization.awq import awq_matmul_xla
-from jaxllm.quantization.weights import QuantizedWeight
+from jaxllm.quantization.weights import QuantizedWeight, after_input
 
 logger = logging.getLogger(__name__)
 
@@ -43,32 +44,47 @@ def _tensor_parallel() -> bool:
 
 
 def awq_impl(m: int, w: QuantizedWeight, dtype=jnp.bfloat16) -> str:
-    """"pallas" or "xla" for an [m, K] @ w product with x in `dtype` (decided at trace time)."""
-    from jaxllm.quantization import awq_kernel
+    """"gemv", "pallas" or "xla" for an [m, K] @ w product with x in `dtype` (decided at trace time)."""
+    from jaxllm.quantization import awq_gemv, awq_kernel
 
     forced = os.environ.get("JAXLLM_AWQ_MATMUL", "auto").lower()
     k, n = w.shape
-    fits = awq_kernel.supported(m, k, n, w.group_size)
-    if forced == "pallas" and fits and not _tensor_parallel():
+    gemv_fits = awq_gemv.supported(m, k, n, w.group_size) and not _tensor_parallel()
+    fits = awq_kernel.supported(m, k, n, w.group_size) and not _tensor_parallel()
+    if forced == "gemv" and gemv_fits:
+        return "gemv"
+    if forced == "pallas" and fits:
         return "pallas"
-    if forced == "xla" or jax.default_backend() != "gpu":
+    if forced in ("xla", "gemv", "pallas") or jax.default_backend() != "gpu":
         return "xla"
-    # Under a tensor-parallel mesh the kernel cannot be partitioned by XLA; the XLA formulation can.
-    if fits and m <= PALLAS_MAX_ROWS and not _tensor_parallel() and _pallas_checked(m, k, n, w.group_size, dtype):
+    # Under a tensor-parallel mesh the kernels cannot be partitioned by XLA; the XLA formulation can.
+    if gemv_fits and _pallas_checked("gemv", m, k, n, w.group_size, dtype):
+        return "gemv"
+    if fits and m <= PALLAS_MAX_ROWS and _pallas_checked("pallas", m, k, n, w.group_size, dtype):
         return "pallas"
     return "xla"
 
 
-def _pallas_checked(m: int, k: int, n: int, group: int, dtype) -> bool:
-    """Compile and run the kernel once per launch configuration, on random data, against XLA.
+def _kernel(name: str):
+    """(function, default_config) of the Pallas kernel `name` ("gemv" or "pallas")."""
+    if name == "gemv":
+        from jaxllm.quantization.awq_gemv import awq_gemv_pallas, default_config
+
+        return awq_gemv_pallas, default_config
+    from jaxllm.quantization.awq_kernel import awq_matmul_pallas, default_config
+
+    return awq_matmul_pallas, default_config
+
+
+def _pallas_checked(name: str, m: int, k: int, n: int, group: int, dtype) -> bool:
+    """Compile and run a kernel once per launch configuration, on random data, against XLA.
 
     A kernel that fails to lower on this jax / GPU, or disagrees with the XLA formulation, is not used
     (a warning says why), so the model still runs, through XLA.
     """
-    from jaxllm.quantization.awq_kernel import awq_matmul_pallas, default_config
-
+    kernel, default_config = _kernel(name)
     config = default_config(m, k, n, group)
-    key = (k, n, group, jnp.dtype(dtype).name, config)
+    key = (name, m if name == "gemv" else 0, k, n, group, jnp.dtype(dtype).name, config)
     if key in _PALLAS_CHECKED:
         return _PALLAS_CHECKED[key]
     ok = False
@@ -81,31 +97,31 @@ def _pallas_checked(m: int, k: int, n: int, group: int, dtype) -> bool:
         w = QuantizedWeight(words, scales, zeros, kind="awq", group_size=group, shape=(k, n))
         # Lowered, compiled and run on concrete host arrays: programs of their own, whatever trace is
         # in progress around this call.
-        got = np.asarray(awq_matmul_pallas.lower(x, w).compile()(x, w), np.float32)
+        got = np.asarray(kernel.lower(x, w).compile()(x, w), np.float32)
         x32 = x.astype(np.float32)
         want = np.asarray(jax.jit(awq_matmul_xla).lower(x32, w).compile()(x32, w), np.float32)
         err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
         ok = bool(np.isfinite(err) and err < 2e-2)
         if not ok:
-            logger.warning("AWQ Pallas kernel disagrees with XLA for %dx%d (rel. error %.2e); using XLA.", k, n, err)
-    except Exception as e:  # any lowering / compile failure: fall back to XLA
-        logger.warning("AWQ Pallas kernel unavailable for %dx%d (%s: %s); using XLA.", k, n, type(e).__name__, e)
+            logger.warning("AWQ %s kernel disagrees with XLA for %dx%d (rel. error %.2e); not used.", name, k, n, err)
+    except Exception as e:  # any lowering / compile failure: fall back
+        logger.warning("AWQ %s kernel unavailable for %dx%d (%s: %s); not used.", name, k, n, type(e).__name__, e)
     _PALLAS_CHECKED[key] = ok
     return ok
 
 
 def awq_matmul(x: jax.Array, w: QuantizedWeight, impl: str | None = None) -> jax.Array:
     impl = impl or awq_impl(x.shape[0], w, x.dtype)
-    if impl == "pallas":
-        from jaxllm.quantization.awq_kernel import awq_matmul_pallas
-
-        return awq_matmul_pallas(x, w)
+    if impl in ("gemv", "pallas"):
+        return _kernel(impl)[0](x, w)
     return awq_matmul_xla(x, w)
 
 
 def channel_matmul(x: jax.Array, w: QuantizedWeight) -> jax.Array:
-    """int8 / fp8 weight with per-output-channel scales: (x @ q) * s, accumulated in float32."""
-    y = jnp.dot(x, w.qweight.astype(x.dtype), preferred_element_type=jnp.float32)
+    """int8 / fp8 weight with per-output-channel scales: (x @ q) * s, accumulated in float32.
+
+    The converted weight waits for x (`after_input`, as in `awq_matmul_xla`)."""
+    y = jnp.dot(x, after_input(w.qweight.astype(x.dtype), x), preferred_element_type=jnp.float32)
     return (y * w.scales).astype(x.dtype)
 
 

@@ -61,6 +61,19 @@ class QuantizedWeight:
         return (self.qweight.astype(jnp.float32) * self.scales.astype(jnp.float32)).astype(dtype)
 
 
+def after_input(dense: jax.Array, x: jax.Array) -> jax.Array:
+    """`dense` unchanged, but computed only once `x` exists.
+
+    A weight dequantized from parameters alone has no data dependence on the layer's input, so XLA
+    is free to dequantize every layer up front (and XLA drops optimization barriers on some
+    backends); the whole model would then live in memory dense. Adding an exact zero derived from x
+    orders each layer's dequantization after its input. nan_to_num keeps the zero a zero when x
+    holds NaN or inf, so one bad row cannot touch the weight.
+    """
+    zero = jnp.nan_to_num(x.reshape(-1)[0].astype(jnp.float32)) * 0.0
+    return dense + zero.astype(dense.dtype)
+
+
 def is_quantized(x: Any) -> bool:
     return isinstance(x, QuantizedWeight)
 
