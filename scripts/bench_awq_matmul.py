@@ -6,6 +6,7 @@ For each weight shape K x N and each number of rows M it times, on the same rand
     awq_xla      jaxllm.quantization.awq.awq_matmul_xla                 (0.5 byte a weight + scales/zeros)
     awq_pallas   jaxllm.quantization.awq_kernel.awq_matmul_pallas       (default launch config; GPU, or
                                                                          interpret mode with --small)
+    awq_gemv     jaxllm.quantization.awq_gemv.awq_gemv_pallas           (M <= 8 only; same)
     int8, fp8    jaxllm.quantization.matmul.channel_matmul              (1 byte a weight + [N] scales)
 
 and reports the time, the weight bytes read per second (the stored bytes of each format over the
@@ -39,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm.quantization import awq_kernel
+from jaxllm.quantization import awq_gemv, awq_kernel
 from jaxllm.quantization.awq import awq_matmul_xla, dequantize_awq, from_checkpoint
 from jaxllm.quantization.matmul import channel_matmul
 from jaxllm.quantization.weights import quantize_per_channel
@@ -61,6 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=540.0,
                    help="start no further sweep configuration after this many seconds (default 540)")
     p.add_argument("--no-copy-bw", action="store_true")
+    p.add_argument("--impls", default=None, help="comma-separated subset of dense,awq_xla,awq_pallas,awq_gemv,int8,fp8")
     return p.parse_args(argv)
 
 
@@ -232,7 +234,11 @@ def main(argv=None):
             }
             if (on_gpu or args.small) and awq_kernel.supported(m, k, n, group):  # interpret mode on CPU
                 cands["awq_pallas"] = (lambda x, ws: [awq_kernel.awq_matmul_pallas(x, w) for w in ws], awq)
+            if (on_gpu or args.small) and awq_gemv.supported(m, k, n, group):
+                cands["awq_gemv"] = (lambda x, ws: [awq_gemv.awq_gemv_pallas(x, w) for w in ws], awq)
             for name, (fn, ws) in cands.items():
+                if args.impls and name not in args.impls.split(",") and name != "dense":
+                    continue
                 try:
                     jf = jax.jit(fn)
                     err = rel_err(jf(x, ws[:1])[0], ref0)

@@ -1,6 +1,7 @@
 """Latency of one batch, vLLM's protocol: time to generate `--output-len` tokens for `--batch-size` prompts.
 
     python scripts/benchmark_latency.py --config llama-3-8b --batch-size 1 --input-len 128 --output-len 128
+    python scripts/benchmark_latency.py --config llama-3-8b -q awq --dtype float16 --batch-size 1,32
 
 Reports the end-to-end latency (best of --iters after warm-up), the per-output-token decode latency
 (from two runs with different output lengths, so prefill cancels out) and the decode roofline for the
@@ -28,11 +29,11 @@ def timed(fn, iters: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model")
     src.add_argument("--config", help="a shape name (llama-3-8b, qwen2.5-1.5b, tiny) or a config.json path")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", default="1", help="a batch size, or several separated by commas (one engine)")
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--iters", type=int, default=3)
@@ -42,19 +43,49 @@ def main() -> None:
     p.add_argument("--hf-peer", action="store_true", help="also time transformers generate on the same shape")
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
+    batch_sizes = [int(b) for b in str(args.batch_size).split(",")]
 
     import jax
 
-    from jaxllm import LLM, SamplingParams
+    from jaxllm import LLM
 
     folder, load_format = model_folder(args)
-    max_len = args.input_len + args.output_len
-    llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=max_len,
-              max_num_seqs=max(args.batch_size, 1), skip_tokenizer_init=True,
+    llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=args.input_len + args.output_len,
+              max_num_seqs=max(batch_sizes), skip_tokenizer_init=True,
               tensor_parallel_size=args.tensor_parallel_size, quantization=args.quantization)
+    bw, method = copy_bandwidth()
+    weights = sum(x.nbytes for x in jax.tree.leaves(llm.runner.params))  # as stored (packed when quantized)
+    results = []
+    for batch in batch_sizes:
+        result = measure(llm, args, batch, bw, weights)
+        result.update(copy_bandwidth_TBps=bw / 1e12, bandwidth_method=method)
+        if args.quantization == "awq":  # which Pallas kernels passed their first-use check (else XLA ran)
+            from jaxllm.quantization.matmul import _PALLAS_CHECKED
+
+            result["awq_kernel_checks"] = {" ".join(map(str, key[:5])): ok for key, ok in _PALLAS_CHECKED.items()}
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    if args.hf_peer:
+        del llm
+        for result in results:
+            hf_peer(folder, args, result)
+    for result in results:
+        result.update(jax_version=jax.__version__, device=str(jax.devices()[0].device_kind), args=vars(args))
+        print(json.dumps(result, indent=2))
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(results[0] if len(results) == 1 else results, f, indent=2)
+
+
+def _prompts(vocab: int, batch: int, input_len: int) -> list[dict]:
     rng = np.random.default_rng(0)
-    prompts = [{"prompt_token_ids": rng.integers(0, llm.model_config.vocab_size, args.input_len).tolist()}
-               for _ in range(args.batch_size)]
+    return [{"prompt_token_ids": rng.integers(0, vocab, input_len).tolist()} for _ in range(batch)]
+
+
+def measure(llm, args, batch: int, bw: float, weights: int) -> dict:
+    from jaxllm import SamplingParams
+
+    prompts = _prompts(llm.model_config.vocab_size, batch, args.input_len)
 
     def run(n):
         return lambda: llm.generate(prompts, SamplingParams(temperature=0, ignore_eos=True, max_tokens=n,
@@ -64,41 +95,38 @@ def main() -> None:
     full = timed(run(args.output_len), args.iters)
     short = timed(run(max(1, args.output_len // 4)), args.iters)
     per_token = (full - short) / (args.output_len - max(1, args.output_len // 4))
-    bw, method = copy_bandwidth()
     cfg = llm.model_config
-    weights = sum(x.nbytes for x in jax.tree.leaves(llm.runner.params))  # as stored (packed when quantized)
-    roof = decode_roofline_s(weights, cfg.kv_bytes_per_token(), args.batch_size, args.input_len + args.output_len / 2, bw,
+    roof = decode_roofline_s(weights, cfg.kv_bytes_per_token(), batch, args.input_len + args.output_len / 2, bw,
                              args.tensor_parallel_size)
-    result = {
-        "latency_s": full, "decode_ms_per_step": per_token * 1e3, "roofline_ms_per_step": roof * 1e3,
-        "ratio_to_roofline": roof / per_token, "output_tokens_per_s": args.batch_size / per_token,
-        "weights_GB": weights / 1e9, "greedy_tokens_prompt0": greedy, "copy_bandwidth_TBps": bw / 1e12, "bandwidth_method": method,
+    return {
+        "batch_size": batch, "latency_s": full, "decode_ms_per_step": per_token * 1e3,
+        "roofline_ms_per_step": roof * 1e3, "ratio_to_roofline": roof / per_token,
+        "output_tokens_per_s": batch / per_token, "weights_GB": weights / 1e9, "greedy_tokens_prompt0": greedy,
     }
-    print(json.dumps(result, indent=2), flush=True)
-    if args.hf_peer:
-        del llm
-        import torch
 
-        model = hf_peer_model(folder)
-        if model is not None:
-            ids = torch.tensor([q["prompt_token_ids"] for q in prompts], device="cuda")
 
-            def hf(n):
-                def go():
-                    with torch.no_grad():
-                        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-                    torch.cuda.synchronize()
-                return go
+def hf_peer(folder: str, args, result: dict) -> None:
+    """transformers generate on the same shape and prompts (PyTorch, bf16), into `result`."""
+    import torch
 
-            hf_full = timed(hf(args.output_len), 1)
-            hf_short = timed(hf(max(1, args.output_len // 4)), 1)
-            hf_step = (hf_full - hf_short) / (args.output_len - max(1, args.output_len // 4))
-            result.update(hf_latency_s=hf_full, hf_decode_ms_per_step=hf_step * 1e3, speedup_vs_hf=hf_step / per_token)
-    result.update(jax_version=jax.__version__, device=str(jax.devices()[0].device_kind), args=vars(args))
-    print(json.dumps(result, indent=2))
-    if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(result, f, indent=2)
+    model = hf_peer_model(folder)
+    if model is None:
+        return
+    prompts = _prompts(model.config.vocab_size, result["batch_size"], args.input_len)
+    ids = torch.tensor([q["prompt_token_ids"] for q in prompts], device="cuda")
+
+    def hf(n):
+        def go():
+            with torch.no_grad():
+                model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            torch.cuda.synchronize()
+        return go
+
+    short_n = max(1, args.output_len // 4)
+    hf_full = timed(hf(args.output_len), 1)
+    hf_step = (hf_full - timed(hf(short_n), 1)) / (args.output_len - short_n)
+    result.update(hf_latency_s=hf_full, hf_decode_ms_per_step=hf_step * 1e3,
+                  speedup_vs_hf=hf_step * 1e3 / result["decode_ms_per_step"])
 
 
 if __name__ == "__main__":
