@@ -29,10 +29,11 @@ from jaxllm.quantization.weights import QuantizedWeight, after_input
 
 logger = logging.getLogger(__name__)
 
-# Largest number of rows (tokens) for which the Pallas kernel is used on GPU; above it the weight is
-# dequantized by XLA and multiplied by a dense GEMM (compute-bound there; vLLM switches at 256).
-# JAXLLM_AWQ_PALLAS_MAX_ROWS overrides it.
-PALLAS_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_PALLAS_MAX_ROWS", "128"))
+# Largest number of rows for which the dot-based Pallas kernel (`awq_kernel.py`) is used on GPU. It is
+# 0: on the H200 that kernel lost to the XLA formulation at every M >= 32 and, at M = 1, to the
+# matrix-vector kernel, which takes M <= 8 (docs/quantization.md has the table). Set
+# JAXLLM_AWQ_PALLAS_MAX_ROWS to try it again.
+PALLAS_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_PALLAS_MAX_ROWS", "0"))
 
 # (K, N, group, dtype, launch config) -> whether the Pallas kernel compiled and matched XLA here.
 _PALLAS_CHECKED: dict[tuple, bool] = {}
