@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,21 +88,54 @@ def safetensors_files(path: str) -> list[str]:
     return [os.path.join(path, f) for f in files]
 
 
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+              "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "?"}
+
+
+def read_safetensors_header(file: str) -> tuple[dict, int]:
+    """A safetensors file's header (name -> dtype, shape, data_offsets) and where its data starts."""
+    with open(file, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def _numpy_dtype(name: str):
+    if name in _ST_DTYPES:
+        return np.dtype(_ST_DTYPES[name])
+    import ml_dtypes
+
+    return {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2}.get(name)
+
+
 def iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (checkpoint name, NumPy array) for every tensor of every weight file."""
-    from safetensors import safe_open
+    """Yields (checkpoint name, NumPy array) for every tensor of every weight file, in file order.
 
+    The arrays are read-only views of the memory-mapped file: nothing is copied until the caller
+    transposes, casts or uploads a tensor, so the page cache is read once.
+    """
     for file in safetensors_files(path):
-        with safe_open(file, framework="numpy") as f:
-            for name in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-                yield name, f.get_tensor(name)
+        header, start = read_safetensors_header(file)
+        mapped = np.memmap(file, dtype=np.uint8, mode="r")
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            dtype = _numpy_dtype(info["dtype"])
+            if dtype is None:
+                raise ValueError(f"{file}: tensor {name} has dtype {info['dtype']}, which jaxllm does not read.")
+            begin, end = info["data_offsets"]
+            yield name, mapped[start + begin : start + end].view(dtype).reshape(info["shape"])
+        del mapped
 
 
-def load_params(config: Any, name_table: dict[str, tuple[tuple, bool]], put: Any, quant: Any = None) -> dict:
+def load_params(
+    config: Any, name_table: dict[str, tuple[tuple, bool]], put: Any, quant: Any = None, put_transposed: Any = None
+) -> dict:
     """Build the parameter pytree from safetensors.
 
     name_table maps a checkpoint name to (path in the tree, transpose?). `put(path, array)` turns a host
     array (already cast to the model dtype) into a device array; it is where sharding happens.
+    `put_transposed(path, array)`, when given, places a 2-D array the table transposes as its transpose
+    (done on the device, much faster than NumPy's strided copy); without it the host transposes.
     Unknown checkpoint names are ignored (e.g. rotary caches); missing ones raise.
 
     With an AWQ `quant` (a QuantConfig), a layer's `X.qweight`, `X.qzeros` and `X.scales` become one
@@ -120,6 +154,7 @@ def load_params(config: Any, name_table: dict[str, tuple[tuple, bool]], put: Any
     seen: set[str] = set()
     for name, array in iter_safetensors(config.path):
         base = awq.base_name(name) if awq is not None else None
+        on_device = False
         if base is not None:
             if base not in name_table:
                 continue
@@ -134,11 +169,13 @@ def load_params(config: Any, name_table: dict[str, tuple[tuple, bool]], put: Any
             if entry is None:
                 continue
             tree_path, transpose = entry
-            host = np.ascontiguousarray(array.T if transpose else array).astype(np_dtype)
+            on_device = transpose and put_transposed is not None and array.ndim == 2
+            # One pass at most: transpose and cast together, no copy of a tensor already in place.
+            host = (array.T if transpose and not on_device else array).astype(np_dtype, order="C", copy=False)
         node = params
         for key in tree_path[:-1]:
             node = node.setdefault(key, {})
-        node[tree_path[-1]] = put(tree_path, host)
+        node[tree_path[-1]] = put_transposed(tree_path, host) if on_device else put(tree_path, host)
         seen.add(name)
     if awq is not None and awq.incomplete():
         raise ValueError(f"The AWQ checkpoint in {config.path} lacks tensors: {', '.join(awq.incomplete()[:8])}.")

@@ -17,10 +17,8 @@ before any precompiled executable is used.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import struct
 from typing import Any
 
 import jax
@@ -28,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm import sharding
-from jaxllm.model_loader import safetensors_files
+from jaxllm.model_loader import read_safetensors_header, safetensors_files
 from jaxllm.quantization.weights import is_linear_leaf, is_quantized, quantize_per_channel
 
 _KV_LEAVES = ("wk", "wv", "bk", "bv")
@@ -38,10 +36,7 @@ def safetensors_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, read from the header of each weight file (8-byte length, then JSON)."""
     shapes = {}
     for file in safetensors_files(path):
-        with open(file, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-        shapes.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+        shapes.update({k: tuple(v["shape"]) for k, v in read_safetensors_header(file)[0].items()})
     return shapes
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxllm import sharding
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
@@ -150,6 +151,7 @@ class ModelRunner:
         self.num_top_logprobs = vocab if max_logprobs < 0 else max(1, min(max_logprobs, vocab))
         self._steps: dict[tuple, object] = {}
         self._copy_fn = None
+        self._transposes: dict[tuple, object] = {}
         self.precompiler: Precompiler | None = None
         try:
             self.params = self._load_overlapped(load_format) if precompile else self._load_and_fuse(load_format)
@@ -227,7 +229,9 @@ class ModelRunner:
             return load_converted(cfg.path, cfg, shard, self.kv_repeats, self.quant_config)
         table = self.module.name_table(cfg)
         if load_format in ("auto", "safetensors"):
-            return load_params(cfg, table, self._put, self.quant_config)
+            # Dense weights are transposed on the device (quantized and repeated kv heads: on the host).
+            on_device = self._put_transposed if self.quant_config is None and self.kv_repeats == 1 else None
+            return load_params(cfg, table, self._put, self.quant_config, put_transposed=on_device)
         if load_format != "dummy":
             raise ValueError(f"Unknown load_format {load_format!r}; choose 'auto', 'safetensors' or 'dummy'.")
         dtype = jnp.dtype(cfg.dtype)
@@ -254,6 +258,17 @@ class ModelRunner:
         if self.quant_config is not None:
             return put_param(self.mesh, path, host, self.quant_config)
         return jax.device_put(host, sharding.param_sharding(self.mesh, path[-1], host.shape))
+
+    def _put_transposed(self, path: tuple, host: np.ndarray) -> jax.Array:
+        """A checkpoint's [out, in] weight onto the mesh as [in, out]: each device receives its shard in the
+        checkpoint's layout and transposes it in place of NumPy's slow strided copy on the host."""
+        target = sharding.param_sharding(self.mesh, path[-1], host.shape[::-1])
+        spec = (*target.spec, *([None] * (host.ndim - len(target.spec))))
+        placed = jax.device_put(host, NamedSharding(self.mesh, PartitionSpec(*reversed(spec))))
+        key = tuple(target.spec)
+        if key not in self._transposes:
+            self._transposes[key] = jax.jit(jnp.transpose, out_shardings=target)
+        return self._transposes[key](placed)
 
     @property
     def num_buckets(self) -> int:
