@@ -132,6 +132,7 @@ class Precompiler:
         self._fixed, self._mesh_context = fixed, mesh_context
         self._done = 0
         self._cond = threading.Condition()
+        self._lowering = threading.Lock()
         self._started = time.perf_counter()
         self._hits = compile_counter.num_executables() - compile_counter.num_compilations()
         self._bar = None
@@ -144,8 +145,11 @@ class Precompiler:
             bucket.future = self._pool.submit(self._build, bucket)
 
     def _compile(self, bucket: _Bucket):
-        with self._mesh_context():
-            return bucket.fn.lower(*self._fixed, *bucket.inputs).compile()
+        # Tracing and lowering are Python and hold the GIL: one at a time, so that the thread loading the
+        # weights keeps its share; XLA's compilation runs without the GIL, in parallel.
+        with self._lowering, self._mesh_context():
+            lowered = bucket.fn.lower(*self._fixed, *bucket.inputs)
+        return lowered.compile()
 
     def _build(self, bucket: _Bucket):
         try:
