@@ -45,9 +45,10 @@ class LLM:
 
     `precompile` compiles every step bucket ahead of time on background threads, while the weights
     load: "background" (or True) returns once the weights are loaded and lets a step wait only for its
-    own bucket; "wait" returns once every bucket is compiled; "off" (or False) compiles each bucket when
-    a step first needs it. None: $JAXLLM_PRECOMPILE, else "background" on GPU/TPU and "off" on CPU;
-    `enforce_eager=True` (vLLM's switch) means "off" too.
+    own bucket; "wait" returns once every bucket is compiled (and raises if one failed); "off" (or False)
+    compiles each bucket when a step first needs it. None: $JAXLLM_PRECOMPILE, else "background" on
+    GPU/TPU and "off" on CPU; `enforce_eager=True` (vLLM's switch) means "off" too. A bucket that fails
+    to compile is logged at once and fails the steps that need it, as it would have failed lazily.
     """
 
     def __init__(
@@ -313,15 +314,7 @@ class LLM:
                 raise ValueError(f"sampling_params must be SamplingParams, got {type(p).__name__}.")
         return params
 
-    def _check_precompile(self, ids: list[str]) -> None:
-        """A bucket that failed to compile ahead of time fails the call, with the compiler's error."""
-        precompiler = self.runner.precompiler
-        if precompiler is not None and precompiler.error is not None:
-            self.llm_engine.abort_request(ids)
-            raise precompiler.error
-
     def _run_engine(self, ids: list[str], use_tqdm: bool | Any) -> list[RequestOutput]:
-        self._check_precompile(ids)
         finished: dict[str, RequestOutput] = {}
         bar = None
         if use_tqdm:
@@ -336,7 +329,6 @@ class LLM:
                         finished[out.request_id] = out
                         if bar is not None:
                             bar.update(1)
-                self._check_precompile(ids)
         finally:
             if bar is not None:
                 bar.close()

@@ -9,7 +9,9 @@ only needs shapes and shardings: the parameters, KV pool and token buffer go in 
 `jax.ShapeDtypeStruct`s, so compilation can start before any weight is read. `jax.jit(...).lower(...)
 .compile()` runs on a thread pool (XLA compiles without the GIL); `dispatch` calls the resulting
 executables directly. A step whose bucket is not ready waits for that bucket alone, and one that has not
-started yet is compiled at once by the step itself, ahead of the queue.
+started yet is compiled at once by the step itself, ahead of the queue. A bucket that fails is logged at
+once; the steps that need it raise its error (the engine then fails their requests, as it would have
+after a lazy compilation failed), `wait()` raises it, and so does LLM(precompile="wait").
 
     LLM(precompile=...)   None: $JAXLLM_PRECOMPILE, else "background" on GPU/TPU and "off" on CPU
                           "background" (True): LLM() returns once the weights are loaded
@@ -158,7 +160,7 @@ class Precompiler:
             bucket.error = RuntimeError(f"Compiling the {bucket.name} ahead of time failed: {type(err).__name__}: {err}")
             bucket.error.__cause__ = err
             if not self._cancelled:  # a cancelled run's failures are nobody's concern
-                logger.error("%s", bucket.error)
+                logger.error("%s (the steps that need this bucket will fail with this error)", bucket.error)
                 with self._cond:
                     self.error = self.error or bucket.error
         self._finish_one()
