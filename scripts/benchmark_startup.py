@@ -198,6 +198,9 @@ def main():
     p.add_argument("--shard-gb", type=float, default=5.0, help="size of each written safetensors file (as HF: 5 GB)")
     p.add_argument("--drop-page-cache", action="store_true", help="empty the OS page cache before each start (root)")
     p.add_argument("--out", default=None, help="folder for startup.jsonl")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="write (and convert) the checkpoint into --work-dir and stop; a later run with the same "
+                        "--work-dir times the starts (so the writing can overlap other work)")
     args = p.parse_args()
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -239,6 +242,8 @@ def main():
                                check=True, env=env)
                 emit({"shape": shape, "step": "jaxllm convert", "seconds": round(time.perf_counter() - t, 2)})
             folders["converted"] = converted
+        if args.prepare_only:
+            return
         for fmt in formats:
             for mode in [m.strip() for m in args.precompile.split(",") if m.strip()]:
                 cache = tempfile.mkdtemp(prefix="xla-cache-", dir=work)
@@ -252,7 +257,7 @@ def main():
     finally:
         if log is not None:
             log.close()
-        if not args.keep and not args.work_dir:
+        if not args.keep and not args.work_dir and not args.prepare_only:
             shutil.rmtree(work, ignore_errors=True)
 
 
