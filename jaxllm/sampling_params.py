@@ -11,16 +11,27 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
-import os
 import warnings
 from dataclasses import dataclass, fields
 from enum import Enum, IntEnum
 from typing import Any
 
+from jaxllm.beam_search_params import BeamSearchParams  # noqa: F401  (re-exported: vLLM's import path)
+from jaxllm.params_validation import (
+    _bool_field,
+    _check_logprobs_limit,
+    _float_field,
+    _int_field,
+    _int_list_field,
+    _is_int,
+    _logit_bias_field,
+    _logprobs_field,
+    _str_list_field,
+    _verify_num_sequences,
+)
+
 _SAMPLING_EPS = 1e-5  # temperatures below this mean greedy sampling
 _MIN_TEMP = 1e-2  # smaller positive temperatures are raised to this (numerical safety)
-_MAX_N_SEQUENCES_DEFAULT = 16384
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 # Limit applied by `SamplingParams.__post_init__`; an engine configured with a larger `max_logprobs`
@@ -44,127 +55,6 @@ class RequestOutputKind(Enum):
     CUMULATIVE = 0  # every RequestOutput carries the whole output so far
     DELTA = 1  # every RequestOutput carries only what is new
     FINAL_ONLY = 2  # only the finished RequestOutput is returned
-
-
-# --- type checks: every wrong type becomes a ValueError naming the field -------------------------
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral)  # bool is an int, as in vLLM
-
-
-def _int_field(name: str, value: Any, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if not _is_int(value):
-        raise ValueError(f"{name} must be an integer, got {type(value).__name__}.")
-    return int(value)
-
-
-def _float_field(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        # ValueError, not TypeError: vLLM and its servers report every invalid parameter as ValueError.
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}.")
-    try:
-        return float(value)
-    except OverflowError:  # an int beyond float range, e.g. 10**400
-        raise ValueError(f"{name} is out of range, got an integer of {len(str(abs(value)))} digits.") from None
-
-
-def _bool_field(name: str, value: Any) -> bool:
-    if hasattr(value, "item") and not isinstance(value, bool):  # numpy scalars
-        value = value.item()
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"{name} must be a boolean, got {type(value).__name__}.")
-
-
-def _int_list_field(name: str, value: Any) -> list[int]:
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{name} must be a list of integers, got {type(value).__name__}.")
-    items = list(value)
-    if not all(_is_int(v) for v in items):
-        raise ValueError(f"{name} must contain only integers, got {items}.")
-    return [int(v) for v in items]
-
-
-def _str_list_field(name: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, bytes) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{name} must be a string or a list of strings, got {type(value).__name__}.")
-    items = list(value)
-    if not all(isinstance(v, str) for v in items):
-        raise ValueError(f"{name} must be a string or a list of strings, got {items!r}.")
-    return items
-
-
-def _verify_num_sequences(value: Any, name: str) -> int:
-    if not _is_int(value):
-        raise ValueError(f"{name} must be an int, but is of type {type(value)}")
-    value = int(value)
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}.")
-    max_n = int(os.environ.get("VLLM_MAX_N_SEQUENCES", _MAX_N_SEQUENCES_DEFAULT))
-    if value > max_n:
-        raise ValueError(
-            f"{name} must be at most {max_n}, got {value}. "
-            "To increase this limit, set the VLLM_MAX_N_SEQUENCES environment variable."
-        )
-    return value
-
-
-def _logprobs_field(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if value is True:
-        return 1
-    value = _int_field(name, value)
-    if value < 0 and value != -1:
-        raise ValueError(f"{name} must be non-negative or -1, got {value}.")
-    return value
-
-
-def _check_logprobs_limit(name: str, value: int | None, limit: int, vocab_size: int | None) -> None:
-    kind = "sample" if name == "logprobs" else "prompt"
-    if not value or limit == -1:
-        return
-    if value == -1:
-        if vocab_size is None:
-            return  # "the whole vocabulary"; checked once the vocabulary size is known
-        value = vocab_size
-    if value > limit:
-        raise ValueError(f"Requested {kind} logprobs of {value}, which is greater than max allowed: {limit}")
-
-
-def _logit_bias_field(value: Any) -> dict[int, float] | None:
-    if value is None:
-        return None
-    if not hasattr(value, "items"):
-        raise ValueError(
-            f"logit_bias must be a dict mapping token ids to biases, got {type(value).__name__}."
-        )
-    bias: dict[int, float] = {}
-    bad_keys = []
-    for token, b in value.items():
-        try:
-            token_id = int(token)
-        except (TypeError, ValueError):
-            bad_keys.append(token)
-            continue
-        if isinstance(b, bool) or not isinstance(b, numbers.Real):
-            raise ValueError(f"logit_bias values must be numbers, got {b!r} for token {token!r}.")
-        b = _float_field(f"logit_bias[{token!r}]", b)
-        if math.isnan(b):
-            raise ValueError(f"logit_bias values must be numbers, got {b!r} for token {token!r}.")
-        bias[token_id] = min(100.0, max(-100.0, b))
-    if bad_keys:
-        raise ValueError(
-            f"logit_bias contains key(s) that cannot be converted to integer token IDs: {bad_keys!r}"
-        )
-    return bias
 
 
 def _output_kind_field(value: Any) -> RequestOutputKind:
@@ -415,31 +305,3 @@ class SamplingParams:
 
     def __repr__(self) -> str:
         return f"SamplingParams({', '.join(f'{k}={getattr(self, k)}' for k in _REPR_FIELDS)})"
-
-
-@dataclass
-class BeamSearchParams:
-    """Parameters of `LLM.beam_search` (vLLM's `BeamSearchParams`)."""
-
-    beam_width: int
-    max_tokens: int
-    ignore_eos: bool = False
-    temperature: float = 0.0
-    length_penalty: float = 1.0
-    include_stop_str_in_output: bool = False
-
-    def __post_init__(self) -> None:
-        self.beam_width = _verify_num_sequences(self.beam_width, "beam_width")
-        self.max_tokens = _int_field("max_tokens", self.max_tokens)
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
-        self.temperature = _float_field("temperature", self.temperature)
-        if not math.isfinite(self.temperature) or self.temperature < 0.0:
-            raise ValueError(f"temperature must be a finite non-negative number, got {self.temperature}.")
-        self.length_penalty = _float_field("length_penalty", self.length_penalty)
-        if not math.isfinite(self.length_penalty):
-            raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty}.")
-        self.ignore_eos = _bool_field("ignore_eos", self.ignore_eos)
-        self.include_stop_str_in_output = _bool_field(
-            "include_stop_str_in_output", self.include_stop_str_in_output
-        )
