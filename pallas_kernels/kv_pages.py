@@ -1,0 +1,34 @@
+"""Writes of new K/V tokens into the paged KV pool (the layout of :mod:`pallas_kernels.paged_attention`)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping):
+    """Scatter new K/V tokens into the paged pool.
+
+    ::
+
+        k_pages, v_pages [K, P, S, H]  viewed as  [K, P*S, H]
+        slot = page_id * S + offset          k, v [T, K, H] -> [K, T, H]
+        pool[:, slot_mapping[t], :] = k[t]   for every token t
+
+    Args:
+      k_pages, v_pages: ``[K, P, S, H]`` pools (may be donated by the caller's jit).
+      k, v: ``[T, K, H]`` new keys / values.
+      slot_mapping: int32 ``[T]`` flat slots ``page_id * S + offset``. Padding tokens point
+        into the null page 0 (slots ``0 .. S-1``); writing there is harmless.
+
+    Returns:
+      The updated ``(k_pages, v_pages)``.
+    """
+    K, P, S, H = k_pages.shape
+    slots = slot_mapping.astype(jnp.int32)  # [T]
+
+    def scatter(pages, new):
+        flat = pages.reshape(K, P * S, H)  # [K, P*S, H]
+        new = jnp.swapaxes(new, 0, 1).astype(pages.dtype)  # [K, T, H]
+        return flat.at[:, slots].set(new, mode="promise_in_bounds").reshape(K, P, S, H)
+
+    return scatter(k_pages, k), scatter(v_pages, v)
