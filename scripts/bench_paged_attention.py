@@ -21,13 +21,17 @@ Usage (GPU)::
 
 Writes ``paged_attention_bench.json``, ``.csv``, ``.md`` and ``paged_attention_bandwidth.png``
 (if matplotlib is installed) under ``--out``; ``--plot-from FILE.json`` redraws the plot only.
+
+The implementations and their inputs are in ``bench_paged_attention_peers.py``, timing and
+the copy ceiling in ``bench_paged_attention_timing.py``, tables and plot in
+``bench_paged_attention_report.py`` (next to this script; ``scripts/`` is on ``sys.path``
+when it runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import itertools
 import json
 import math
@@ -36,20 +40,18 @@ import sys
 import time
 import traceback
 
-KV_DTYPE_BYTES = 2  # bf16
-PAGE = 16
-HEAD_DIM = 128
-IMPLS = ("ours", "jax_triton", "cudnn", "xla")
-LABELS = {
-    "ours": "ours (Pallas)",
-    "jax_triton": "JAX Pallas-Triton paged",
-    "cudnn": "cuDNN paged",
-    "xla": "XLA gather + dense",
-}
-
-
-def kv_bytes(B, L, K, H=HEAD_DIM):
-    return B * L * K * H * KV_DTYPE_BYTES * 2
+from bench_paged_attention_peers import (
+    HEAD_DIM,
+    IMPLS,
+    PAGE,
+    build_impl,
+    check,
+    cudnn_layout,
+    kv_bytes,
+    make_sets,
+)
+from bench_paged_attention_report import markdown_table, plot, sweep_summary
+from bench_paged_attention_timing import jax_copy_bandwidths, time_fn, torch_copy_bandwidth
 
 
 def parse_args(argv=None):
@@ -72,283 +74,6 @@ def parse_args(argv=None):
     p.add_argument("--plot", default="", help="PNG path (default OUT/paged_attention_bandwidth.png)")
     p.add_argument("--tag", default="paged_attention_bench")
     return p.parse_args(argv)
-
-
-# --------------------------------------------------------------------------------------
-# Copy bandwidth (the ceiling)
-# --------------------------------------------------------------------------------------
-
-
-def torch_copy_bandwidth(gib=4.0, repeats=10):
-    """A real cudaMemcpy device-to-device through PyTorch (``dst.copy_(src)``)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    n = int(gib * 2**30) // 2
-    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    best = math.inf
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            dst.copy_(src)
-        stop.record()
-        stop.synchronize()
-        best = min(best, start.elapsed_time(stop) / 1e3 / 5)
-    moved = 2 * n * 2
-    del src, dst
-    torch.cuda.empty_cache()
-    return {
-        "method": "torch dst.copy_(src) (cudaMemcpyAsync D2D)",
-        "bytes": moved,
-        "s": best,
-        "tbps": moved / best / 1e12,
-    }
-
-
-def jax_copy_bandwidths(gib=4.0):
-    """JAX candidates; what XLA emits for each is recorded next to its number."""
-    import jax
-    import jax.numpy as jnp
-    from jax import lax
-
-    n = int(gib * 2**30) // 2
-    x = jax.random.normal(jax.random.key(0), (n,), jnp.bfloat16)
-    results = []
-
-    def hlo_kinds(fn, *args):
-        try:
-            txt = fn.lower(*args).compile().as_text()
-        except Exception:
-            return "?"
-        kinds = []
-        for key in ("copy-start", "custom-call", "fusion", " copy(", "dynamic-update-slice"):
-            if key in txt:
-                kinds.append(key.strip(" ("))
-        return ",".join(kinds)
-
-    cands = {
-        "jax jit x.copy()": (jax.jit(lambda a: a.copy()), (x,), 2),
-        "jax jit x + 1 (elementwise)": (jax.jit(lambda a: a + 1), (x,), 2),
-    }
-    for name, (fn, args, factor) in cands.items():
-        t = time_fn(functools.partial(fn, *args), repeats=5, target_s=0.05)
-        results.append(
-            {
-                "method": name,
-                "bytes": factor * n * 2,
-                "s": t,
-                "tbps": factor * n * 2 / t / 1e12,
-                "hlo": hlo_kinds(fn, *args),
-            }
-        )
-
-    # dynamic_update_slice of the whole buffer into a donated destination
-    dus = jax.jit(lambda dst, src: lax.dynamic_update_slice(dst, src, (0,)), donate_argnums=0)
-    dst = jnp.zeros_like(x)
-    txt = hlo_kinds(dus, dst, x)
-    for _ in range(3):
-        dst = dus(dst, x)
-    dst.block_until_ready()
-    best = math.inf
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(10):
-            dst = dus(dst, x)
-        dst.block_until_ready()
-        best = min(best, (time.perf_counter() - t0) / 10)
-    results.append(
-        {
-            "method": "jax jit dynamic_update_slice into donated buffer",
-            "bytes": 2 * n * 2,
-            "s": best,
-            "tbps": 2 * n * 2 / best / 1e12,
-            "hlo": txt,
-        }
-    )
-    del x, dst
-    return results
-
-
-# --------------------------------------------------------------------------------------
-# Timing
-# --------------------------------------------------------------------------------------
-
-
-def time_fn(call, repeats=5, target_s=0.02, max_calls=200):
-    """Best over ``repeats`` of the mean time of n back-to-back calls (n from a first estimate)."""
-    import jax
-
-    for _ in range(2):
-        jax.block_until_ready(call())
-    t0 = time.perf_counter()
-    jax.block_until_ready(call())
-    est = max(time.perf_counter() - t0, 1e-6)
-    n = int(min(max_calls, max(3, math.ceil(target_s / est))))
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = None
-        for _ in range(n):
-            out = call()
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - t0) / n)
-    return best
-
-
-# --------------------------------------------------------------------------------------
-# Inputs and implementations
-# --------------------------------------------------------------------------------------
-
-
-def make_sets(B, L, N, K, R, seed=0):
-    """R independent input sets: head-major pool [K, B*W + 1, 16, 128] (page 0 = null page),
-    random-permutation block tables, every sequence at full context L."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    W = L // PAGE
-    P = B * W + 1
-    sets = []
-    for r in range(R):
-        key = jax.random.key(1000 * seed + r)
-        kq, kk, kv = jax.random.split(key, 3)
-        q = jax.random.normal(kq, (B, N, HEAD_DIM), jnp.bfloat16)
-        kp = jax.random.normal(kk, (K, P, PAGE, HEAD_DIM), jnp.bfloat16)
-        vp = jax.random.normal(kv, (K, P, PAGE, HEAD_DIM), jnp.bfloat16)
-        perm = np.random.default_rng(r + 17 * seed).permutation(B * W) + 1
-        bt = jnp.asarray(perm.reshape(B, W).astype(np.int32))
-        lens = jnp.full((B,), L, jnp.int32)
-        sets.append((q, kp, vp, bt, lens))
-    return sets
-
-
-def cudnn_layout(s):
-    """The same pages in cuDNN's layout: K/V [B*W, 16, K, H], page table [B, 1, W, 1]."""
-    q, kp, vp, bt, lens = s
-    kc = kp[:, 1:].transpose(1, 2, 0, 3)
-    vc = vp[:, 1:].transpose(1, 2, 0, 3)
-    table = (bt - 1)[:, None, :, None]
-    return q, kc, vc, table, lens
-
-
-def build_impl(name, B, L, N, K, config=None):
-    """Returns (list of (config_label, fn(set) -> [B, N, H])); fn is traced inside a jit."""
-    import jax
-    import jax.numpy as jnp
-
-    scale = HEAD_DIM**-0.5
-    W = L // PAGE
-    if name == "ours":
-        from pallas_kernels.paged_attention import default_config, paged_attention
-
-        cfg = dict(config) if config else {}
-        label = json.dumps(cfg or {"default": default_config(B, K, W, PAGE)}, sort_keys=True)
-
-        def ours(s):
-            q, kp, vp, bt, lens = s
-            return paged_attention(q, kp, vp, bt, lens, scale=scale, **cfg)
-
-        return [(label, ours)]
-    if name == "jax_triton":
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from jax.experimental.pallas.ops.gpu import paged_attention as jpa
-        # (k_splits, pages_per_compute_block): its default, and fewer/more splits.
-        cands = []
-        for ks, ppcb in ((16, 8), (max(1, min(W // 4, pow2_floor(max(1, 512 // (B * K))))), 4)):
-            ks = max(1, min(ks, W))
-            while W % ks:
-                ks //= 2
-            ppcb = max(1, min(ppcb, W // ks))
-            while (W // ks) % ppcb:
-                ppcb //= 2
-            if (ks, ppcb) not in [c[0] for c in cands]:
-                cands.append(((ks, ppcb), None))
-        out = []
-        for (ks, ppcb), _ in cands:
-
-            def jt(s, ks=ks, ppcb=ppcb):
-                q, kp, vp, bt, lens = s
-                return jpa.paged_attention(
-                    q * jnp.asarray(scale, q.dtype),
-                    kp,
-                    vp,
-                    bt,
-                    lens,
-                    k_splits=ks,
-                    pages_per_compute_block=ppcb,
-                    interpret=jax.default_backend() == "cpu",
-                )
-
-            out.append((json.dumps({"k_splits": ks, "pages_per_compute_block": ppcb}), jt))
-        return out
-    if name == "cudnn":
-        from jax._src.cudnn.fused_attention_stablehlo import MaskType
-        from jax._src.cudnn.fused_attention_stablehlo import paged_attention as cudnn_paged
-
-        def cud(s):
-            q, kc, vc, table, lens = s
-            out = cudnn_paged(
-                q[:, None],  # [B, 1, N, H]
-                kc,
-                vc,
-                jnp.ones((q.shape[0],), jnp.int32),
-                lens,
-                table,
-                table,
-                scale=scale,
-                mask_type=MaskType.PADDING,
-                qkv_layout="BTNH",
-            )
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            return out[:, 0]
-
-        return [("{}", cud)]
-    if name == "xla":
-
-        def xla(s):
-            q, kp, vp, bt, lens = s
-            Bq, Nq, H = q.shape
-            Kq, _, S, _ = kp.shape
-            T = bt.shape[1] * S
-            k = kp[:, bt].reshape(Kq, Bq, T, H)  # [K, B, T, H]
-            v = vp[:, bt].reshape(Kq, Bq, T, H)
-            qg = q.reshape(Bq, Kq, Nq // Kq, H)
-            logits = jnp.einsum("bkgh,kbth->bkgt", qg, k, preferred_element_type=jnp.float32) * scale
-            valid = jnp.arange(T)[None, :] < lens[:, None]  # [B, T]
-            logits = jnp.where(valid[:, None, None, :], logits, -jnp.inf)
-            p = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-            o = jnp.einsum("bkgt,kbth->bkgh", p, v, preferred_element_type=jnp.float32)
-            return o.reshape(Bq, Nq, H).astype(q.dtype)
-
-        return [("{}", xla)]
-    raise ValueError(name)
-
-
-def pow2_floor(x):
-    return 1 << (int(x).bit_length() - 1)
-
-
-def check(out_rows, ref_rows):
-    import numpy as np
-
-    o = np.asarray(out_rows, np.float32)
-    r = np.asarray(ref_rows, np.float32)
-    finite = bool(np.isfinite(o).all())
-    rel = float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-30))
-    return finite, rel
 
 
 # --------------------------------------------------------------------------------------
@@ -441,90 +166,6 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
         del use_sets
     del sets
     return records
-
-
-def markdown_table(records, copy):
-    impls = [i for i in IMPLS if any(r["impl"] == i for r in records)]
-    shapes = sorted({(r["N"], r["K"], r["B"], r["L"]) for r in records}, key=lambda s: (s[0], s[2], s[3]))
-    head = "| heads q/kv | B | context | K+V MB | " + " | ".join(LABELS[i] for i in impls) + " | best |"
-    lines = [head, "|" + " --- |" * (5 + len(impls))]
-    for N, K, B, L in shapes:
-        cells = []
-        best = None
-        for i in impls:
-            rs = [r for r in records if (r["N"], r["K"], r["B"], r["L"], r["impl"]) == (N, K, B, L, i)]
-            r = rs[0] if rs else None
-            if r is None:
-                cells.append("-")
-            elif "tbps" not in r:
-                cells.append("fail")
-            else:
-                pct = f" ({100 * r['ratio_to_copy']:.0f}%)" if r.get("ratio_to_copy") else ""
-                mark = "" if r.get("ok") else " WRONG"
-                cells.append(f"{r['time_us']:.1f} us, {r['tbps']:.2f} TB/s{pct}{mark}")
-                if r.get("ok") and (best is None or r["tbps"] > best[1]):
-                    best = (i, r["tbps"])
-        mb = kv_bytes(B, L, K) / 1e6
-        lines.append(
-            f"| {N}/{K} | {B} | {L} | {mb:.0f} | "
-            + " | ".join(cells)
-            + f" | {LABELS[best[0]] if best else '-'} |"
-        )
-    return "\n".join(lines)
-
-
-def plot(records, path, copy_tbps=None):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return False
-    heads = sorted({(r["N"], r["K"]) for r in records})
-    batches = sorted({r["B"] for r in records})
-    fig, axes = plt.subplots(
-        len(heads), len(batches), figsize=(4.2 * len(batches), 3.6 * len(heads)), squeeze=False
-    )
-    styles = {
-        "ours": ("C3", "o", "-"),
-        "jax_triton": ("C0", "s", "--"),
-        "cudnn": ("C2", "^", "-."),
-        "xla": ("C7", "x", ":"),
-    }
-    for (hi, (N, K)), (bi, B) in itertools.product(enumerate(heads), enumerate(batches)):
-        ax = axes[hi][bi]
-        for impl in IMPLS:
-            pts = sorted(
-                (r["L"], r["tbps"])
-                for r in records
-                if (r["N"], r["K"], r["B"], r["impl"]) == (N, K, B, impl) and "tbps" in r and r.get("ok")
-            )
-            if pts:
-                c, m, ls = styles[impl]
-                ax.plot(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    color=c,
-                    marker=m,
-                    linestyle=ls,
-                    label=LABELS[impl],
-                )
-        if copy_tbps:
-            ax.axhline(copy_tbps, color="k", linewidth=0.8, alpha=0.5, label="D2D copy")
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"B={B}, {N}/{K} heads", fontsize=10)
-        ax.set_xlabel("context (tokens)")
-        ax.set_ylabel("K+V read, TB/s")
-        ax.set_ylim(0, max(5.0, (copy_tbps or 0) * 1.1))
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Decode paged attention on an NVIDIA H200 (bf16, head dim 128, page 16)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"plot written to {path}")
-    return True
 
 
 def main(argv=None):
@@ -659,18 +300,6 @@ def default_sweep():
         cfgs.append({"pages_per_compute_block": ppcb, "num_warps": w, "num_stages": st, "token_rows": True})
     cfgs.append({"pages_per_compute_block": 8, "num_warps": 4, "num_stages": 2, "token_rows": False})
     return cfgs
-
-
-def sweep_summary(records):
-    lines = []
-    shapes = sorted({(r["N"], r["K"], r["B"], r["L"]) for r in records})
-    for shape in shapes:
-        rs = [r for r in records if (r["N"], r["K"], r["B"], r["L"]) == shape and "tbps" in r and r.get("ok")]
-        rs.sort(key=lambda r: -r["tbps"])
-        lines.append(f"N/K={shape[0]}/{shape[1]} B={shape[2]} L={shape[3]}:")
-        for r in rs[:5]:
-            lines.append(f"   {r['tbps']:.2f} TB/s {r['time_us']:8.1f} us  {r['config']}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
