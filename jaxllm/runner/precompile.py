@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +41,17 @@ from jaxllm.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 MODES = ("off", "background", "wait")
+_RUNNING: weakref.WeakSet = weakref.WeakSet()
+
+
+def _cancel_at_exit() -> None:
+    """A script that ends while buckets are queued exits once those compiling finish, not all of them."""
+    for precompiler in list(_RUNNING):
+        precompiler.cancel()
+
+
+if hasattr(threading, "_register_atexit"):  # runs before the interpreter joins the compile threads
+    threading._register_atexit(_cancel_at_exit)
 _ALIASES = {"0": "off", "false": "off", "no": "off", "none": "off", "1": "background", "true": "background",
             "on": "background", "yes": "background", "auto": "auto"}
 
@@ -145,6 +157,7 @@ class Precompiler:
         self._pool = ThreadPoolExecutor(max(1, min(workers, self.total)), thread_name_prefix="jaxllm-precompile")
         for bucket in self._buckets.values():
             bucket.future = self._pool.submit(self._build, bucket)
+        _RUNNING.add(self)
 
     def _compile(self, bucket: _Bucket):
         # Tracing and lowering are Python and hold the GIL: one at a time, so that the thread loading the

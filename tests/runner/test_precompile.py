@@ -142,3 +142,24 @@ def test_command_line_flags():
     assert kwargs["precompile"] == "wait" and "enforce_eager" not in kwargs
     kwargs = engine_kwargs(build_parser().parse_args(["serve", "some/model", "--enforce-eager"]))
     assert kwargs["enforce_eager"] is True and "precompile" not in kwargs
+
+
+EXIT_SCRIPT = """
+import atexit, json, sys
+from jaxllm import LLM
+llm = LLM(sys.argv[1], precompile="background", max_model_len=128, max_num_seqs=64, compilation_cache_dir="",
+          skip_tokenizer_init=True)
+buckets = list(llm.runner.precompiler._buckets.values())
+atexit.register(lambda: print(json.dumps({"built": sum(b.compiled is not None for b in buckets), "total": len(buckets)})))
+"""
+
+
+def test_a_script_that_ends_does_not_wait_for_queued_buckets(tiny_model_dir):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, tiny_model_dir], capture_output=True, text=True,
+                          timeout=600, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["total"] == 23 and result["built"] < result["total"] // 2
