@@ -28,9 +28,11 @@ import queue
 import threading
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
+from jaxllm.engine.request_stream import RequestStream
+from jaxllm.engine.stats import EngineSnapshot, FinishedRequestStats, IterationStats, StatLogger
 from jaxllm.outputs import RequestOutput
 from jaxllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
@@ -39,96 +41,6 @@ logger = logging.getLogger(__name__)
 
 class EngineDeadError(RuntimeError):
     """The engine loop has stopped (it crashed, or it was shut down); no request can be served."""
-
-
-@dataclass(frozen=True)
-class EngineSnapshot:
-    """The scheduler's state after the last loop iteration (published by the engine thread)."""
-
-    num_running: int = 0  # sequences in the running batch
-    num_waiting: int = 0  # sequences queued (or preempted)
-    kv_cache_usage: float = 0.0  # fraction of KV pages in use, 0..1
-    num_unfinished_requests: int = 0  # requests with a live stream
-    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache, since start
-    prefix_cache_hits: int = 0  # ... of which were found
-
-
-@dataclass
-class FinishedRequestStats:
-    finish_reason: str
-    e2e_latency: float
-    num_prompt_tokens: int
-    num_generation_tokens: int
-
-
-@dataclass
-class IterationStats:
-    """What one loop iteration did: tokens, latencies and the requests that ended."""
-
-    num_prompt_tokens: int = 0
-    num_generation_tokens: int = 0
-    num_preemptions: int = 0
-    time_to_first_tokens: list[float] = field(default_factory=list)
-    inter_token_latencies: list[float] = field(default_factory=list)
-    finished_requests: list[FinishedRequestStats] = field(default_factory=list)
-
-
-class StatLogger(Protocol):
-    """Receives statistics from the engine thread (it must be thread-safe and fast)."""
-
-    def record(self, snapshot: EngineSnapshot, stats: IterationStats) -> None: ...
-
-
-class RequestStream:
-    """The outputs of one request, as an async iterator of DELTA `RequestOutput`s.
-
-    Iteration ends after the finished output. Leaving the iteration early (an exception, a cancelled
-    task, a `break` followed by `close()`) aborts the request, which frees its KV blocks.
-    """
-
-    def __init__(self, request_id: str, engine: AsyncLLMEngine, loop: asyncio.AbstractEventLoop):
-        self.request_id = request_id
-        self._engine = engine
-        self._loop = loop
-        self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self._pending_error: BaseException | None = None
-        self.finished = False
-
-    def _put(self, item: RequestOutput | BaseException) -> None:  # runs on the event loop
-        self._queue.put_nowait(item)
-
-    def __aiter__(self) -> RequestStream:
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if self.finished:
-            raise StopAsyncIteration
-        try:
-            item = self._pending_error or await self._queue.get()
-            self._pending_error = None
-            if isinstance(item, BaseException):
-                raise item
-            while not item.finished and not self._queue.empty():  # catch up: merge queued deltas
-                nxt = self._queue.get_nowait()
-                if isinstance(nxt, BaseException):
-                    self._pending_error = nxt
-                    break
-                item.add(nxt, aggregate=True)
-        except BaseException:
-            self.close()
-            raise
-        if item.finished:
-            self.finished = True
-        return item
-
-    def close(self) -> None:
-        """Abort the request unless it has finished (idempotent)."""
-        if not self.finished:
-            self.finished = True
-            self._engine._abort_soon(self.request_id)
-
-    async def aclose(self) -> None:
-        self.close()
 
 
 @dataclass

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 
-from jaxllm.engine.async_engine import EngineSnapshot, IterationStats
+from jaxllm.engine.stats import EngineSnapshot, IterationStats
 
 logger = logging.getLogger(__name__)
 
