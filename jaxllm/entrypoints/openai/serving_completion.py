@@ -20,9 +20,9 @@ from jaxllm.entrypoints.openai.serving_engine import (
     SSE_DONE,
     GenerationError,
     OpenAIServing,
-    merge_streams,
     sse,
 )
+from jaxllm.entrypoints.openai.stream_merge import merge_streams
 from jaxllm.outputs import CompletionOutput, RequestOutput
 
 _NO_PROMPT = "Either prompt or prompt_embeds must be provided and non-empty."

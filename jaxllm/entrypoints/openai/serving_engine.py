@@ -9,160 +9,52 @@ engine output holds the n best beams, best first, which the endpoints answer lik
 Operator limits (`--max-n`, `--max-prompt-tokens`) are 400s here; `RequestTracker` enforces
 `--request-timeout` (408) and aborts what is still running when a shutdown outlasts `--shutdown-timeout`
 (503): it fails the request's streams, which aborts their engine requests and frees their KV blocks.
+
+Split out of this module (and re-exported from it): `ServingConfig` (serving_config.py), `RequestTracker`
+and its errors (request_tracker.py), the logprobs formatting (serving_logprobs.py), `merge_streams` /
+`collect_final` (stream_merge.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
-import weakref
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from jaxllm.chat_utils import apply_chat_template
 from jaxllm.engine.async_engine import AsyncLLMEngine, RequestStream
 from jaxllm.entrypoints.openai.errors import OpenAIError
-from jaxllm.entrypoints.openai.protocol import (
-    ChatCompletionLogProbs,
-    ChatLogProb,
-    ChatLogProbsContent,
-    CompletionLogProbs,
-    PromptTokenUsageInfo,
-    UsageInfo,
-    random_id,
+from jaxllm.entrypoints.openai.protocol import PromptTokenUsageInfo, UsageInfo, random_id
+
+# Moved to their own modules; re-exported here, where the endpoints and tests import them from.
+from jaxllm.entrypoints.openai.request_tracker import (  # noqa: F401
+    RequestTimeoutError,
+    RequestTracker,
+    ShutdownAbortError,
+    fail_stream,
 )
-from jaxllm.outputs import Logprob, RequestOutput
+from jaxllm.entrypoints.openai.serving_config import ServingConfig
+from jaxllm.entrypoints.openai.serving_logprobs import (  # noqa: F401
+    MIN_LOGPROB,
+    OpenAIServingLogprobs,
+    clamp_logprob,
+)
+from jaxllm.entrypoints.openai.stream_merge import collect_final, merge_streams  # noqa: F401
+from jaxllm.outputs import RequestOutput
 from jaxllm.sampling_params import BeamSearchParams, SamplingParams
 
 logger = logging.getLogger(__name__)
 
-MIN_LOGPROB = -9999.0  # -inf is not JSON; OpenAI clients expect a finite number
 SSE_DONE = "data: [DONE]\n\n"
-_SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 # A beam's score divides by len ** length_penalty; past this bound the length term swamps the
 # log-probabilities (and for long beams leaves the float range).
 MAX_ABS_LENGTH_PENALTY = 10.0
-
-
-@dataclass
-class ServingConfig:
-    """What the frontend knows about the model and how it was told to serve it."""
-
-    served_model_names: list[str]
-    model_root: str
-    max_model_len: int
-    vocab_size: int
-    max_logprobs: int = 20
-    chat_template: str | None = None
-    response_role: str = "assistant"
-    trust_request_chat_template: bool = False
-    enable_prompt_tokens_details: bool = False
-    enable_force_include_usage: bool = False
-    return_tokens_as_token_ids: bool = False
-    log_requests: bool = False
-    max_log_len: int | None = None
-    default_sampling: dict[str, Any] = field(default_factory=dict)  # from generation_config.json
-    default_max_tokens: int | None = None  # generation_config.json's max_new_tokens
-    max_n: int | None = None  # --max-n: the largest n / best_of / beam width a request may ask for
-    max_prompt_tokens: int | None = None  # --max-prompt-tokens
-    request_timeout: float | None = None  # --request-timeout, seconds
-
-    @staticmethod
-    def sampling_defaults(generation_config: dict[str, Any] | None) -> tuple[dict[str, Any], int | None]:
-        """(sampling defaults, max_tokens cap) from a model's generation_config.json, as vLLM reads it."""
-        cfg = generation_config or {}
-        defaults = {k: cfg[k] for k in _SAMPLING_DEFAULT_KEYS if cfg.get(k) is not None}
-        return defaults, cfg.get("max_new_tokens")
 
 
 def sse(payload: str) -> str:
     return f"data: {payload}\n\n"
 
 
-def clamp_logprob(value: float) -> float:
-    return max(value, MIN_LOGPROB) if not math.isnan(value) else MIN_LOGPROB
-
-
-class RequestTimeoutError(OpenAIError):
-    def __init__(self, timeout: float) -> None:
-        super().__init__(
-            f"The request did not finish within the server's request timeout of {timeout:g} seconds "
-            "(--request-timeout) and was aborted.", 408)
-
-
-class ShutdownAbortError(OpenAIError):
-    def __init__(self) -> None:
-        super().__init__("The server is shutting down; the request was aborted when the shutdown timeout "
-                         "(--shutdown-timeout) ran out.", 503)
-
-
-def fail_stream(stream: RequestStream, err: BaseException) -> None:
-    """Make `stream`'s consumer raise `err` at its next output (it then aborts the engine request).
-
-    Uses the stream's own queue, the way the engine thread reports a dead engine; runs on the event loop.
-    """
-    if not stream.finished:
-        stream._put(err)
-
-
-class RequestTracker:
-    """The engine requests the HTTP handlers are waiting on: their deadlines, and the shutdown abort.
-
-    Streams are held weakly: a stream nobody consumes any more (its engine request finished or was
-    aborted) drops out by itself. Every method runs on the event loop.
-    """
-
-    def __init__(self, timeout: float | None = None):
-        self.timeout = timeout
-        self.draining = False
-        self._streams: weakref.WeakSet[RequestStream] = weakref.WeakSet()
-        self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._abort_error: BaseException | None = None
-
-    def track(self, streams: list[RequestStream]) -> None:
-        """Watch the streams of one HTTP request (until `untrack`); its timeout runs from now."""
-        if not streams:
-            return
-        for stream in streams:
-            self._streams.add(stream)
-        if self._abort_error is not None:
-            for stream in streams:
-                fail_stream(stream, self._abort_error)
-        elif self.timeout is not None:
-            loop = asyncio.get_running_loop()
-            key = id(streams[0])
-            self._timers[key] = loop.call_later(self.timeout, self._expire, key, list(streams))
-
-    def untrack(self, streams: list[RequestStream]) -> None:
-        for stream in streams:
-            self._streams.discard(stream)
-        if streams:
-            timer = self._timers.pop(id(streams[0]), None)
-            if timer is not None:
-                timer.cancel()
-
-    def _expire(self, key: int, streams: list[RequestStream]) -> None:
-        self._timers.pop(key, None)
-        if any(not s.finished for s in streams):
-            logger.warning("Request %s timed out after %gs; aborting it", streams[0].request_id, self.timeout)
-        for stream in streams:
-            fail_stream(stream, RequestTimeoutError(self.timeout))
-
-    def abort_all(self, err: BaseException) -> int:
-        """Fail every tracked request (and any tracked later) with `err`; returns how many were running."""
-        self._abort_error = err
-        live = [s for s in list(self._streams) if not s.finished]
-        for stream in live:
-            fail_stream(stream, err)
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        return len(live)
-
-
-class OpenAIServing:
+class OpenAIServing(OpenAIServingLogprobs):
     def __init__(self, engine: AsyncLLMEngine, tokenizer: Any, config: ServingConfig,
                  tracker: RequestTracker | None = None):
         self.engine = engine
@@ -413,133 +305,9 @@ class OpenAIServing:
         continuous = include and bool(opts is not None and opts.continuous_usage_stats)
         return include, continuous
 
-    def decode_token(self, token_id: int) -> str:
-        text = self._decoded.get(token_id)
-        if text is None:
-            text = self.tokenizer.decode([token_id])
-            self._decoded[token_id] = text
-        return text
-
-    def token_str(self, token_id: int, logprob: Logprob | None, as_ids: bool) -> str:
-        if as_ids or self.config.return_tokens_as_token_ids:
-            return f"token_id:{token_id}"
-        if logprob is not None and logprob.decoded_token is not None:
-            return logprob.decoded_token
-        return self.decode_token(token_id)
-
-    def completion_logprobs(
-        self, token_ids: list[int], steps: list[dict[int, Logprob] | None], initial_offset: int, as_ids: bool
-    ) -> CompletionLogProbs:
-        """Completions-style logprobs; a step of None (the first prompt token) gives nulls."""
-        result = CompletionLogProbs()
-        offset = initial_offset
-        for token_id, step in zip(token_ids, steps):
-            chosen = step.get(token_id) if step is not None else None
-            token = self.token_str(token_id, chosen, as_ids)
-            result.tokens.append(token)
-            result.text_offset.append(offset)
-            offset += len(token)
-            if step is None:
-                result.token_logprobs.append(None)
-                result.top_logprobs.append(None)
-                continue
-            result.token_logprobs.append(clamp_logprob(chosen.logprob) if chosen is not None else None)
-            result.top_logprobs.append(
-                {self.token_str(t, lp, as_ids): clamp_logprob(lp.logprob) for t, lp in step.items()}
-            )
-        return result
-
-    def chat_logprobs(
-        self, token_ids: list[int], steps: list[dict[int, Logprob]], num_top: int, as_ids: bool
-    ) -> ChatCompletionLogProbs:
-        """Chat-style logprobs: each token with exactly `num_top` alternatives (by rank)."""
-        content = []
-        for token_id, step in zip(token_ids, steps):
-            chosen = step.get(token_id)
-            token = self.token_str(token_id, chosen, as_ids)
-            ranked = sorted((lp.rank or 1 << 30, t, lp) for t, lp in step.items())
-            top = [
-                ChatLogProb(token=(s := self.token_str(t, lp, as_ids)), logprob=clamp_logprob(lp.logprob),
-                            bytes=list(s.encode("utf-8", errors="replace")))
-                for rank, t, lp in ranked
-                if rank <= num_top
-            ][:num_top]
-            content.append(
-                ChatLogProbsContent(
-                    token=token,
-                    logprob=clamp_logprob(chosen.logprob) if chosen is not None else MIN_LOGPROB,
-                    bytes=list(token.encode("utf-8", errors="replace")),
-                    top_logprobs=top,
-                )
-            )
-        return ChatCompletionLogProbs(content=content)
-
-    @staticmethod
-    def prompt_logprobs_json(steps: list[dict[int, Logprob] | None] | None) -> list[dict[int, Any] | None] | None:
-        if steps is None:
-            return None
-        return [
-            None if step is None else {
-                t: {"logprob": clamp_logprob(lp.logprob), "rank": lp.rank, "decoded_token": lp.decoded_token}
-                for t, lp in step.items()
-            }
-            for step in steps
-        ]
-
 
 class GenerationError(OpenAIError):
     """A model step failed for this request (finish_reason "error")."""
 
     def __init__(self) -> None:
         super().__init__("Internal server error", 500)
-
-
-async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """(index of the stream, output) from several request streams, as outputs arrive."""
-    if len(streams) == 1:
-        async for out in streams[0]:
-            yield 0, out
-        return
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-    done = object()
-
-    async def pump(i: int, stream: RequestStream) -> None:
-        try:
-            async for out in stream:
-                queue.put_nowait((i, out))
-        except Exception as err:
-            queue.put_nowait((i, err))
-        finally:
-            queue.put_nowait((i, done))
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        remaining = len(streams)
-        while remaining:
-            i, item = await queue.get()
-            if item is done:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield i, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        for stream in streams:
-            stream.close()
-
-
-async def collect_final(streams: list[RequestStream]) -> list[RequestOutput]:
-    """Each stream's DELTA outputs merged into its final output."""
-    finals: list[RequestOutput | None] = [None] * len(streams)
-    try:
-        async for i, out in merge_streams(streams):
-            if finals[i] is None:
-                finals[i] = out
-            else:
-                finals[i].add(out, aggregate=True)
-    finally:
-        for stream in streams:
-            stream.close()
-    return finals  # type: ignore[return-value]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jaxllm.entrypoints.openai.protocol import ModelCard, ModelList, ModelPermission
-from jaxllm.entrypoints.openai.serving_engine import ServingConfig
+from jaxllm.entrypoints.openai.serving_config import ServingConfig
 
 
 class OpenAIServingModels:
