@@ -262,7 +262,7 @@ def load_engine(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from jaxllm import LLM
     from jaxllm.engine.async_engine import AsyncLLMEngine
     from jaxllm.entrypoints.cli import engine_kwargs
-    from jaxllm.entrypoints.openai.api_server import serving_config
+    from jaxllm.entrypoints.openai.app import serving_config
     from jaxllm.entrypoints.openai.cli_args import validate_args
     from jaxllm.sampling_params import set_max_logprobs_limit
 
