@@ -1,4 +1,5 @@
-"""Parameters of a beam search (`LLM.beam_search`, `use_beam_search` requests), as vLLM's `BeamSearchParams`."""
+"""Parameters of a beam search (`LLM.beam_search`, `use_beam_search` requests): vLLM's `BeamSearchParams`.
+"""
 
 from __future__ import annotations
 
