@@ -91,6 +91,8 @@ class BlockManager:
 
     def _hashes(self, request: Request, num_full: int) -> list[int]:
         hashes = request.block_hashes
+        if len(hashes) >= num_full:  # the common case at a decode step: nothing new to name
+            return hashes[:num_full]
         tokens = request.all_token_ids
         s = self.block_size
         while len(hashes) < num_full:
@@ -128,7 +130,8 @@ class BlockManager:
         """Name the full pages whose tokens are all computed, so later prompts can share them."""
         if not self.enable_prefix_caching:
             return
-        full = min(request.num_computed_tokens, len(request.all_token_ids)) // self.block_size
+        num_tokens = request.num_prompt_tokens + len(request.output_token_ids)
+        full = min(request.num_computed_tokens, num_tokens) // self.block_size
         for i, h in enumerate(self._hashes(request, full)):
             block = request.block_ids[i]
             if self.block_hash[block] is None and h not in self.cached:

@@ -18,7 +18,14 @@ class RequestStatus(enum.Enum):
 
     @property
     def finished(self) -> bool:
-        return self.value in ("stop", "length", "abort", "error")
+        return self in _FINISHED
+
+
+# A tuple, not a set: membership then compares identities and never calls Enum's Python-level __hash__.
+_FINISHED = (
+    RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_ABORTED,
+    RequestStatus.FINISHED_ERROR,
+)
 
 
 @dataclass(eq=False)
@@ -71,7 +78,7 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return self.status.finished
+        return self.status in _FINISHED  # read for every sequence at every step: no enum property
 
     @property
     def wants_prompt_logprobs(self) -> bool:
