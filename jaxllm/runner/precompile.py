@@ -41,6 +41,8 @@ from jaxllm.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 MODES = ("off", "background", "wait")
+_ALIASES = {"0": "off", "false": "off", "no": "off", "none": "off", "1": "background", "true": "background",
+            "on": "background", "yes": "background", "auto": "auto"}
 _RUNNING: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -52,8 +54,6 @@ def _cancel_at_exit() -> None:
 
 if hasattr(threading, "_register_atexit"):  # runs before the interpreter joins the compile threads
     threading._register_atexit(_cancel_at_exit)
-_ALIASES = {"0": "off", "false": "off", "no": "off", "none": "off", "1": "background", "true": "background",
-            "on": "background", "yes": "background", "auto": "auto"}
 
 
 def resolve_mode(precompile: bool | str | None, enforce_eager: bool = False) -> str:
