@@ -96,13 +96,22 @@ def ragged_paged_attention(
     t, n, h = q.shape
     kh, p_, s_, _ = k_pages.shape
     g = n // kh
-    qn = block_rows.shape[0]
-    w = block_tables.shape[1]
-    ppcb = min(8, w)
-    if interpret is None:
-        interpret = jax.default_backend() == "cpu"
     if scale is None:
         scale = h**-0.5
+    if g & (g - 1):
+        # Triton tiles must have power-of-two sizes, and a program holds Qb * G query rows: pad each kv
+        # head's group of query heads (6 for Qwen2.5-1.5B) with zero queries, dropped afterwards.
+        gp = 1 << (g - 1).bit_length()
+        qp = jnp.pad(q.reshape(t, kh, g, h), ((0, 0), (0, 0), (0, gp - g), (0, 0))).reshape(t, kh * gp, h)
+        sp = None if alibi_slopes is None else jnp.pad(alibi_slopes.reshape(kh, g), ((0, 0), (0, gp - g))).reshape(-1)
+        out = ragged_paged_attention(qp, k_pages, v_pages, positions, block_tables, block_rows, block_starts,
+                                     block_lens, alibi_slopes=sp, scale=scale, qb=qb, interpret=interpret)
+        return out.reshape(t, kh, gp, h)[:, :, :g].reshape(t, n, h)
+    qn = block_rows.shape[0]
+    w = block_tables.shape[1]
+    ppcb = min(8, 1 << (w - 1).bit_length())  # pages per inner step: a power of two (Triton tile sizes)
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
     w_pad = -(-w // ppcb) * ppcb
     block_tables = jnp.pad(block_tables, ((0, 0), (0, w_pad - w)))
     q_pad = jnp.pad(q, ((0, qb), (0, 0), (0, 0)))  # a block may read past the last token

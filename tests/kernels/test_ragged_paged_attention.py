@@ -54,10 +54,11 @@ def _numpy_attention(q, k_pages, v_pages, pos, seg, tables):
     return out
 
 
-def test_alibi_matches_reference():
+@pytest.mark.parametrize("groups", [2, 3])
+def test_alibi_matches_reference(groups):
     rng = np.random.default_rng(3)
-    q, kp, vp, pos, seg, tables, starts, lens = _case(rng, [(5, 6), (0, 9)], kv_heads=2, groups=2)
-    slopes = jnp.asarray(rng.uniform(0.05, 0.5, size=4).astype(np.float32))
+    q, kp, vp, pos, seg, tables, starts, lens = _case(rng, [(5, 6), (0, 9)], kv_heads=2, groups=groups)
+    slopes = jnp.asarray(rng.uniform(0.05, 0.5, size=2 * groups).astype(np.float32))
     rows, bstarts, blens = query_blocks(starts, lens, 4, num_blocks=8)
     args = [jnp.asarray(x) for x in (q, kp, vp, pos)]
     got = ragged_paged_attention(*args, jnp.asarray(tables), rows, bstarts, blens, alibi_slopes=slopes, qb=4)
@@ -65,7 +66,7 @@ def test_alibi_matches_reference():
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("groups", [1, 4, 6])  # 6 (Qwen2.5-1.5B) is padded to a power of two
 @pytest.mark.parametrize("qb", [4, 16])
 def test_kernel_matches_reference_and_numpy(groups, qb):
     rng = np.random.default_rng(groups * 10 + qb)
