@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from jaxllm.quantization.awq_kernel import _MAGIC, NUM_SMS, _TritonCompilerParams
+from jaxllm.quantization.awq_kernel import _MAGIC, NUM_SMS, gather_columns, triton_params
 from jaxllm.quantization.weights import AWQ_SHIFTS, QuantizedWeight
 
 MAX_ROWS = 8  # above this many rows the multiply-adds per weight outgrow the bytes saved
@@ -115,11 +115,6 @@ def awq_gemv_pallas(
     xt = jnp.pad(x, ((0, mp - m), (0, 0))).T if mp != m else x.T  # [K, Mp]
     ks = k // cfg.splits
     zrows = ks // group
-    params = {}
-    if not interpret and jax.default_backend() != "tpu":
-        if _TritonCompilerParams is None:  # pragma: no cover
-            raise RuntimeError("This jax has no Pallas Triton backend (jax.experimental.pallas.triton).")
-        params["compiler_params"] = _TritonCompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     partial = pl.pallas_call(
         functools.partial(_kernel, group=group, steps=zrows, rows=m),
         grid=(n8 // cfg.bw, cfg.splits),
@@ -132,8 +127,6 @@ def awq_gemv_pallas(
         out_specs=pl.BlockSpec((None, mp, 8 * cfg.bw), lambda j, s: (s, 0, j)),
         out_shape=jax.ShapeDtypeStruct((cfg.splits, mp, n), jnp.float32),
         interpret=interpret,
-        **params,
+        **triton_params(cfg, interpret),
     )(xt, w.qweight, w.zeros, w.scales)
-    y = partial[:, :m].sum(axis=0) if cfg.splits > 1 else partial[0, :m]  # [M, N], j-major per program
-    y = jnp.swapaxes(y.reshape(m, n8 // cfg.bw, 8, cfg.bw), 2, 3)  # -> column 8c + j
-    return y.reshape(m, n).astype(x.dtype)
+    return gather_columns(partial, m, cfg.bw, x.dtype)

@@ -162,11 +162,6 @@ def awq_matmul_pallas(
     kernel = functools.partial(
         _kernel, bk=bk, group=group, steps=ks // bk, rows=m, masked=masked, tf32=x.dtype != jnp.float32
     )
-    params = {}
-    if not interpret and jax.default_backend() != "tpu":
-        if _TritonCompilerParams is None:  # pragma: no cover
-            raise RuntimeError("This jax has no Pallas Triton backend (jax.experimental.pallas.triton).")
-        params["compiler_params"] = _TritonCompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     partial = pl.pallas_call(
         kernel,
         grid=(mp // bm, n8 // bw, splits),
@@ -179,8 +174,24 @@ def awq_matmul_pallas(
         out_specs=pl.BlockSpec((None, bm, 8 * bw), lambda i, j, s: (s, i, j)),
         out_shape=jax.ShapeDtypeStruct((splits, mp, n), jnp.float32),
         interpret=interpret,
-        **params,
+        **triton_params(cfg, interpret),
     )(xp, w.qweight, w.zeros, w.scales)
-    y = partial[:, :m].sum(axis=0) if splits > 1 else partial[0, :m]  # [M, N], j-major within each block
-    y = jnp.swapaxes(y.reshape(m, n8 // bw, 8, bw), 2, 3)  # -> column 8c + j
-    return y.reshape(m, n).astype(x.dtype)
+    return gather_columns(partial, m, bw, x.dtype)
+
+
+def triton_params(cfg, interpret: bool) -> dict:
+    """The pallas_call keyword for the launch configuration's warps and stages (none when interpreted)."""
+    if interpret or jax.default_backend() == "tpu":
+        return {}
+    if _TritonCompilerParams is None:  # pragma: no cover
+        raise RuntimeError("This jax has no Pallas Triton backend (jax.experimental.pallas.triton).")
+    return {"compiler_params": _TritonCompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)}
+
+
+def gather_columns(partial: jax.Array, m: int, bw: int, dtype) -> jax.Array:
+    """Epilogue of both AWQ kernels: sum the K splits of a float32 [splits, Mp, N] buffer whose programs
+    wrote their 8 * bw columns nibble-position-major, and put the columns back in order (8c + j)."""
+    splits, _, n = partial.shape
+    y = partial[:, :m].sum(axis=0) if splits > 1 else partial[0, :m]
+    y = jnp.swapaxes(y.reshape(m, n // 8 // bw, 8, bw), 2, 3)
+    return y.reshape(m, n).astype(dtype)
