@@ -23,6 +23,13 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+try:  # Triton's compiler parameters: passing them selects the Triton lowering on every jax version
+    from jax.experimental.pallas import triton as _plgpu
+
+    _TritonCompilerParams = getattr(_plgpu, "CompilerParams", None)
+except ImportError:  # pragma: no cover - depends on the installed jax
+    _TritonCompilerParams = None
+
 _M_INIT = -1e30
 
 
@@ -117,6 +124,9 @@ def ragged_paged_attention(
     q_pad = jnp.pad(q, ((0, qb), (0, 0), (0, 0)))  # a block may read past the last token
     pos_pad = jnp.pad(positions, (0, qb))
     slopes = jnp.zeros((n,), jnp.float32) if alibi_slopes is None else alibi_slopes.astype(jnp.float32)
+    params = {}
+    if not interpret and jax.default_backend() != "tpu" and _TritonCompilerParams is not None:
+        params["compiler_params"] = _TritonCompilerParams(num_warps=4, num_stages=3)  # Pallas-Triton defaults
     whole = pl.BlockSpec(memory_space=pl.ANY) if interpret else None
     full = lambda shape: whole or pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))
     smem = lambda shape: pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))
@@ -131,6 +141,7 @@ def ragged_paged_attention(
         out_specs=pl.BlockSpec((None, qb, g, h), lambda i, hh: (i, 0, hh, 0)),
         out_shape=jax.ShapeDtypeStruct((qn, qb, n, h), q.dtype),
         interpret=interpret,
+        **params,
     )(block_rows, block_starts, block_lens, pos_pad, block_tables, slopes, q_pad, k_pages, v_pages)
     # Scatter blocks back to packed order; rows past a block's length go to a discarded extra slot.
     idx = block_starts[:, None] + jnp.arange(qb)[None, :]  # [Qn, Qb]

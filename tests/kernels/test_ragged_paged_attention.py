@@ -88,3 +88,35 @@ def test_query_blocks_never_span_two_sequences():
     assert rows.tolist() == [0, 0, 1, 2, 2, 2, 0, 0]
     assert starts.tolist() == [0, 4, 5, 6, 10, 14, 0, 0]
     assert lens.tolist() == [4, 1, 1, 4, 4, 1, 0, 0]
+
+
+def _triton_backend_available():
+    try:
+        from jax._src.pallas.triton import pallas_call_registration  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _triton_backend_available(), reason="jax has no Pallas Triton backend")
+@pytest.mark.parametrize(("heads", "kv_heads", "width"), [(32, 8, 128), (12, 2, 5), (71, 1, 3)])
+def test_triton_lowering_without_gpu(heads, kv_heads, width):
+    """Cross-lower for CUDA: Triton needs power-of-two tiles, whatever the model's query group
+    (Llama-3-8B 4, Qwen2.5-1.5B 6, falcon-7b 71) or the table width."""
+    import jax
+
+    t, h, pages, page = 64, 128, 40, 16
+    args = [
+        jax.ShapeDtypeStruct((t, heads, h), jnp.bfloat16),
+        jax.ShapeDtypeStruct((kv_heads, pages, page, h), jnp.bfloat16),
+        jax.ShapeDtypeStruct((kv_heads, pages, page, h), jnp.bfloat16),
+        jax.ShapeDtypeStruct((t,), jnp.int32),
+        jax.ShapeDtypeStruct((4, width), jnp.int32),
+    ] + [jax.ShapeDtypeStruct((8,), jnp.int32)] * 3
+
+    exported = jax.export.export(
+        jax.jit(lambda *a: ragged_paged_attention(*a, qb=16, interpret=False)),
+        platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(*args)
+    assert "xla.gpu.triton" in exported.mlir_module()
