@@ -223,6 +223,11 @@ def attention(
     Under a tensor-parallel mesh (`jax.set_mesh` with a "tp" axis) the pool write and the Pallas
     kernel, which XLA cannot partition, run per kv-head shard under `shard_map`.
     """
+    h, pool_h = q.shape[-1], kv_cache[0].shape[-1]
+    if pool_h != h:  # the pool stores heads zero-padded to a power of two (runner/kv_cache.pool_head_dim)
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pool_h - h)))
+        out, cache = attention(pad(q), pad(k), pad(v), kv_cache, positions, md, scale, alibi_slopes)
+        return out[..., :h], cache
     mesh = _tensor_parallel_mesh()
     write, decode, ragged = write_to_kv_pages, paged_attention, ragged_paged_attention
     if mesh is not None:

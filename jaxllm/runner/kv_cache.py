@@ -37,7 +37,7 @@ def plan_num_blocks(
     `weights_to_come`: bytes of parameters each device will receive after this call (planning before the
     weights are loaded, so the pool's shape is known to the steps compiled meanwhile).
     """
-    per_block = model.kv_bytes_per_token() * cache.block_size // tp
+    per_block = model.kv_bytes_per_token() * pool_head_dim(model.head_dim) // model.head_dim * cache.block_size // tp
     pages_per_seq = -(-sched.max_model_len // cache.block_size)
     if cache.num_gpu_blocks_override is not None:
         num_blocks = cache.num_gpu_blocks_override
@@ -70,10 +70,22 @@ def plan_num_blocks(
     return int(num_blocks)
 
 
+def pool_head_dim(head_dim: int) -> int:
+    """The head size the pool stores: the model's, or on a GPU the next power of two.
+
+    The Pallas kernels' Triton tiles must have power-of-two sizes, so a head size such as 80 (phi-2,
+    OPT-2.7b) or 112 (MPT-30b) is stored zero-padded to 128; queries are padded the same way, which
+    leaves every dot product unchanged. JAXLLM_KV_POW2_HEAD_DIM=1 / 0 forces it on / off.
+    """
+    forced = os.environ.get("JAXLLM_KV_POW2_HEAD_DIM", "auto").lower()
+    pad = jax.default_backend() == "gpu" if forced == "auto" else forced in ("1", "true", "yes", "on")
+    return 1 << (head_dim - 1).bit_length() if pad else head_dim
+
+
 def allocate_kv_caches(
     model: ModelConfig, num_blocks: int, block_size: int, sharding=None
 ) -> list[tuple[jax.Array, jax.Array]]:
     """Zeroed pools, created directly in their shards when `sharding` is given."""
-    shape = (model.num_kv_heads, num_blocks, block_size, model.head_dim)
+    shape = (model.num_kv_heads, num_blocks, block_size, pool_head_dim(model.head_dim))
     zeros = jax.jit(lambda: jnp.zeros(shape, jnp.dtype(model.dtype)), out_shardings=sharding)
     return [(zeros(), zeros()) for _ in range(model.num_layers)]

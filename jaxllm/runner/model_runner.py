@@ -27,7 +27,7 @@ from jaxllm.quantization.placement import dummy_param, put_param
 from jaxllm.runner import abstract_params, compile_counter
 from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
-from jaxllm.runner.kv_cache import allocate_kv_caches, plan_num_blocks
+from jaxllm.runner.kv_cache import allocate_kv_caches, plan_num_blocks, pool_head_dim
 from jaxllm.runner.logit_bias import step_logit_bias
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
 from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
@@ -202,7 +202,7 @@ class ModelRunner:
     def _start_precompile(self, params) -> None:
         """Compile every bucket for default sampling on background threads, from abstract arguments."""
         cfg, cache = self.model_config, self.cache_config
-        pool_shape = (cfg.num_kv_heads, cache.num_blocks, cache.block_size, cfg.head_dim)
+        pool_shape = (cfg.num_kv_heads, cache.num_blocks, cache.block_size, pool_head_dim(cfg.head_dim))
         page = jax.ShapeDtypeStruct(pool_shape, jnp.dtype(cfg.dtype), sharding=sharding.kv_cache_sharding(self.mesh))
         kv = [(page, page) for _ in range(cfg.num_layers)]
         buffer = jax.ShapeDtypeStruct(
