@@ -5,7 +5,8 @@
 #   2. 8B-Llama decode, bf16 (fused projections), batch 1 and 32;
 #   3. 8B-Llama decode, AWQ (fp16 activations), batch 1 and 32 (the kernels pass their first-use
 #      check or XLA runs; the JSON says which);
-#   4. start-up from safetensors and from a converted checkpoint, cold and warm.
+#   4. start-up from safetensors and from a converted checkpoint, cold and warm;
+#   5. the GPU-only tests (kernels against their references), when pytest is installed.
 # The checkpoint for 4 is written and converted on the CPU while 1-3 use the GPU.
 # Usage: OUT=results bash scripts/gpu_check.sh
 set -u
@@ -42,4 +43,9 @@ stamp "startup"
 formats=safetensors; grep -q '"jaxllm convert"' "$LOGS/prepare.log" && formats=safetensors,converted
 $STARTUP --from $formats --out "$OUT" > "$LOGS/startup.log" 2>&1; stamp "rc=$?"
 grep -E '^\{|Error' "$LOGS/startup.log" | cut -c1-900
+if [ "${GPU_TESTS:-1}" = 1 ] && python -c "import pytest" 2>/dev/null; then
+  stamp "GPU-only tests"
+  timeout 240 python -m pytest -q -m gpu tests/kernels tests/quantization > "$LOGS/gpu_tests.log" 2>&1; stamp "rc=$?"
+  tail -5 "$LOGS/gpu_tests.log" | cut -c1-300
+fi
 stamp done
