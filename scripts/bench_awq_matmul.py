@@ -36,6 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bench_common  # scripts/ is on sys.path when this file runs as a script
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,37 +68,9 @@ def parse_args(argv=None):
 
 
 def copy_bandwidth() -> dict:
-    """Device-to-device copy in bytes/s (read + write): torch's cudaMemcpy where CUDA torch exists."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            src = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda").random_()
-            dst = torch.empty_like(src)
-            best = float("inf")
-            for _ in range(5):
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                for _ in range(10):
-                    dst.copy_(src)
-                torch.cuda.synchronize()
-                best = min(best, (time.perf_counter() - t) / 10)
-            del src, dst
-            torch.cuda.empty_cache()
-            return {"bytes_per_s": 2 * 2 * 2**30 / best, "method": "torch dst.copy_(src) (cudaMemcpy D2D)"}
-    except Exception as e:  # no torch / no CUDA: fall back to JAX
-        print(f"# torch copy bandwidth unavailable ({type(e).__name__}); using JAX", flush=True)
-    x = jnp.arange(2**26, dtype=jnp.float32)
-    f = jax.jit(lambda a: a.copy())
-    f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(10):
-            y = f(x)
-        y.block_until_ready()
-        best = min(best, (time.perf_counter() - t) / 10)
-    return {"bytes_per_s": 2 * x.nbytes / best, "method": "jax jit(x.copy()) (read + write)"}
+    """The device-to-device copy ceiling of `bench_common` (a real memcpy where CUDA torch exists), as a record."""
+    bytes_per_s, method = bench_common.copy_bandwidth()
+    return {"bytes_per_s": bytes_per_s, "method": method}
 
 
 def time_call(fn, *args, repeats=5, target_s=0.02, max_calls=200) -> float:

@@ -14,6 +14,7 @@ from pallas_kernels.paged_attention import (
     paged_attention_reference,
     write_to_kv_pages,
 )
+from tests.triton_export import export_for_cuda, triton_backend_available
 
 
 def _make_case(seed, *, B, N, K, H, S, W, lengths, P=None, dtype=jnp.float32, alibi=False):
@@ -203,15 +204,7 @@ def test_invalid_shapes_raise():
         paged_attention(**case, interpret=False)
 
 
-def _triton_backend_available():
-    try:
-        from jax._src.pallas.triton import pallas_call_registration  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _triton_backend_available(), reason="jax has no Pallas Triton backend")
+@pytest.mark.skipif(not triton_backend_available(), reason="jax has no Pallas Triton backend")
 @pytest.mark.parametrize(
     ("dtype", "alibi", "knobs"),
     [
@@ -237,12 +230,7 @@ def test_triton_lowering_without_gpu(dtype, alibi, knobs):
             q, k_pages, v_pages, block_tables, lengths, alibi_slopes=slopes, interpret=False, **knobs
         )
 
-    exported = jax.export.export(
-        jax.jit(fn),
-        platforms=["cuda"],
-        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
-    )(*args)
-    assert "xla.gpu.triton" in exported.mlir_module()
+    assert "xla.gpu.triton" in export_for_cuda(fn, *args)
 
 
 # Launch variants of the kernel: each must compute the same function.

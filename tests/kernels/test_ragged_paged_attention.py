@@ -9,6 +9,7 @@ from pallas_kernels.ragged_paged_attention import (
     ragged_paged_attention,
     ragged_paged_attention_reference,
 )
+from tests.triton_export import export_for_cuda, triton_backend_available
 
 
 def _case(rng, chunks, kv_heads, groups, page=4, head_dim=16, pages=64, width=12):
@@ -90,15 +91,7 @@ def test_query_blocks_never_span_two_sequences():
     assert lens.tolist() == [4, 1, 1, 4, 4, 1, 0, 0]
 
 
-def _triton_backend_available():
-    try:
-        from jax._src.pallas.triton import pallas_call_registration  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _triton_backend_available(), reason="jax has no Pallas Triton backend")
+@pytest.mark.skipif(not triton_backend_available(), reason="jax has no Pallas Triton backend")
 @pytest.mark.parametrize(("heads", "kv_heads", "width"), [(32, 8, 128), (12, 2, 5), (71, 1, 3)])
 def test_triton_lowering_without_gpu(heads, kv_heads, width):
     """Cross-lower for CUDA: Triton needs power-of-two tiles, whatever the model's query group
@@ -114,9 +107,4 @@ def test_triton_lowering_without_gpu(heads, kv_heads, width):
         jax.ShapeDtypeStruct((4, width), jnp.int32),
     ] + [jax.ShapeDtypeStruct((8,), jnp.int32)] * 3
 
-    exported = jax.export.export(
-        jax.jit(lambda *a: ragged_paged_attention(*a, qb=16, interpret=False)),
-        platforms=["cuda"],
-        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
-    )(*args)
-    assert "xla.gpu.triton" in exported.mlir_module()
+    assert "xla.gpu.triton" in export_for_cuda(lambda *a: ragged_paged_attention(*a, qb=16, interpret=False), *args)

@@ -10,6 +10,7 @@ import pytest
 from jaxllm.quantization.awq import awq_matmul_xla, dequantize_awq_numpy, from_checkpoint, pack_awq
 from jaxllm.quantization.awq_gemv import AwqGemvConfig, awq_gemv_pallas, default_config, supported
 from jaxllm.quantization.awq_kernel import NUM_SMS
+from tests.triton_export import export_for_cuda, triton_backend_available
 
 
 def _weight(rng, k, n, group):
@@ -65,15 +66,7 @@ def test_gemv_limits_and_default_config():
         awq_gemv_pallas(jnp.ones((1, 256)), w, config=AwqGemvConfig(bw=32, splits=3), interpret=True)
 
 
-def _triton_backend_available():
-    try:
-        from jax._src.pallas.triton import pallas_call_registration  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _triton_backend_available(), reason="jax has no Pallas Triton backend")
+@pytest.mark.skipif(not triton_backend_available(), reason="jax has no Pallas Triton backend")
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 4096, 6144), (8, 14336, 4096), (3, 4096, 28672)])
 def test_triton_lowering_without_gpu(m, k, n):
     """Cross-lower for CUDA at 8B shapes: every op must have a Triton rule and every tile a legal shape."""
@@ -83,9 +76,4 @@ def test_triton_lowering_without_gpu(m, k, n):
     w = QuantizedWeight(jax.ShapeDtypeStruct((k, n // 8), jnp.int32), jax.ShapeDtypeStruct((k // g, 8, n // 8), jnp.float16),
                         jax.ShapeDtypeStruct((k // g, n // 8), jnp.int32), kind="awq", group_size=g, shape=(k, n))
     x = jax.ShapeDtypeStruct((m, k), jnp.float16)
-    exported = jax.export.export(
-        jax.jit(lambda x, w: awq_gemv_pallas(x, w, interpret=False)),
-        platforms=["cuda"],
-        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
-    )(x, w)
-    assert "xla.gpu.triton" in exported.mlir_module()
+    assert "xla.gpu.triton" in export_for_cuda(lambda x, w: awq_gemv_pallas(x, w, interpret=False), x, w)
