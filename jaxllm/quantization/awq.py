@@ -1,4 +1,4 @@
-"""AutoAWQ GEMM checkpoints: the on-disk format, its conversion to `QuantizedWeight`, the XLA dequantizer.
+"""AutoAWQ GEMM checkpoints: the on-disk format, its conversion to `QuantizedWeight`, the XLA formulation.
 
 On disk, per linear layer `X` (torch `Linear`, so X.weight would be [N out, K in]):
 
@@ -9,7 +9,8 @@ On disk, per linear layer `X` (torch `Linear`, so X.weight would be [N out, K in
 
 Output column 8c + j of word column c is the nibble `(word >> (4 * AWQ_ORDER[j])) & 0xF` with
 AWQ_ORDER = 0, 4, 1, 5, 2, 6, 3, 7, and W[k, n] = (q[k, n] - z[k // G, n]) * s[k // G, n]. The input
-dim comes first, so unlike `X.weight` nothing is transposed.
+dim comes first, so unlike `X.weight` nothing is transposed. `from_checkpoint` repacks the words
+once, on the host, into the device layout of `awq_layout.py`; the checkpoint itself is read as it is.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm.quantization.weights import AWQ_SHIFTS, QuantizedWeight, after_input
+from jaxllm.quantization import awq_layout
+from jaxllm.quantization.weights import QuantizedWeight, after_input
 
+# Output column 8c + j of a checkpoint word column c is the nibble at bit offset 4 * AWQ_ORDER[j].
+AWQ_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
+AWQ_SHIFTS = tuple(4 * i for i in AWQ_ORDER)
 AWQ_SUFFIXES = ("qweight", "qzeros", "scales")
 
 
@@ -69,9 +74,10 @@ def from_checkpoint(
 ) -> QuantizedWeight:
     """Host QuantizedWeight from one layer's three AWQ tensors; `name` is for error messages.
 
-    The packed arrays are kept as they are; the scales become [K/G, 8, N/8], in their own dtype
-    (fp16 in AutoAWQ checkpoints) unless `dtype` is given: the kernels compute the dequantized
-    weight in float32 from them, so an fp16 scale keeps its precision under a bf16 model.
+    The words and zero points are repacked into the device layout (`awq_layout.py`, still 4 bits a
+    value); the scales become [K/G, 8, N/8], in their own dtype (fp16 in AutoAWQ checkpoints) unless
+    `dtype` is given: the kernels compute the dequantized weight in float32 from them, so an fp16
+    scale keeps its precision under a bf16 model.
     """
     if qweight.dtype != np.int32 or qzeros.dtype != np.int32:
         raise ValueError(f"{name}: AWQ qweight and qzeros must be int32, got {qweight.dtype} and {qzeros.dtype}.")
@@ -89,11 +95,13 @@ def from_checkpoint(
         )
     if qzeros.shape != (k // group, n8):
         raise ValueError(f"{name}: AWQ qzeros have shape {tuple(qzeros.shape)}, expected {(k // group, n8)}.")
+    if group % 8:
+        raise ValueError(f"{name}: AWQ group size {group} is not a multiple of 8.")
     s = np.asarray(scales)
     s = np.ascontiguousarray(s.reshape(k // group, n8, 8).transpose(0, 2, 1)).astype(dtype or s.dtype)
-    return QuantizedWeight(
-        np.ascontiguousarray(qweight), s, np.ascontiguousarray(qzeros), kind="awq", group_size=group, shape=(k, n)
-    )
+    words = awq_layout.pack_weight(unpack_awq(qweight), group)
+    zeros = awq_layout.pack_zeros(unpack_awq(qzeros))
+    return QuantizedWeight(words, s, zeros, kind="awq", group_size=group, shape=(k, n))
 
 
 class AwqCollector:
@@ -137,20 +145,9 @@ class AwqCollector:
 # ---- on device -----------------------------------------------------------------------------------------
 
 
-def unpack_nibbles(words: jax.Array) -> jax.Array:
-    """int32 [..., N8] -> int32 [..., N8, 8], the last axis in output-column order (column 8c + j)."""
-    shifts = jnp.asarray(AWQ_SHIFTS, jnp.int32)
-    return jnp.right_shift(words[..., None], shifts) & 0xF
-
-
 def dequantize_awq(w: QuantizedWeight, dtype) -> jax.Array:
     """Dense [K, N] in `dtype`: (q - z) * s computed exactly in float32, rounded once to `dtype`."""
-    k, n = w.shape
-    g = w.group_size
-    q = unpack_nibbles(w.qweight).reshape(k // g, g, n // 8, 8)
-    z = unpack_nibbles(w.zeros)[:, None]  # [K/G, 1, N8, 8]
-    s = jnp.swapaxes(w.scales, 1, 2)[:, None].astype(jnp.float32)  # [K/G, 1, N8, 8]
-    return ((q - z).astype(jnp.float32) * s).astype(dtype).reshape(k, n)
+    return awq_layout.dequantize(w.qweight, w.zeros, w.scales, w.group_size, dtype)
 
 
 def awq_matmul_xla(x: jax.Array, w: QuantizedWeight) -> jax.Array:

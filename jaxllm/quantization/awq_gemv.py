@@ -1,19 +1,21 @@
-"""AWQ matrix-vector product in Pallas, for the few rows of a decode step: x [M <= 8, K] @ W (4-bit).
+"""AWQ matrix-vector product in Pallas (Triton lowering), for the few rows of a decode step.
 
-At batch 1 a matmul is memory-bound: the weight is read once and every weight is used once per
-row. The dot-based kernel (`awq_kernel.py`) pads M to 16 rows for the tensor cores and rebuilds a
-float32 weight tile for them; here there is no dot. Each program owns `bw` int32 word columns (8 * bw
-output columns) and one K slice, and walks it one group (G input rows) at a time:
+At batch 1 a matmul is memory-bound: every 4-bit weight is read once and used once per row, so the
+kernel must stream the packed words at close to the copy bandwidth and spend only a few instructions
+per weight. On the repacked layout (`awq_layout.py`, seen as [K/PB, 8, R, N/8]) each program owns one
+nibble position j, `bw` word columns c (output columns 8c + j) and one K slice (split-K), and walks
+the slice `nb` blocks of PB input rows per loop step:
 
-    words [G, bw] int32;  for each nibble position j:
-        q_j   = float((words >> shift_j) & 0xF)                 [G, bw]  (exact, no conversion op)
-        acc_r += s_j * (sum_k x[r, k] * q_j[k, :] - z_j * sum_k x[r, k])     for every row r
+    words [nb, R, bw] int32                      nb * R * bw * 4 contiguous-row bytes per step
+    for each nibble i (input rows b*PB + i*R + r):
+        w_i = (q_i - z) * s                      exact float32, ~2 instructions (awq_unpack.py)
+        acc[row] += x[row, b, i, :, None] * w_i  [nb, R, bw] float32 accumulators, elementwise
 
-The zero point and the scale are constant over a group, so they are applied once per group and
-column after the sum over the group's rows, not once per weight: per weight that leaves the unpack
-and one multiply-add per row. x comes in transposed ([K, M]) so each row is loaded as a [G, 1]
-column that broadcasts against the tile. Outputs are written j-major per program into a float32
-[splits, Mp, N] buffer; an XLA epilogue sums the splits and puts the columns back in order (8c + j).
+All eight nibbles of a word belong to the same output column, so they feed the same accumulator,
+and the loop has no reduction across threads: the [nb, R, bw] accumulators are summed once, after
+the loop. The loop body is all loads and multiply-adds, which Triton software-pipelines
+(`num_stages` steps of loads in flight). The program writes its bw columns (stride 8) straight into
+the [splits, M, N/8, 8] output, in the activation dtype when K is not split.
 """
 
 from __future__ import annotations
@@ -26,70 +28,74 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from jaxllm.quantization.awq_kernel import _MAGIC, NUM_SMS, gather_columns, triton_params
-from jaxllm.quantization.weights import AWQ_SHIFTS, QuantizedWeight
+from jaxllm.quantization import awq_unpack
+from jaxllm.quantization.awq_layout import pack_block
+from jaxllm.quantization.awq_unpack import NUM_SMS
+from jaxllm.quantization.weights import QuantizedWeight
 
 MAX_ROWS = 8  # above this many rows the multiply-adds per weight outgrow the bytes saved
 
 
 class AwqGemvConfig(NamedTuple):
-    bw: int  # int32 word columns per program (power of two, >= 16)
-    splits: int  # K slices, each a whole number of groups; summed by the epilogue
+    bw: int  # word columns per program (power of two, >= 16)
+    nb: int  # blocks of PB input rows per loop step
+    splits: int  # K slices, each a whole number of groups; summed by a small XLA epilogue
     num_warps: int = 4
     num_stages: int = 3
 
 
 def supported(m: int, k: int, n: int, group: int) -> bool:
-    return 1 <= m <= MAX_ROWS and (n // 8) % 16 == 0 and n % 8 == 0 and k % group == 0 and group % 16 == 0
+    return 1 <= m <= MAX_ROWS and n % 128 == 0 and k % group == 0 and group % 8 == 0 and pack_block(group) >= 32
+
+
+def valid(cfg: AwqGemvConfig, k: int, n: int, group: int) -> bool:
+    pb = pack_block(group)
+    blocks, gpb = k // pb, group // pb
+    if (n // 8) % cfg.bw or cfg.splits not in awq_unpack.split_options(blocks, gpb):
+        return False
+    per_split = blocks // cfg.splits
+    return per_split % cfg.nb == 0 and (gpb == 1 or gpb % cfg.nb == 0)
 
 
 def default_config(m: int, k: int, n: int, group: int) -> AwqGemvConfig:
-    """Enough programs to keep every SM streaming (2-4 per SM), each a whole number of groups."""
+    """128-byte rows (bw 32) where N allows, two blocks a step, K split until there are at least two
+    programs per SM (measured on the H200: docs/quantization.md)."""
     del m
+    pb = pack_block(group)
     n8 = n // 8
     bw = 32 if n8 % 32 == 0 else 16
-    cols = n8 // bw
-    groups = k // group
-    splits = 1
-    for s in range(1, groups + 1):
-        if groups % s == 0 and cols * s <= 4 * NUM_SMS:
-            splits = s
-    return AwqGemvConfig(bw=bw, splits=splits)
+    programs = 8 * n8 // bw
+    blocks, gpb = k // pb, group // pb
+    options = awq_unpack.split_options(blocks, gpb)
+    splits = next((s for s in options if programs * s >= 2 * NUM_SMS), options[-1])
+    nb = 2 if (blocks // splits) % 2 == 0 and (gpb == 1 or gpb % 2 == 0) else 1
+    return AwqGemvConfig(bw=bw, nb=nb, splits=splits)
 
 
-def _rows_pow2(m: int) -> int:
-    p = 1
-    while p < m:
-        p *= 2
-    return p
+def _kernel(x_ref, qw_ref, z_ref, s_ref, o_ref, *, nb, rows, gpb):
+    """x_ref [Mp, Bs, 8, R], qw_ref [Bs, R, bw], z_ref/s_ref [Bs / gpb, bw], o_ref [Mp, bw]."""
+    bs, r, bw = qw_ref.shape
+    j = pl.program_id(1)
 
+    def body(t, accs):
+        b0 = pl.multiple_of(t * nb, nb)
+        words = qw_ref[pl.ds(b0, nb), :, :]  # [nb, R, bw]
+        if gpb == 1:
+            s, zw = s_ref[pl.ds(b0, nb), :], z_ref[pl.ds(b0, nb), :]  # [nb, bw]
+        else:  # the nb blocks lie in one group
+            s, zw = s_ref[pl.ds(b0 // gpb, 1), :], z_ref[pl.ds(b0 // gpb, 1), :]  # [1, bw]
+        consts = tuple(c[:, None, :] for c in awq_unpack.group_constants(s, awq_unpack.zero_nibble(zw, j)))
+        accs = list(accs)
+        for i, w in awq_unpack.nibbles(words, consts):
+            for row in range(rows):
+                xi = x_ref[row, pl.ds(b0, nb), i, :].astype(jnp.float32)  # [nb, R]
+                accs[row] = accs[row] + xi[:, :, None] * w
+        return tuple(accs)
 
-def _kernel(xt_ref, qw_ref, qz_ref, s_ref, o_ref, *, group, steps, rows):
-    """xt_ref [Ks, Mp], qw_ref [Ks, bw], qz_ref [Ks/G, bw], s_ref [Ks/G, 8, bw], o_ref [Mp, 8 * bw]."""
-    bw = qw_ref.shape[1]
-    magic = jnp.float32(2.0**23)
-
-    def body(i, accs):
-        k0 = pl.multiple_of(i * group, group)
-        words = qw_ref[pl.ds(k0, group), :]  # [G, bw]
-        zwords = qz_ref[i, :]  # [bw]
-        cols = [xt_ref[pl.ds(k0, group), pl.ds(r, 1)].astype(jnp.float32) for r in range(rows)]  # [G, 1] each
-        sums = [jnp.sum(c) for c in cols]
-        out = []
-        for j, shift in enumerate(AWQ_SHIFTS):
-            q = lax.bitcast_convert_type((lax.shift_right_logical(words, shift) & 0xF) | _MAGIC, jnp.float32) - magic
-            z = lax.bitcast_convert_type((lax.shift_right_logical(zwords, shift) & 0xF) | _MAGIC, jnp.float32) - magic
-            s = s_ref[i, j, :].astype(jnp.float32)  # [bw]
-            for r in range(rows):
-                dot = jnp.sum(cols[r] * q, axis=0)  # [bw]
-                out.append(accs[j * rows + r] + s * (dot - z * sums[r]))
-        return tuple(out)
-
-    init = tuple(jnp.zeros((bw,), jnp.float32) for _ in range(8 * rows))
-    accs = lax.fori_loop(0, steps, body, init)
-    for j in range(8):
-        for r in range(rows):
-            o_ref[r, pl.ds(j * bw, bw)] = accs[j * rows + r]
+    init = tuple(jnp.zeros((nb, r, bw), jnp.float32) for _ in range(rows))
+    accs = lax.fori_loop(0, bs // nb, body, init)
+    for row in range(rows):
+        o_ref[row, :] = jnp.sum(jnp.sum(accs[row], axis=0), axis=0).astype(o_ref.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
@@ -104,29 +110,30 @@ def awq_gemv_pallas(
         raise ValueError(f"awq_gemv_pallas: x has {k} columns, the weight {kw} rows.")
     if not supported(m, k, n, group):
         raise ValueError(f"awq_gemv_pallas: M={m}, K={k}, N={n}, group={group} is not supported "
-                         f"(M <= {MAX_ROWS}, N/8 a multiple of 16, K a multiple of the group).")
+                         f"(M <= {MAX_ROWS}, N a multiple of 128, a group size with gcd(G, 128) >= 32).")
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     cfg = config or default_config(m, k, n, group)
-    n8 = n // 8
-    if n8 % cfg.bw or (k // group) % cfg.splits:
+    if not valid(cfg, k, n, group):
         raise ValueError(f"awq_gemv_pallas: config {cfg} does not fit K={k}, N={n}, group={group}.")
-    mp = _rows_pow2(m)
-    xt = jnp.pad(x, ((0, mp - m), (0, 0))).T if mp != m else x.T  # [K, Mp]
-    ks = k // cfg.splits
-    zrows = ks // group
-    partial = pl.pallas_call(
-        functools.partial(_kernel, group=group, steps=zrows, rows=m),
-        grid=(n8 // cfg.bw, cfg.splits),
+    pb = pack_block(group)
+    r, n8, gpb = pb // 8, n // 8, group // pb
+    mp = awq_unpack.rows_pow2(m)
+    xp = jnp.pad(x, ((0, mp - m), (0, 0))) if mp != m else x
+    bs = k // pb // cfg.splits
+    gs = bs // gpb
+    out = pl.pallas_call(
+        functools.partial(_kernel, nb=cfg.nb, rows=m, gpb=gpb),
+        grid=(n8 // cfg.bw, 8, cfg.splits),
         in_specs=[
-            pl.BlockSpec((ks, mp), lambda j, s: (s, 0)),
-            pl.BlockSpec((ks, cfg.bw), lambda j, s: (s, j)),
-            pl.BlockSpec((zrows, cfg.bw), lambda j, s: (s, j)),
-            pl.BlockSpec((zrows, 8, cfg.bw), lambda j, s: (s, 0, j)),
+            pl.BlockSpec((mp, bs, 8, r), lambda c, j, s: (0, s, 0, 0)),
+            pl.BlockSpec((bs, None, r, cfg.bw), lambda c, j, s: (s, j, 0, c)),
+            pl.BlockSpec((gs, cfg.bw), lambda c, j, s: (s, c)),
+            pl.BlockSpec((gs, None, cfg.bw), lambda c, j, s: (s, j, c)),
         ],
-        out_specs=pl.BlockSpec((None, mp, 8 * cfg.bw), lambda j, s: (s, 0, j)),
-        out_shape=jax.ShapeDtypeStruct((cfg.splits, mp, n), jnp.float32),
+        out_specs=pl.BlockSpec((None, mp, cfg.bw, None), lambda c, j, s: (s, 0, c, j)),
+        out_shape=awq_unpack.out_shape(cfg.splits, mp, n, x.dtype),
         interpret=interpret,
-        **triton_params(cfg, interpret),
-    )(xt, w.qweight, w.zeros, w.scales)
-    return gather_columns(partial, m, cfg.bw, x.dtype)
+        **awq_unpack.triton_params(cfg.num_warps, cfg.num_stages, interpret),
+    )(xp.reshape(mp, k // pb, 8, r), w.qweight.reshape(k // pb, 8, r, n8), w.zeros, w.scales)
+    return awq_unpack.finish(out, m, x.dtype)

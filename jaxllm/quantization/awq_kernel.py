@@ -1,17 +1,17 @@
-"""AWQ matmul in Pallas (Triton lowering): x [M, K] @ W with W read as packed 4-bit words.
+"""AWQ matmul in Pallas (Triton lowering) on the tensor cores, for more rows than `awq_gemv.py` takes.
 
-Each program owns `bm` rows of x, `bw` word columns of W (8 * bw output columns) and one slice of K
-(split-K). Per step of `bk` input rows (bk divides the group size, so one step sees one group):
+Same repacked layout and grid as the matrix-vector kernel (`awq_layout.py`; one nibble position j,
+`bw` word columns, one K slice per program), plus a row tile of `bm` rows. Per block of PB = 128
+input rows (R = 16 word rows):
 
-    words  [bk, bw] int32     -> for each nibble position j (output columns 8c + j):
-        w_j = ((words >> shift_j) & 0xF - z_j) * s_j          [bk, bw] float32 (exact)
-        acc_j += x_tile [bm, bk] @ w_j                        float32 accumulators, 8 of [bm, bw]
+    words [16, bw] int32;  for each nibble i (input rows b*128 + 16 i .. + 15):
+        w_i = (q_i - z) * s                          exact in float32, rounded once to x's dtype
+        acc += x[:, b, i, :] [bm, 16] @ w_i [16, bw]  float32 accumulator [bm, bw]
 
-so the 4-bit weights are unpacked in registers and never written back. Each program stores its 8
-accumulators side by side (j-major) into its 8 * bw columns of a float32 [splits, Mp, N] buffer (rows
-past M masked off); a small XLA epilogue sums the K splits and puts the columns back in order
-(column 8c + j), fused with the cast.
-Triton needs dot dims of at least 16, so x is padded to a multiple of `bm` >= 16 rows.
+All eight nibbles of a word belong to one output column, so the eight dots accumulate into one
+[bm, bw] tile. The program writes its columns (stride 8) straight into the [splits, Mp, N/8, 8]
+output, in the activation dtype when K is not split. Triton's dots need 16 rows at least, so x is
+padded to a multiple of `bm` >= 16 rows.
 """
 
 from __future__ import annotations
@@ -24,174 +24,104 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from jaxllm.quantization.weights import AWQ_SHIFTS, QuantizedWeight
-
-try:  # Triton-specific compiler parameters and masked stores.
-    from jax.experimental.pallas import triton as _plgpu
-
-    _TritonCompilerParams = getattr(_plgpu, "CompilerParams", None)
-except ImportError:  # pragma: no cover - depends on the installed jax
-    _plgpu = None
-    _TritonCompilerParams = None
-
-NUM_SMS = 132  # H200; only used to size the split-K grid
+from jaxllm.quantization import awq_unpack
+from jaxllm.quantization.awq_layout import pack_block
+from jaxllm.quantization.awq_unpack import NUM_SMS
+from jaxllm.quantization.weights import QuantizedWeight
 
 
 class AwqKernelConfig(NamedTuple):
     bm: int  # rows of x per program (power of two, >= 16)
-    bw: int  # int32 word columns per program (8 * bw output columns; power of two, >= 16)
-    bk: int  # input rows per step (divides the group size; power of two, >= 16)
-    splits: int  # K slices (split-K), summed by the epilogue
+    bw: int  # word columns per program (power of two, >= 16)
+    nb: int  # blocks of 128 input rows per loop step
+    splits: int  # K slices, each a whole number of groups; summed by a small XLA epilogue
     num_warps: int = 4
     num_stages: int = 3
 
 
-def _pow2_at_least(x: int, lo: int) -> int:
-    p = lo
-    while p < x:
-        p *= 2
-    return p
-
-
 def supported(m: int, k: int, n: int, group: int) -> bool:
-    """Whether some configuration fits: N/8 a multiple of 16 and a power-of-two step dividing the group."""
+    """Whether some configuration fits: N a multiple of 128 and groups of a multiple of 128 rows."""
     del m
-    return (n // 8) % 16 == 0 and k % group == 0 and _step_rows(group) is not None
+    return n % 128 == 0 and k % group == 0 and group % 128 == 0
 
 
-def _step_rows(group: int) -> int | None:
-    for bk in (128, 64, 32, 16):
-        if group % bk == 0:
-            return bk
-    return None
+def valid(cfg: AwqKernelConfig, k: int, n: int, group: int) -> bool:
+    blocks, gpb = k // 128, group // 128
+    if (n // 8) % cfg.bw or cfg.bm < 16 or cfg.splits not in awq_unpack.split_options(blocks, gpb):
+        return False
+    return (blocks // cfg.splits) % cfg.nb == 0
 
 
 def default_config(m: int, k: int, n: int, group: int) -> AwqKernelConfig:
-    """A launch configuration: split K until there are up to two programs per SM (a guess to be tuned
-    with scripts/bench_awq_matmul.py --sweep)."""
+    """A row tile covering M up to 64, 128-byte word rows, K split to about two programs per SM."""
+    bm = min(awq_unpack.rows_pow2(m, 16), 64)
     n8 = n // 8
-    bm = min(_pow2_at_least(m, 16), 64)
     bw = 32 if n8 % 32 == 0 else 16
-    bk = _step_rows(group)
-    tiles = (-(-m // bm)) * (n8 // bw)
-    splits = 1
-    while tiles * splits * 2 <= 2 * NUM_SMS and _valid_split(k, group, bk, splits * 2):
-        splits *= 2
-    return AwqKernelConfig(bm=bm, bw=bw, bk=bk, splits=splits, num_warps=4 if bm <= 32 else 8)
+    programs = (-(-m // bm)) * 8 * (n8 // bw)
+    options = awq_unpack.split_options(k // 128, group // 128)
+    splits = next((s for s in options if programs * s >= 2 * NUM_SMS), options[-1])
+    nb = 2 if (k // 128 // splits) % 2 == 0 else 1
+    return AwqKernelConfig(bm=bm, bw=bw, nb=nb, splits=splits, num_warps=4 if bm <= 32 else 8)
 
 
-def _valid_split(k: int, group: int, bk: int, splits: int) -> bool:
-    if k % splits:
-        return False
-    ks = k // splits
-    return ks % bk == 0 and ks >= bk and (ks % group == 0 or group % ks == 0)
+def _kernel(x_ref, qw_ref, z_ref, s_ref, o_ref, *, nb, gpb):
+    """x_ref [bm, Bs, 8, 16], qw_ref [Bs, 16, bw], z_ref/s_ref [Bs / gpb, bw], o_ref [bm, bw]."""
+    bm = x_ref.shape[0]
+    bs, _, bw = qw_ref.shape
+    j = pl.program_id(2)
+    wdtype = x_ref.dtype
 
+    def body(t, acc):
+        for bb in range(nb):
+            b = t * nb + bb
+            words = qw_ref[b, :, :]  # [16, bw]
+            g = b // gpb if gpb > 1 else b
+            s, zw = s_ref[pl.ds(g, 1), :], z_ref[pl.ds(g, 1), :]  # [1, bw]
+            consts = awq_unpack.group_constants(s, awq_unpack.zero_nibble(zw, j))
+            for i, w in awq_unpack.nibbles(words, consts):
+                xi = x_ref[:, b, i, :]  # [bm, 16]
+                acc = acc + jnp.dot(xi, w.astype(wdtype), preferred_element_type=jnp.float32)
+        return acc
 
-_MAGIC = 0x4B000000  # float32 bits of 2**23: (bits | q) read as float32 is 2**23 + q, exactly
-
-
-def _kernel(x_ref, qw_ref, qz_ref, s_ref, o_ref, *, bk, group, steps, rows, masked, tf32):
-    """x_ref [bm, Ks], qw_ref [Ks, bw], qz_ref/s_ref one row per group of this slice, o_ref [bm, 8 * bw].
-
-    The nibbles become float32 without a conversion instruction (conversions are the slow path on
-    the GPU): OR-ing a 4-bit value into the mantissa of 2**23 and reading the bits as float32 gives
-    2**23 + q; subtracting 2**23 + z is exact, and so is the product with the (fp16 / bf16) scale. The
-    dot then takes the float32 weight tile directly: TF32 inputs (a 10-bit mantissa, finer than bf16's
-    7), or full float32 when the model runs in float32.
-    """
-    bm, bw = x_ref.shape[0], qw_ref.shape[1]
-    ks = steps * bk
-    precision = None if tf32 else lax.Precision.HIGHEST
-
-    def body(i, accs):
-        k0 = pl.multiple_of(i * bk, bk)
-        x = x_ref[:, pl.ds(k0, bk)].astype(jnp.float32)
-        words = qw_ref[pl.ds(k0, bk), :]
-        g = k0 // group if ks >= group else 0
-        zwords = qz_ref[pl.ds(g, 1), :]  # [1, bw]
-        out = []
-        for j, shift in enumerate(AWQ_SHIFTS):
-            q = (lax.shift_right_logical(words, shift) & 0xF) | _MAGIC
-            z = (lax.shift_right_logical(zwords, shift) & 0xF) | _MAGIC
-            s = s_ref[pl.ds(g, 1), j, :].astype(jnp.float32)  # [1, bw]
-            w = (lax.bitcast_convert_type(q, jnp.float32) - lax.bitcast_convert_type(z, jnp.float32)) * s
-            out.append(accs[j] + jnp.dot(x, w, preferred_element_type=jnp.float32, precision=precision))
-        return tuple(out)
-
-    init = tuple(jnp.zeros((bm, bw), jnp.float32) for _ in range(8))
-    accs = lax.fori_loop(0, steps, body, init)
-    # Nibble position j goes to columns [j * bw, (j + 1) * bw) of this program's 8 * bw output columns.
-    if masked:
-        row = pl.program_id(0) * bm + lax.broadcasted_iota(jnp.int32, (bm, bw), 0)
-        mask = row < rows
-        for j in range(8):
-            _plgpu.store(o_ref.at[:, pl.ds(j * bw, bw)], accs[j], mask=mask)
-    else:
-        for j in range(8):
-            o_ref[:, pl.ds(j * bw, bw)] = accs[j]
+    acc = lax.fori_loop(0, bs // nb, body, jnp.zeros((bm, bw), jnp.float32))
+    o_ref[...] = acc.astype(o_ref.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
 def awq_matmul_pallas(
     x: jax.Array, w: QuantizedWeight, config: AwqKernelConfig | None = None, interpret: bool | None = None
 ) -> jax.Array:
-    """x [M, K] (fp16 / bf16 / fp32) @ the AWQ weight [K, N] -> [M, N] in x's dtype."""
+    """x [M, K] (fp16 / bf16) @ the AWQ weight [K, N] -> [M, N] in x's dtype."""
     m, k = x.shape
     kw, n = w.shape
+    group = w.group_size
     if k != kw:
         raise ValueError(f"awq_matmul_pallas: x has {k} columns, the weight {kw} rows.")
-    group = w.group_size
+    if not supported(m, k, n, group):
+        raise ValueError(f"awq_matmul_pallas: K={k}, N={n}, group={group} is not supported "
+                         "(N a multiple of 128, the group size a multiple of 128).")
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     cfg = config or default_config(m, k, n, group)
-    bm, bw, bk, splits = cfg.bm, cfg.bw, cfg.bk, cfg.splits
-    n8 = n // 8
-    if n8 % bw or group % bk or not _valid_split(k, group, bk, splits):
+    if not valid(cfg, k, n, group):
         raise ValueError(f"awq_matmul_pallas: config {cfg} does not fit K={k}, N={n}, group={group}.")
-    mp = -(-m // bm) * bm
+    n8, gpb = n // 8, group // 128
+    mp = -(-m // cfg.bm) * cfg.bm
     xp = jnp.pad(x, ((0, mp - m), (0, 0))) if mp != m else x
-    ks = k // splits
-    if ks >= group:
-        zrows, zindex = ks // group, (lambda i, j, s: (s, j))
-        sindex = lambda i, j, s: (s, 0, j)
-    else:  # one group spans several slices
-        zrows = 1
-        zindex = lambda i, j, s: ((s * ks) // group, j)
-        sindex = lambda i, j, s: ((s * ks) // group, 0, j)
-    masked = mp != m and _plgpu is not None
-    kernel = functools.partial(
-        _kernel, bk=bk, group=group, steps=ks // bk, rows=m, masked=masked, tf32=x.dtype != jnp.float32
-    )
-    partial = pl.pallas_call(
-        kernel,
-        grid=(mp // bm, n8 // bw, splits),
+    bs = k // 128 // cfg.splits
+    gs = bs // gpb
+    out = pl.pallas_call(
+        functools.partial(_kernel, nb=cfg.nb, gpb=gpb),
+        grid=(mp // cfg.bm, n8 // cfg.bw, 8, cfg.splits),
         in_specs=[
-            pl.BlockSpec((bm, ks), lambda i, j, s: (i, s)),
-            pl.BlockSpec((ks, bw), lambda i, j, s: (s, j)),
-            pl.BlockSpec((zrows, bw), zindex),
-            pl.BlockSpec((zrows, 8, bw), sindex),
+            pl.BlockSpec((cfg.bm, bs, 8, 16), lambda i, c, j, s: (i, s, 0, 0)),
+            pl.BlockSpec((bs, None, 16, cfg.bw), lambda i, c, j, s: (s, j, 0, c)),
+            pl.BlockSpec((gs, cfg.bw), lambda i, c, j, s: (s, c)),
+            pl.BlockSpec((gs, None, cfg.bw), lambda i, c, j, s: (s, j, c)),
         ],
-        out_specs=pl.BlockSpec((None, bm, 8 * bw), lambda i, j, s: (s, i, j)),
-        out_shape=jax.ShapeDtypeStruct((splits, mp, n), jnp.float32),
+        out_specs=pl.BlockSpec((None, cfg.bm, cfg.bw, None), lambda i, c, j, s: (s, i, c, j)),
+        out_shape=awq_unpack.out_shape(cfg.splits, mp, n, x.dtype),
         interpret=interpret,
-        **triton_params(cfg, interpret),
-    )(xp, w.qweight, w.zeros, w.scales)
-    return gather_columns(partial, m, bw, x.dtype)
-
-
-def triton_params(cfg, interpret: bool) -> dict:
-    """The pallas_call keyword for the launch configuration's warps and stages (none when interpreted)."""
-    if interpret or jax.default_backend() == "tpu":
-        return {}
-    if _TritonCompilerParams is None:  # pragma: no cover
-        raise RuntimeError("This jax has no Pallas Triton backend (jax.experimental.pallas.triton).")
-    return {"compiler_params": _TritonCompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)}
-
-
-def gather_columns(partial: jax.Array, m: int, bw: int, dtype) -> jax.Array:
-    """Epilogue of both AWQ kernels: sum the K splits of a float32 [splits, Mp, N] buffer whose programs
-    wrote their 8 * bw columns nibble-position-major, and put the columns back in order (8c + j)."""
-    splits, _, n = partial.shape
-    y = partial[:, :m].sum(axis=0) if splits > 1 else partial[0, :m]
-    y = jnp.swapaxes(y.reshape(m, n // 8 // bw, 8, bw), 2, 3)
-    return y.reshape(m, n).astype(dtype)
+        **awq_unpack.triton_params(cfg.num_warps, cfg.num_stages, interpret),
+    )(xp.reshape(mp, k // 128, 8, 16), w.qweight.reshape(k // 128, 8, 16, n8), w.zeros, w.scales)
+    return awq_unpack.finish(out, m, x.dtype)

@@ -8,11 +8,12 @@ and quantized weights in any mix.
   conversion is an operand conversion XLA can fuse into the GEMM's read of the weights (the
   benchmark's HLO summary shows what it did).
 * AWQ (one scale and zero point per group of G input rows): the scale does not commute with the K
-  sum. Three formulations: the Pallas matrix-vector kernel for up to 8 rows (`awq_gemv.py`: no dot,
-  zero point and scale applied once per group), the dot-based Pallas kernel (`awq_kernel.py`), both
-  unpacking the nibbles in registers, and the XLA one (`awq.awq_matmul_xla`: unpack, dequantize,
-  dot). Which one runs is decided per call site at trace time by `awq_impl` (see
-  docs/quantization.md for the measurements behind it); JAXLLM_AWQ_MATMUL=xla|pallas|gemv forces one.
+  sum. Three formulations on the repacked layout (`awq_layout.py`): the Pallas matrix-vector kernel
+  for up to GEMV_MAX_ROWS rows (`awq_gemv.py`: float32 multiply-adds, no dot), the Pallas tensor-core
+  kernel up to DOT_MAX_ROWS rows (`awq_kernel.py`), both unpacking the nibbles in registers, and the
+  XLA one above that (`awq.awq_matmul_xla`: dequantize, then one dense GEMM, which is compute-bound
+  there). Which one runs is decided per call site at trace time by `awq_impl` from the H200
+  measurements in docs/quantization.md; JAXLLM_AWQ_MATMUL=xla|pallas|gemv forces one.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm.quantization import awq_gemv, awq_kernel
 from jaxllm.quantization.awq import awq_matmul_xla
 from jaxllm.quantization.weights import QuantizedWeight, after_input
 
 logger = logging.getLogger(__name__)
 
-# Largest number of rows for which the dot-based Pallas kernel (`awq_kernel.py`) is used on GPU. It is
-# 0: on the H200 that kernel lost to the XLA formulation at every M >= 32 and, at M = 1, to the
-# matrix-vector kernel, which takes M <= 8 (docs/quantization.md has the table). Set
-# JAXLLM_AWQ_PALLAS_MAX_ROWS to try it again.
-PALLAS_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_PALLAS_MAX_ROWS", "0"))
+# Row thresholds on the GPU, from the H200 layer table in docs/quantization.md: the matrix-vector
+# kernel up to GEMV_MAX_ROWS rows, the tensor-core kernel up to DOT_MAX_ROWS, XLA above.
+GEMV_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_GEMV_MAX_ROWS", "4"))
+DOT_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_PALLAS_MAX_ROWS", "64"))
 
 # (K, N, group, dtype, launch config) -> whether the Pallas kernel compiled and matched XLA here.
 _PALLAS_CHECKED: dict[tuple, bool] = {}
@@ -46,8 +47,6 @@ def _tensor_parallel() -> bool:
 
 def awq_impl(m: int, w: QuantizedWeight, dtype=jnp.bfloat16) -> str:
     """"gemv", "pallas" or "xla" for an [m, K] @ w product with x in `dtype` (decided at trace time)."""
-    from jaxllm.quantization import awq_gemv, awq_kernel
-
     forced = os.environ.get("JAXLLM_AWQ_MATMUL", "auto").lower()
     k, n = w.shape
     gemv_fits = awq_gemv.supported(m, k, n, w.group_size) and not _tensor_parallel()
@@ -59,9 +58,11 @@ def awq_impl(m: int, w: QuantizedWeight, dtype=jnp.bfloat16) -> str:
     if forced in ("xla", "gemv", "pallas") or jax.default_backend() != "gpu":
         return "xla"
     # Under a tensor-parallel mesh the kernels cannot be partitioned by XLA; the XLA formulation can.
-    if gemv_fits and _pallas_checked("gemv", m, k, n, w.group_size, dtype):
+    if gemv_fits and m <= GEMV_MAX_ROWS and _pallas_checked("gemv", m, k, n, w.group_size, dtype):
         return "gemv"
-    if fits and m <= PALLAS_MAX_ROWS and _pallas_checked("pallas", m, k, n, w.group_size, dtype):
+    # The tensor-core kernel rounds the weight to x's dtype: a float32 model keeps float32 weights.
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if fits and half and m <= DOT_MAX_ROWS and _pallas_checked("pallas", m, k, n, w.group_size, dtype):
         return "pallas"
     return "xla"
 
@@ -69,12 +70,8 @@ def awq_impl(m: int, w: QuantizedWeight, dtype=jnp.bfloat16) -> str:
 def _kernel(name: str):
     """(function, default_config) of the Pallas kernel `name` ("gemv" or "pallas")."""
     if name == "gemv":
-        from jaxllm.quantization.awq_gemv import awq_gemv_pallas, default_config
-
-        return awq_gemv_pallas, default_config
-    from jaxllm.quantization.awq_kernel import awq_matmul_pallas, default_config
-
-    return awq_matmul_pallas, default_config
+        return awq_gemv.awq_gemv_pallas, awq_gemv.default_config
+    return awq_kernel.awq_matmul_pallas, awq_kernel.default_config
 
 
 def _pallas_checked(name: str, m: int, k: int, n: int, group: int, dtype) -> bool:
@@ -85,7 +82,7 @@ def _pallas_checked(name: str, m: int, k: int, n: int, group: int, dtype) -> boo
     """
     kernel, default_config = _kernel(name)
     config = default_config(m, k, n, group)
-    key = (name, m if name == "gemv" else 0, k, n, group, jnp.dtype(dtype).name, config)
+    key = (name, m, k, n, group, jnp.dtype(dtype).name, config)
     if key in _PALLAS_CHECKED:
         return _PALLAS_CHECKED[key]
     ok = False
@@ -94,7 +91,7 @@ def _pallas_checked(name: str, m: int, k: int, n: int, group: int, dtype) -> boo
         words = rng.integers(0, 2**32, (k, n // 8), dtype=np.uint64).astype(np.uint32).view(np.int32)
         zeros = rng.integers(0, 2**32, (k // group, n // 8), dtype=np.uint64).astype(np.uint32).view(np.int32)
         scales = (0.001 + 0.01 * rng.random((k // group, 8, n // 8))).astype(np.float16)
-        x = rng.standard_normal((m, k)).astype(jnp.dtype(dtype))
+        x = rng.standard_normal((m, k)).astype(jnp.dtype(dtype))  # random words: any layout is valid
         w = QuantizedWeight(words, scales, zeros, kind="awq", group_size=group, shape=(k, n))
         # Lowered, compiled and run on concrete host arrays: programs of their own, whatever trace is
         # in progress around this call.

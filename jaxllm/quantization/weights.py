@@ -2,16 +2,18 @@
 
 Layouts (K input dim, N output dim, G group size, N8 = N / 8):
 
-    kind "awq":  qweight int32 [K, N8]      8 four-bit values per word, AutoAWQ's GEMM packing: output
-                                             column 8c + j is nibble AWQ_ORDER[j] of word c
-                 zeros   int32 [K/G, N8]    packed the same way
+    kind "awq":  qweight int32 [K, N8]      8 four-bit values per word, repacked at load time so that
+                                             the 8 nibbles of a word are 8 input rows of one output
+                                             column (awq_layout.py draws it)
+                 zeros   int32 [K/G, N8]    nibble j of word c: the zero point of column 8c + j
                  scales  dtype [K/G, 8, N8] scales[g, j, c] is the scale of column 8c + j
                  W[k, n] = (q[k, n] - z[k // G, n]) * s[k // G, n]
     kind "int8": qweight int8 [K, N],           scales float32 [N]    W = q * s
     kind "fp8":  qweight float8_e4m3fn [K, N],  scales float32 [N]    W = q * s
 
-The AWQ scales are kept "j-major" (a transpose of the checkpoint's [K/G, N]) so that the kernel reads
-the scales of one nibble position as one contiguous row; splitting N into contiguous column ranges
+The AWQ scales are kept "j-major" (a transpose of the checkpoint's [K/G, N]) so that a kernel program
+that owns one nibble position j reads its scales as one contiguous row. Every AWQ field keeps the
+checkpoint's axes (input rows first, word columns last), so splitting N into contiguous column ranges
 splits every field along its last axis, which is what tensor parallelism does.
 """
 
@@ -24,9 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Output column 8c + j of an AWQ word column c is the nibble at bit offset 4 * AWQ_ORDER[j].
-AWQ_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
-AWQ_SHIFTS = tuple(4 * i for i in AWQ_ORDER)
+from jaxllm.quantization.awq_layout import dequantize as awq_dequantize
 
 INT8_MAX = 127.0
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -55,9 +55,7 @@ class QuantizedWeight:
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
         """The dense [K, N] weight (computed in float32, then cast)."""
         if self.kind == "awq":
-            from jaxllm.quantization.awq import dequantize_awq
-
-            return dequantize_awq(self, jnp.float32).astype(dtype)
+            return awq_dequantize(self.qweight, self.zeros, self.scales, self.group_size, dtype)
         return (self.qweight.astype(jnp.float32) * self.scales.astype(jnp.float32)).astype(dtype)
 
 

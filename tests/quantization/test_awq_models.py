@@ -21,7 +21,7 @@ from tests.tiny_models import make_tiny_model
 PROMPT_LENGTHS = [3, 7, 12, 20, 33, 5, 48, 17]
 # Hidden sizes that are multiples of the group size; heads chosen so that kv widths are multiples of 8.
 MODELS = {
-    "LlamaForCausalLM": (64, dict(hidden_size=128, intermediate_size=256, num_attention_heads=4,
+    "LlamaForCausalLM": (128, dict(hidden_size=128, intermediate_size=256, num_attention_heads=4,
                                   num_key_value_heads=2)),
     "Qwen2ForCausalLM": (32, dict(hidden_size=128, intermediate_size=192, num_attention_heads=8,
                                   num_key_value_heads=2)),
@@ -164,7 +164,7 @@ def test_weight_bytes_packed(engines):
                 packed += sum(a.addressable_data(0).nbytes for a in jax.tree_util.tree_leaves(leaf))
         # the dense model holds the same linear weights, some fused (wqkv, w_gate_up)
         full += sum(w.nbytes for name, w in layer_d.items() if name.startswith("w") and w.ndim == 2)
-    # 4 bits a weight against 32, plus an fp16 scale and a 4-bit zero per group of 64 (and 32 for Qwen)
+    # 4 bits a weight against 32, plus an fp16 scale and a 4-bit zero per group of 128 (32 for Qwen)
     assert 1 / 8 <= packed / full < 1 / 8 + 0.02
 
 

@@ -11,14 +11,13 @@ import pytest
 
 from jaxllm.quantization import QuantizedWeight, matmul, quantize_per_channel, resolve_quantization
 from jaxllm.quantization.awq import (
-    awq_matmul_xla,
     dequantize_awq,
     dequantize_awq_numpy,
     from_checkpoint,
     pack_awq,
     unpack_awq,
 )
-from jaxllm.quantization.awq_kernel import AwqKernelConfig, awq_matmul_pallas
+from jaxllm.quantization import awq_layout
 from jaxllm.quantization.weights import quantize_per_channel_numpy
 from tests.quantization.awq_writer import pack_columns, quantize_linear
 
@@ -98,25 +97,23 @@ def test_xla_matmul_matches_reference(dtype):
     assert matmul(x.reshape(1, 5, k), w).shape == (1, 5, n)
 
 
-@pytest.mark.parametrize(
-    ("m", "k", "n", "group", "config"),
-    [
-        (1, 256, 256, 64, None),
-        (5, 256, 256, 32, AwqKernelConfig(bm=16, bw=16, bk=32, splits=4)),
-        (20, 128, 256, 128, AwqKernelConfig(bm=16, bw=32, bk=64, splits=1)),  # two row blocks
-        (3, 512, 128, 512, AwqKernelConfig(bm=16, bw=16, bk=128, splits=4)),  # one group over several splits
-        (32, 256, 256, 64, AwqKernelConfig(bm=16, bw=16, bk=64, splits=2)),  # no padded rows: plain stores
-    ],
-)
-def test_pallas_kernel_interpret_matches_reference(m, k, n, group, config):
-    rng = np.random.default_rng(m + k)
-    q, z, s = _awq(rng, k, n, group)
-    w = jax.device_put(from_checkpoint("l", pack_awq(q), pack_awq(z), s, group))
-    x = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
-    ref = np.asarray(x, np.float64) @ dequantize_awq_numpy(pack_awq(q), pack_awq(z), s)
-    y = np.asarray(awq_matmul_pallas(x, w, config=config, interpret=True))
-    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 1e-6
-    np.testing.assert_allclose(y, np.asarray(awq_matmul_xla(x, w)), rtol=1e-4, atol=1e-5)
+def test_device_layout_is_k_major_inside_blocks():
+    """Nibble i of word (b*PB + j*R + r, c) is q[b*PB + i*R + r, 8c + j] (awq_layout.py's definition)."""
+    rng = np.random.default_rng(5)
+    for k, n, group in [(256, 32, 128), (128, 16, 64), (96, 8, 96)]:
+        pb = awq_layout.pack_block(group)
+        r = pb // 8
+        q = rng.integers(0, 16, (k, n))
+        words = awq_layout.pack_weight(q, group)
+        assert words.dtype == np.int32 and words.shape == (k, n // 8)
+        u = words.view(np.uint32)
+        for b, j, rr, c, i in [(0, 0, 0, 0, 0), (k // pb - 1, 7, r - 1, n // 8 - 1, 7), (0, 3, 1, 0, 5)]:
+            assert (int(u[b * pb + j * r + rr, c]) >> (4 * i)) & 0xF == q[b * pb + i * r + rr, 8 * c + j]
+        np.testing.assert_array_equal(np.asarray(awq_layout.unpack_weight(jnp.asarray(words), group)), q)
+        z = rng.integers(0, 16, (k // group, n))
+        np.testing.assert_array_equal(np.asarray(awq_layout.unpack_zeros(jnp.asarray(awq_layout.pack_zeros(z)))), z)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        awq_layout.pack_block(12)
 
 
 @pytest.mark.parametrize("kind", ["int8", "fp8"])
