@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from pallas_kernels.kv_quant import is_fp8, quantize
 
-def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping):
+
+def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping, k_scale=None, v_scale=None):
     """Scatter new K/V tokens into the paged pool.
 
     ::
@@ -19,6 +21,8 @@ def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping):
       k, v: ``[T, K, H]`` new keys / values.
       slot_mapping: int32 ``[T]`` flat slots ``page_id * S + offset``. Padding tokens point
         into the null page 0 (slots ``0 .. S-1``); writing there is harmless.
+      k_scale, v_scale: float8 pools only: the layer's scales (default 1.0); new values are stored
+        as ``saturate(x / scale)`` (see :mod:`pallas_kernels.kv_quant`).
 
     Returns:
       The updated ``(k_pages, v_pages)``.
@@ -26,9 +30,14 @@ def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping):
     K, P, S, H = k_pages.shape
     slots = slot_mapping.astype(jnp.int32)  # [T]
 
-    def scatter(pages, new):
+    fp8 = is_fp8(k_pages.dtype)
+    if not fp8 and (k_scale is not None or v_scale is not None):
+        raise ValueError(f"k_scale / v_scale apply to float8 pages only, got pages of {k_pages.dtype}")
+
+    def scatter(pages, new, scale):
         flat = pages.reshape(K, P * S, H)  # [K, P*S, H]
-        new = jnp.swapaxes(new, 0, 1).astype(pages.dtype)  # [K, T, H]
+        new = jnp.swapaxes(new, 0, 1)  # [K, T, H]
+        new = quantize(new, 1.0 if scale is None else scale, pages.dtype) if fp8 else new.astype(pages.dtype)
         return flat.at[:, slots].set(new, mode="promise_in_bounds").reshape(K, P, S, H)
 
-    return scatter(k_pages, k), scatter(v_pages, v)
+    return scatter(k_pages, k, k_scale), scatter(v_pages, v, v_scale)

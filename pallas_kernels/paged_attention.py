@@ -40,6 +40,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels.kv_pages import write_to_kv_pages
+from pallas_kernels.kv_quant import kernel_scales
 from pallas_kernels.paged_attention_config import _is_pow2, _next_pow2, default_config
 from pallas_kernels.paged_attention_kernel import (
     _LOG2E,
@@ -75,6 +76,8 @@ def paged_attention(
     *,
     alibi_slopes=None,
     scale=None,
+    k_scale=None,
+    v_scale=None,
     pages_per_compute_block=None,
     k_splits=None,
     num_warps=None,
@@ -104,6 +107,9 @@ def paged_attention(
       alibi_slopes: optional float32 ``[N]``; adds ``slope[n] * (j - (length - 1))`` to the
         logit of key position j.
       scale: logit scale, default ``H ** -0.5``.
+      k_scale, v_scale: float8 pools only (``float8_e4m3fn`` / ``float8_e5m2``): the float32
+        scalars the pages were divided by when written (default 1.0). Tiles are widened to q's dtype
+        in registers; both dots run in q's dtype with float32 accumulation.
       pages_per_compute_block: pages gathered per inner step (a power of two; default from
         :func:`default_config`, clamped to the block-table width).
       k_splits: number of slices of the block table processed in parallel, merged by a small
@@ -142,7 +148,10 @@ def paged_attention(
     G = N // K
     block_g = max(16, _next_pow2(G))
 
-    defaults = default_config(B, K, W, S, H, jnp.dtype(k_pages.dtype).itemsize)
+    scales = kernel_scales(k_pages, k_scale, v_scale)  # [2] float32, or None
+    # float8 pages are computed on in q's dtype; the launch table is kept per token of that dtype.
+    compute_dtype = q.dtype if scales is not None else k_pages.dtype
+    defaults = default_config(B, K, W, S, H, jnp.dtype(compute_dtype).itemsize)
     if interpret:
         defaults.update(k_splits=1)
     if k_splits is None:
@@ -185,7 +194,7 @@ def paged_attention(
 
     block_tables = block_tables.astype(jnp.int32)
     lengths = lengths.astype(jnp.int32)
-    precision = lax.Precision.HIGHEST if k_pages.dtype == jnp.float32 else None
+    precision = lax.Precision.HIGHEST if compute_dtype == jnp.float32 else None
     kernel = functools.partial(
         _decode_kernel,
         scale_log2=float(scale) * _LOG2E,
@@ -194,6 +203,8 @@ def paged_attention(
         pages_per_compute_block=pages_per_compute_block,
         pages_per_split=pages_per_split,
         use_alibi=alibi_slopes is not None,
+        use_scales=scales is not None,
+        compute_dtype=compute_dtype,
         precision=precision,
         whole_pool=interpret,
         split_outputs=split_outputs,
@@ -223,6 +234,9 @@ def paged_attention(
     if alibi_slopes is not None:
         in_specs.append(pl.BlockSpec((N,), lambda b, h, s: (0,)))
         args.append(alibi_slopes)
+    if scales is not None:
+        in_specs.append(pl.BlockSpec((2,), lambda b, h, s: (0,)))
+        args.append(scales)
     if split_outputs:
         out_specs = [
             pl.BlockSpec((None, None, None, g_out, H), lambda b, h, s: (b, h, s, 0, 0)),  # o

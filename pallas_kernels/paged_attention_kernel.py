@@ -68,13 +68,15 @@ def _decode_kernel(
     q_ref,  # [N, H]
     k_ref,  # one kv head's pool, [P * S, H] (token_rows) or [P, S, H]; interpret: all heads [K, ...]
     v_ref,  # same as k_ref
-    *refs,  # ([N] alibi slopes,) then o [Go, H] (+ m [Go], l [Go] with split outputs)
+    *refs,  # ([N] alibi slopes,) ([2] k/v scales,) then o [Go, H] (+ m [Go], l [Go] with split outputs)
     scale_log2: float,
     group: int,
     block_g: int,
     pages_per_compute_block: int,
     pages_per_split: int,
     use_alibi: bool,
+    use_scales: bool,
+    compute_dtype,
     precision,
     whole_pool: bool,
     split_outputs: bool,
@@ -92,11 +94,14 @@ def _decode_kernel(
     With ``token_rows`` the pool refs are viewed as ``[P * S, H]`` token rows and a compute
     block is gathered as one 2-D ``[block_k, H]`` tile of slot rows (``page * S + offset``);
     otherwise the refs are ``[P, S, H]`` and whole pages are gathered as ``[ppcb, S, H]``.
+
+    With ``use_scales`` the pool holds float8 pages: tiles are widened to ``compute_dtype`` after the
+    load, k_scale is folded into the logit scale and v_scale into the output (both dots are linear).
     """
-    if use_alibi:
-        slopes_ref, *out_refs = refs
-    else:
-        slopes_ref, out_refs = None, list(refs)
+    refs = list(refs)
+    slopes_ref = refs.pop(0) if use_alibi else None
+    scales_ref = refs.pop(0) if use_scales else None
+    out_refs = refs
     head_dim = q_ref.shape[-1]
     width = block_table_ref.shape[0]
     ppcb = pages_per_compute_block
@@ -111,10 +116,10 @@ def _decode_kernel(
     num_blocks = pl.cdiv(valid_pages, ppcb)
 
     rows = head * group + lax.rem(jnp.arange(block_g, dtype=jnp.int32), group)  # [Gp]
-    q = q_ref[rows].astype(k_ref.dtype)  # [Gp, H]
+    q = q_ref[rows].astype(compute_dtype)  # [Gp, H]
     if use_alibi:
         slopes = slopes_ref[rows].astype(jnp.float32) * _LOG2E  # [Gp]
-    kv_dtype = k_ref.dtype
+    logit_scale = scale_log2 * scales_ref[0] if use_scales else scale_log2
 
     def page_ids(i):
         # Clamped to the table: entries past the table (or past the length) are masked below.
@@ -141,8 +146,12 @@ def _decode_kernel(
             k = jnp.where(mask, k_ref[head, ids], 0)
             v = jnp.where(mask, v_ref[head, ids], 0)
         else:
-            k = _plgpu.load(k_ref.at[ids], mask=mask, other=0)
-            v = _plgpu.load(v_ref.at[ids], mask=mask, other=0)
+            # A float fill: Triton casts no integer to float8.
+            fill = 0.0 if use_scales else 0
+            k = _plgpu.load(k_ref.at[ids], mask=mask, other=fill)
+            v = _plgpu.load(v_ref.at[ids], mask=mask, other=fill)
+        # float8 pages are widened here, in registers (a no-op for pages already in compute_dtype).
+        k, v = k.astype(compute_dtype), v.astype(compute_dtype)
         return k.reshape(block_k, head_dim), v.reshape(block_k, head_dim)
 
     def update(carry, k, v, pos):
@@ -151,7 +160,7 @@ def _decode_kernel(
         s = lax.dot_general(
             q, k, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
         )  # [Gp, block_k]
-        s = s * scale_log2
+        s = s * logit_scale
         if use_alibi:
             rel = (pos - (length - 1)).astype(jnp.float32)  # key_pos - query_pos
             s = s + slopes[:, None] * rel[None, :]
@@ -160,7 +169,7 @@ def _decode_kernel(
         correction = jnp.exp2(m_prev - m_next)  # [Gp]
         p = jnp.exp2(s - m_next[:, None])  # [Gp, block_k]
         l_next = correction * l_prev + p.sum(axis=-1)
-        pv = jnp.dot(p.astype(kv_dtype), v, precision=precision, preferred_element_type=jnp.float32)
+        pv = jnp.dot(p.astype(compute_dtype), v, precision=precision, preferred_element_type=jnp.float32)
         return correction[:, None] * o_prev + pv, m_next, l_next
 
     init = (
@@ -175,6 +184,8 @@ def _decode_kernel(
         return update(carry, k, v, pos)
 
     o, m, l = lax.fori_loop(0, num_blocks, body, init)
+    if use_scales:
+        o = o * scales_ref[1]
 
     fold = (lambda x: _compact_rows(x, group)) if compact else (lambda x: x)
     if split_outputs:

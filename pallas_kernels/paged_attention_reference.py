@@ -10,9 +10,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.kv_quant import dequantize, is_fp8
+
 
 def paged_attention_reference(
-    q, k_pages, v_pages, block_tables, lengths, *, alibi_slopes=None, scale=None
+    q, k_pages, v_pages, block_tables, lengths, *, alibi_slopes=None, scale=None, k_scale=None, v_scale=None
 ) -> jax.Array:
     """Dense reference of :func:`pallas_kernels.paged_attention.paged_attention`.
 
@@ -29,6 +31,8 @@ def paged_attention_reference(
       lengths: int32 ``[B]`` valid KV tokens per sequence; rows with length 0 give zeros.
       alibi_slopes: optional float32 ``[N]``; bias ``slope[n] * (j - (length - 1))``.
       scale: logit scale, default ``H ** -0.5``.
+      k_scale, v_scale: float8 pools: the pools hold ``x / scale`` (default 1.0); the gathered pages
+        are dequantized to float32 before the attention.
 
     Returns:
       ``[B, N, H]`` in ``q.dtype``.
@@ -41,6 +45,9 @@ def paged_attention_reference(
         scale = H**-0.5
     k = k_pages[:, block_tables].reshape(K, B, W * S, H)  # [K, B, W*S, H]
     v = v_pages[:, block_tables].reshape(K, B, W * S, H)  # [K, B, W*S, H]
+    if is_fp8(k_pages.dtype):
+        k = dequantize(k, 1.0 if k_scale is None else k_scale)
+        v = dequantize(v, 1.0 if v_scale is None else v_scale)
     qg = q.reshape(B, K, G, H).astype(jnp.float32)  # [B, K, G, H]
 
     pos = jnp.arange(W * S)  # [W*S]

@@ -23,6 +23,8 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from pallas_kernels.kv_quant import dequantize, is_fp8, kernel_scales
+
 try:  # Triton's compiler parameters: passing them selects the Triton lowering on every jax version
     from jax.experimental.pallas import triton as _plgpu
 
@@ -34,13 +36,17 @@ _M_INIT = -1e30
 
 
 def _kernel(
-    row_ref, start_ref, len_ref, pos_ref, bt_ref, slope_ref, q_ref, k_ref, v_ref, o_ref, *, scale, qb, g, ppcb, precision
+    row_ref, start_ref, len_ref, pos_ref, bt_ref, slope_ref, q_ref, k_ref, v_ref, *refs, scale, qb, g, ppcb, precision
 ):
+    # refs: ([2] k/v scales of float8 pages,) o. float8 tiles are widened to q's dtype in registers and the
+    # scales folded into the logits and the output (both dots are linear in the pages).
+    scales_ref, o_ref = refs if len(refs) == 2 else (None, refs[0])
     i, head = pl.program_id(0), pl.program_id(1)
     row, start, n = row_ref[i], start_ref[i], len_ref[i]
     page_size, head_dim = k_ref.shape[-2], k_ref.shape[-1]
     block_k = ppcb * page_size
     q = q_ref[pl.ds(start, qb), pl.ds(head * g, g), :].reshape(qb * g, head_dim)  # [Qb*G, H]
+    logit_scale = scale if scales_ref is None else scale * scales_ref[0]
     pos = pos_ref[pl.ds(start, qb)]  # [Qb]
     pos = jnp.broadcast_to(pos[:, None], (qb, g)).reshape(qb * g)  # [Qb*G]
     valid_q = jnp.broadcast_to((jnp.arange(qb) < n)[:, None], (qb, g)).reshape(qb * g)
@@ -51,12 +57,12 @@ def _kernel(
     def body(j, carry):
         o_prev, m_prev, l_prev = carry
         ids = bt_ref[row, pl.ds(j * ppcb, ppcb)]
-        k = k_ref[head, ids].reshape(block_k, head_dim)
-        v = v_ref[head, ids].reshape(block_k, head_dim)
+        k = k_ref[head, ids].reshape(block_k, head_dim).astype(q.dtype)
+        v = v_ref[head, ids].reshape(block_k, head_dim).astype(q.dtype)
         kpos = j * block_k + jnp.arange(block_k)
         mask = (kpos[None, :] <= pos[:, None]) & valid_q[:, None]
         s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
-                            preferred_element_type=jnp.float32) * scale
+                            preferred_element_type=jnp.float32) * logit_scale
         s = s + slopes[:, None] * (kpos[None, :] - pos[:, None]).astype(jnp.float32)
         s = jnp.where(mask, s, -jnp.inf)
         m_next = jnp.maximum(m_prev, s.max(axis=-1))
@@ -71,6 +77,8 @@ def _kernel(
     l = jnp.zeros((qb * g,), jnp.float32)
     o, m, l = lax.fori_loop(0, num_blocks, body, (o, m, l))
     o = o / jnp.where(l > 0, l, 1.0)[:, None]
+    if scales_ref is not None:
+        o = o * scales_ref[1]
     o_ref[...] = o.reshape(qb, g, head_dim).astype(o_ref.dtype)
 
 
@@ -92,13 +100,15 @@ def query_blocks(row_starts: np.ndarray, row_lens: np.ndarray, qb: int, num_bloc
 @functools.partial(jax.jit, static_argnames=("scale", "qb", "interpret"))
 def ragged_paged_attention(
     q, k_pages, v_pages, positions, block_tables, block_rows, block_starts, block_lens, *, alibi_slopes=None,
-    scale=None, qb=16, interpret=None,
+    scale=None, k_scale=None, v_scale=None, qb=16, interpret=None,
 ):
     """Attention of packed query chunks over the paged pool.
 
     q [T, N, H]; k_pages, v_pages [K, P, S, H]; positions [T] (each token's position in its sequence);
     block_tables [R, W]; block_rows / block_starts / block_lens [Qn] from `query_blocks` (a block never
-    spans two sequences); alibi_slopes [N] adds slope * (key_pos - query_pos). Returns [T, N, H]; tokens not covered by any block come back as zeros.
+    spans two sequences); alibi_slopes [N] adds slope * (key_pos - query_pos); k_scale, v_scale: float8 pools
+    only, the scalars the pages were divided by (default 1.0). Returns [T, N, H]; tokens not covered by any
+    block come back as zeros.
     """
     t, n, h = q.shape
     kh, p_, s_, _ = k_pages.shape
@@ -112,8 +122,10 @@ def ragged_paged_attention(
         qp = jnp.pad(q.reshape(t, kh, g, h), ((0, 0), (0, 0), (0, gp - g), (0, 0))).reshape(t, kh * gp, h)
         sp = None if alibi_slopes is None else jnp.pad(alibi_slopes.reshape(kh, g), ((0, 0), (0, gp - g))).reshape(-1)
         out = ragged_paged_attention(qp, k_pages, v_pages, positions, block_tables, block_rows, block_starts,
-                                     block_lens, alibi_slopes=sp, scale=scale, qb=qb, interpret=interpret)
+                                     block_lens, alibi_slopes=sp, scale=scale, k_scale=k_scale, v_scale=v_scale,
+                                     qb=qb, interpret=interpret)
         return out.reshape(t, kh, gp, h)[:, :, :g].reshape(t, n, h)
+    scales = kernel_scales(k_pages, k_scale, v_scale)  # [2] float32, or None
     qn = block_rows.shape[0]
     w = block_tables.shape[1]
     ppcb = min(8, 1 << (w - 1).bit_length())  # pages per inner step: a power of two (Triton tile sizes)
@@ -137,12 +149,13 @@ def ragged_paged_attention(
         in_specs=[
             smem((qn,)), smem((qn,)), smem((qn,)), smem((t + qb,)), smem((block_tables.shape[0], w_pad)), smem((n,)),
             full((t + qb, n, h)), full((kh, p_, s_, h)), full((kh, p_, s_, h)),
-        ],
+        ] + ([] if scales is None else [smem((2,))]),
         out_specs=pl.BlockSpec((None, qb, g, h), lambda i, hh: (i, 0, hh, 0)),
         out_shape=jax.ShapeDtypeStruct((qn, qb, n, h), q.dtype),
         interpret=interpret,
         **params,
-    )(block_rows, block_starts, block_lens, pos_pad, block_tables, slopes, q_pad, k_pages, v_pages)
+    )(block_rows, block_starts, block_lens, pos_pad, block_tables, slopes, q_pad, k_pages, v_pages,
+      *([] if scales is None else [scales]))
     # Scatter blocks back to packed order; rows past a block's length go to a discarded extra slot.
     idx = block_starts[:, None] + jnp.arange(qb)[None, :]  # [Qn, Qb]
     idx = jnp.where(jnp.arange(qb)[None, :] < block_lens[:, None], idx, t)
@@ -151,9 +164,12 @@ def ragged_paged_attention(
 
 
 def ragged_paged_attention_reference(
-    q, k_pages, v_pages, positions, segment_rows, block_tables, *, alibi_slopes=None, scale=None
+    q, k_pages, v_pages, positions, segment_rows, block_tables, *, alibi_slopes=None, scale=None, k_scale=None,
+    v_scale=None,
 ):
-    """Plain jnp: token t attends to pool positions 0..positions[t] of row segment_rows[t] (-1 = padding)."""
+    """Plain jnp: token t attends to pool positions 0..positions[t] of row segment_rows[t] (-1 = padding).
+
+    float8 pools are dequantized (``page * scale``, scales default 1.0) before the attention."""
     t, n, h = q.shape
     kh = k_pages.shape[0]
     g = n // kh
@@ -162,6 +178,9 @@ def ragged_paged_attention_reference(
     pages = block_tables[rows]  # [T, W]
     k = k_pages[:, pages].reshape(kh, t, -1, h)  # [K, T, W*S, H]
     v = v_pages[:, pages].reshape(kh, t, -1, h)
+    if is_fp8(k_pages.dtype):
+        k = dequantize(k, 1.0 if k_scale is None else k_scale)
+        v = dequantize(v, 1.0 if v_scale is None else v_scale)
     qg = q.reshape(t, kh, g, h)
     s = jnp.einsum("tkgh,ktlh->tkgl", qg.astype(jnp.float32), k.astype(jnp.float32)) * scale
     kpos = jnp.arange(k.shape[2])
@@ -172,5 +191,6 @@ def ragged_paged_attention_reference(
     s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
     p = jax.nn.softmax(s, axis=-1)
     p = jnp.where(mask[:, None, None, :], p, 0.0)
+    v = jnp.where(mask[None, :, :, None], v, 0)  # slots a token may not see can hold garbage (NaN)
     o = jnp.einsum("tkgl,ktlh->tkgh", p, v.astype(jnp.float32))
     return o.reshape(t, n, h).astype(q.dtype)
