@@ -26,6 +26,14 @@ SUPPORTED_DTYPES = {
     "fp16": "float16",
 }
 
+# vLLM's `kv_cache_dtype` names -> the element type of the KV pool ("auto": the model's dtype).
+KV_CACHE_DTYPES = {
+    "auto": None,
+    "fp8": "float8_e4m3fn",
+    "fp8_e4m3": "float8_e4m3fn",
+    "fp8_e5m2": "float8_e5m2",
+}
+
 
 def _resolve_dtype(requested: str, hf: dict[str, Any]) -> str:
     key = str(requested).lower().replace("torch.", "")
@@ -142,9 +150,9 @@ class ModelConfig:
     def dtype_bytes(self) -> int:
         return 4 if self.dtype == "float32" else 2
 
-    def kv_bytes_per_token(self) -> int:
-        """Bytes of K and V per token over all layers."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+    def kv_bytes_per_token(self, itemsize: int | None = None) -> int:
+        """Bytes of K and V per token over all layers, with elements of `itemsize` bytes (default: the model's)."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * (itemsize or self.dtype_bytes)
 
 
 @dataclass
@@ -157,8 +165,14 @@ class CacheConfig:
     num_gpu_blocks_override: int | None = None
     num_blocks: int | None = None  # P, including the null block 0
     enable_prefix_caching: bool = True  # share the pages of equal prompt prefixes
+    cache_dtype: str = "auto"  # vLLM's kv_cache_dtype: auto (the model's dtype), fp8 (= fp8_e4m3), fp8_e5m2
+    calculate_kv_scales: bool = False  # fp8: per-layer K/V scales from the first step instead of 1.0
 
     def __post_init__(self) -> None:
+        if self.cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"Unknown kv_cache_dtype {self.cache_dtype!r}; choose one of: {', '.join(KV_CACHE_DTYPES)}."
+            )
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}.")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -167,6 +181,14 @@ class CacheConfig:
             )
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 2:
             raise ValueError("num_gpu_blocks_override must be at least 2 (block 0 is the null block).")
+
+    def kv_dtype(self, model_dtype: str) -> str:
+        """The pool's element type (a NumPy/JAX dtype name) for a model computing in `model_dtype`."""
+        return KV_CACHE_DTYPES[self.cache_dtype] or model_dtype
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.cache_dtype != "auto"
 
 
 @dataclass

@@ -24,7 +24,7 @@ _IGNORED_ENGINE_ARGS = frozenset(
         "max_seq_len_to_capture", "tokenizer_pool_size",
         "compilation_config", "disable_async_output_proc", "worker_cls", "distributed_executor_backend",
         "mm_processor_kwargs", "limit_mm_per_prompt", "hf_token", "task", "runner", "convert",
-        "pipeline_parallel_size", "enable_lora", "max_lora_rank", "max_loras", "kv_cache_dtype",
+        "pipeline_parallel_size", "enable_lora", "max_lora_rank", "max_loras",
         "use_v2_block_manager", "preemption_mode", "logits_processors", "structured_outputs_config",
         "guided_decoding_backend", "attention_config", "served_model_name",
     }
@@ -49,6 +49,11 @@ class LLM:
     compiles each bucket when a step first needs it. None: $JAXLLM_PRECOMPILE, else "background" on
     GPU/TPU and "off" on CPU; `enforce_eager=True` (vLLM's switch) means "off" too. A bucket that fails
     to compile is logged at once and fails the steps that need it, as it would have failed lazily.
+
+    `kv_cache_dtype`: "auto" (the model's dtype), "fp8" / "fp8_e4m3" or "fp8_e5m2": float8 KV pages, twice
+    the tokens in the same memory (docs/kv_cache_dtype.md); their per-layer K/V scales come from the
+    checkpoint's `k_scale` / `v_scale` tensors, else 1.0, or with `calculate_kv_scales=True` from the
+    first step's K/V.
     """
 
     def __init__(
@@ -69,6 +74,8 @@ class LLM:
         kv_cache_memory_bytes: int | None = None,
         num_gpu_blocks_override: int | None = None,
         block_size: int = 16,
+        kv_cache_dtype: str = "auto",
+        calculate_kv_scales: bool = False,
         max_model_len: int | None = None,
         max_num_seqs: int | None = None,
         max_num_batched_tokens: int | None = None,
@@ -104,6 +111,8 @@ class LLM:
             kv_cache_memory_bytes=kv_cache_memory_bytes,
             num_gpu_blocks_override=num_gpu_blocks_override,
             enable_prefix_caching=True if enable_prefix_caching is None else bool(enable_prefix_caching),
+            cache_dtype=kv_cache_dtype,
+            calculate_kv_scales=bool(calculate_kv_scales),
         )
         self.generation_config = load_generation_config(path)
         self.max_logprobs = max_logprobs

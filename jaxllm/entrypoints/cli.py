@@ -20,6 +20,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--kv-cache-memory-bytes", type=int, default=None)
     parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+                        help="element type of the KV pool: auto (the model's dtype) or float8 (fp8 = fp8_e4m3), "
+                             "which holds twice the tokens")
+    parser.add_argument("--calculate-kv-scales", action="store_true",
+                        help="fp8 KV: per-layer K/V scales from the first step instead of the checkpoint's (or 1.0)")
     parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     parser.add_argument("--quantization", "-q", default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -42,7 +47,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     names = [
         "tokenizer", "revision", "dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
         "block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
-        "tensor_parallel_size", "quantization", "seed", "download_dir", "trust_remote_code",
+        "kv_cache_dtype", "calculate_kv_scales", "tensor_parallel_size", "quantization", "seed", "download_dir", "trust_remote_code",
     ]
     kwargs = {n: getattr(args, n) for n in names if hasattr(args, n)}
     for flag in ("enable_prefix_caching", "enable_chunked_prefill", "precompile"):

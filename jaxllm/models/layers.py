@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 # matmul(x, w): x @ w for a dense weight or a QuantizedWeight; the models call their linear layers through it.
 from jaxllm.quantization.matmul import matmul  # also used by the models directly
+from pallas_kernels.kv_quant import calibrated_scales
 from pallas_kernels.paged_attention import paged_attention, write_to_kv_pages
 from pallas_kernels.ragged_paged_attention import ragged_paged_attention
 
@@ -208,18 +209,39 @@ def _tensor_parallel_mesh():
     return mesh
 
 
+def _per_shard(fn, mesh, in_specs, out_specs):
+    """`fn(*args)` run per kv-head shard under `shard_map`; None arguments (absent options) stay None."""
+
+    def call(*args):
+        present = [i for i, a in enumerate(args) if a is not None]
+
+        def local(*xs):
+            full = [None] * len(args)
+            for i, x in zip(present, xs):
+                full[i] = x
+            return fn(*full)
+
+        specs = tuple(in_specs[i] for i in present)
+        mapped = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=out_specs, check_vma=False)
+        return mapped(*(args[i] for i in present))
+
+    return call
+
+
 def attention(
     q: jax.Array,  # [T, N, H]
     k: jax.Array,  # [T, K, H]
     v: jax.Array,  # [T, K, H]
-    kv_cache: tuple[jax.Array, jax.Array],  # ([K, P, S, H], [K, P, S, H])
+    kv_cache: tuple[jax.Array, ...],  # ([K, P, S, H], [K, P, S, H]) (+ k_scale, v_scale [] for float8 pages)
     positions: jax.Array,
     md: AttentionMetadata,
     scale: float,
     alibi_slopes: jax.Array | None = None,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """Write this step's K/V into the pool, then attend: dense over the prompt, or paged for decode.
 
+    A float8 pool carries the layer's K and V scales; a scale of 0 is set from this step's K/V
+    (calibration on the first step, see pallas_kernels/kv_quant.py) and returned with the pool.
     Under a tensor-parallel mesh (`jax.set_mesh` with a "tp" axis) the pool write and the Pallas
     kernel, which XLA cannot partition, run per kv-head shard under `shard_map`.
     """
@@ -228,43 +250,33 @@ def attention(
         pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pool_h - h)))
         out, cache = attention(pad(q), pad(k), pad(v), kv_cache, positions, md, scale, alibi_slopes)
         return out[..., :h], cache
+    k_scale = v_scale = None
+    if len(kv_cache) == 4:
+        k_scale, v_scale = calibrated_scales(k, v, kv_cache[2], kv_cache[3])
+
+    def write(kp, vp, k, v, slots, ks, vs):
+        return write_to_kv_pages(kp, vp, k, v, slots, k_scale=ks, v_scale=vs)
+
+    def decode(q, kp, vp, bt, lens, slopes, ks, vs):
+        return paged_attention(q, kp, vp, bt, lens, alibi_slopes=slopes, scale=scale, k_scale=ks, v_scale=vs)
+
+    def ragged(q, kp, vp, pos, bt, rows, starts, lens, slopes, ks, vs):
+        return ragged_paged_attention(q, kp, vp, pos, bt, rows, starts, lens, alibi_slopes=slopes, scale=scale,
+                                      k_scale=ks, v_scale=vs)
+
     mesh = _tensor_parallel_mesh()
-    write, decode, ragged = write_to_kv_pages, paged_attention, ragged_paged_attention
     if mesh is not None:
         heads, pool, rep = P(None, "tp", None), P("tp"), P()
-        write = jax.shard_map(
-            write_to_kv_pages, mesh=mesh, in_specs=(pool, pool, heads, heads, rep), out_specs=(pool, pool),
-            check_vma=False,
-        )
-        slopes_spec = () if alibi_slopes is None else (P("tp"),)
+        write = _per_shard(write, mesh, (pool, pool, heads, heads, rep, rep, rep), (pool, pool))
+        decode = _per_shard(decode, mesh, (heads, pool, pool, rep, rep, P("tp"), rep, rep), heads)
+        ragged = _per_shard(ragged, mesh, (heads, pool, pool, *[rep] * 5, P("tp"), rep, rep), heads)
 
-        def local(q, kp, vp, bt, lens, *slopes):
-            return paged_attention(q, kp, vp, bt, lens, alibi_slopes=slopes[0] if slopes else None, scale=scale)
-
-        sharded = jax.shard_map(
-            local, mesh=mesh, in_specs=(heads, pool, pool, rep, rep, *slopes_spec), out_specs=heads, check_vma=False
-        )
-
-        def decode(q, kp, vp, bt, lens, alibi_slopes=None, scale=None):
-            return sharded(q, kp, vp, bt, lens, *(() if alibi_slopes is None else (alibi_slopes,)))
-
-        def ragged(q, kp, vp, pos, bt, rows, starts, lens, alibi_slopes=None, scale=None):
-            def local(q, kp, vp, pos, bt, rows, starts, lens, *slopes):
-                return ragged_paged_attention(q, kp, vp, pos, bt, rows, starts, lens,
-                                              alibi_slopes=slopes[0] if slopes else None, scale=scale)
-
-            fn = jax.shard_map(
-                local, mesh=mesh, in_specs=(heads, pool, pool, rep, rep, rep, rep, rep, *slopes_spec),
-                out_specs=heads, check_vma=False,
-            )
-            return fn(q, kp, vp, pos, bt, rows, starts, lens, *(() if alibi_slopes is None else (alibi_slopes,)))
-
-    k_pages, v_pages = write(kv_cache[0], kv_cache[1], k, v, md.slot_mapping)
+    k_pages, v_pages = write(kv_cache[0], kv_cache[1], k, v, md.slot_mapping, k_scale, v_scale)
     if md.is_ragged:
         out = ragged(q, k_pages, v_pages, positions, md.block_tables, md.q_block_rows, md.q_block_starts,
-                     md.q_block_lens, alibi_slopes=alibi_slopes, scale=scale)
+                     md.q_block_lens, alibi_slopes, k_scale, v_scale)
     elif md.is_prefill:
         out = prefill_attention(q, k, v, positions, md.segment_ids, scale, alibi_slopes)
     else:
-        out = decode(q, k_pages, v_pages, md.block_tables, md.context_lens, alibi_slopes=alibi_slopes, scale=scale)
-    return out, (k_pages, v_pages)
+        out = decode(q, k_pages, v_pages, md.block_tables, md.context_lens, alibi_slopes, k_scale, v_scale)
+    return out, (k_pages, v_pages) + (() if k_scale is None else (k_scale, v_scale))

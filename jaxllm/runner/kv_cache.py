@@ -1,6 +1,7 @@
 """Sizing and allocating the paged KV pool.
 
     per layer:  k_pages, v_pages  [K, P, S, H]   (kv-head major: shards on K, pages contiguous per head)
+                (+ k_scale, v_scale  float32 []  when the pages are float8, see pallas_kernels/kv_quant.py)
     page 0 is the null page: padding tokens write there and no block table points at it for real data.
 """
 
@@ -11,6 +12,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 
@@ -37,7 +39,8 @@ def plan_num_blocks(
     `weights_to_come`: bytes of parameters each device will receive after this call (planning before the
     weights are loaded, so the pool's shape is known to the steps compiled meanwhile).
     """
-    per_block = model.kv_bytes_per_token() * pool_head_dim(model.head_dim) // model.head_dim * cache.block_size // tp
+    itemsize = jnp.dtype(cache.kv_dtype(model.dtype)).itemsize  # 1 for float8 pages: twice the pages
+    per_block = model.kv_bytes_per_token(itemsize) * pool_head_dim(model.head_dim) // model.head_dim * cache.block_size // tp
     pages_per_seq = -(-sched.max_model_len // cache.block_size)
     if cache.num_gpu_blocks_override is not None:
         num_blocks = cache.num_gpu_blocks_override
@@ -66,7 +69,8 @@ def plan_num_blocks(
             "`gpu_memory_utilization` (or `kv_cache_memory_bytes` / `num_gpu_blocks_override`) or "
             "decreasing `max_model_len` when initializing the engine."
         )
-    logger.info("KV pool: %d blocks of %d tokens (%s)", num_blocks, cache.block_size, source)
+    logger.info("KV pool: %d blocks of %d tokens in %s (%s)", num_blocks, cache.block_size,
+                cache.kv_dtype(model.dtype), source)
     return int(num_blocks)
 
 
@@ -82,10 +86,47 @@ def pool_head_dim(head_dim: int) -> int:
     return 1 << (head_dim - 1).bit_length() if pad else head_dim
 
 
+def check_kv_cache_dtype(cache: CacheConfig) -> None:
+    """A clear error where float8 pages cannot run: the kernels need float8 loads (CUDA sm_89 and newer)."""
+    if not cache.is_fp8:
+        return
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        return
+    capability = getattr(device, "compute_capability", None) if device.platform == "gpu" else None
+    if capability is None or tuple(int(x) for x in str(capability).split(".")[:2]) < (8, 9):
+        where = f"{device.device_kind} ({device.platform}" + (f", compute capability {capability})" if capability else ")")
+        raise ValueError(
+            f"kv_cache_dtype={cache.cache_dtype!r} needs an NVIDIA GPU of compute capability 8.9 or newer "
+            f"(Ada, Hopper, Blackwell) or the CPU; this device is {where}. Use kv_cache_dtype='auto'."
+        )
+
+
+def _pool_shape(model: ModelConfig, cache: CacheConfig) -> tuple[int, int, int, int]:
+    return (model.num_kv_heads, cache.num_blocks, cache.block_size, pool_head_dim(model.head_dim))
+
+
 def allocate_kv_caches(
-    model: ModelConfig, num_blocks: int, block_size: int, sharding=None
-) -> list[tuple[jax.Array, jax.Array]]:
-    """Zeroed pools, created directly in their shards when `sharding` is given."""
-    shape = (model.num_kv_heads, num_blocks, block_size, pool_head_dim(model.head_dim))
-    zeros = jax.jit(lambda: jnp.zeros(shape, jnp.dtype(model.dtype)), out_shardings=sharding)
-    return [(zeros(), zeros()) for _ in range(model.num_layers)]
+    model: ModelConfig, cache: CacheConfig, sharding=None, scales: np.ndarray | None = None, scale_sharding=None
+) -> list[tuple[jax.Array, ...]]:
+    """Zeroed pools, created directly in their shards when `sharding` is given.
+
+    float8 pools carry each layer's scales, `scales[layer] = (k_scale, v_scale)` (0: calibrate on the
+    first step), replicated with `scale_sharding`.
+    """
+    shape, dtype = _pool_shape(model, cache), jnp.dtype(cache.kv_dtype(model.dtype))
+    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+    if not cache.is_fp8:
+        return [(zeros(), zeros()) for _ in range(model.num_layers)]
+    assert scales is not None and scales.shape == (model.num_layers, 2), scales
+    put = lambda x: jax.device_put(np.float32(x), scale_sharding)
+    return [(zeros(), zeros(), put(ks), put(vs)) for ks, vs in scales]
+
+
+def abstract_kv_caches(model: ModelConfig, cache: CacheConfig, sharding, scale_sharding) -> list[tuple]:
+    """The pools as `ShapeDtypeStruct`s (the steps compile from them before the pool exists)."""
+    page = jax.ShapeDtypeStruct(_pool_shape(model, cache), jnp.dtype(cache.kv_dtype(model.dtype)), sharding=sharding)
+    if not cache.is_fp8:
+        return [(page, page) for _ in range(model.num_layers)]
+    scale = jax.ShapeDtypeStruct((), jnp.float32, sharding=scale_sharding)
+    return [(page, page, scale, scale) for _ in range(model.num_layers)]

@@ -27,7 +27,8 @@ from jaxllm.quantization.placement import dummy_param, put_param
 from jaxllm.runner import abstract_params, compile_counter
 from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
-from jaxllm.runner.kv_cache import allocate_kv_caches, plan_num_blocks, pool_head_dim
+from jaxllm.runner.kv_cache import abstract_kv_caches, allocate_kv_caches, check_kv_cache_dtype, plan_num_blocks
+from jaxllm.runner.kv_scales import initial_kv_scales
 from jaxllm.runner.logit_bias import step_logit_bias
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
 from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
@@ -139,6 +140,7 @@ class ModelRunner:
         self.model_config = model_config
         self.cache_config = cache_config
         self.scheduler_config = scheduler_config
+        check_kv_cache_dtype(cache_config)
         self.module = get_model_module(model_config.architecture)
         # None, or how the linear weights are stored: AWQ from the checkpoint, int8 / fp8 quantized at load.
         self.quant_config = resolve_quantization(
@@ -161,7 +163,8 @@ class ModelRunner:
         if cache_config.num_blocks is None:
             cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config, self.tp)
         self.kv_caches = allocate_kv_caches(
-            model_config, cache_config.num_blocks, cache_config.block_size, sharding.kv_cache_sharding(self.mesh)
+            model_config, cache_config, sharding.kv_cache_sharding(self.mesh),
+            initial_kv_scales(model_config, cache_config), sharding.replicated(self.mesh),
         )
         self.token_buffer = jax.device_put(
             np.zeros(cache_config.num_blocks * cache_config.block_size, np.int32), sharding.replicated(self.mesh)
@@ -202,9 +205,7 @@ class ModelRunner:
     def _start_precompile(self, params) -> None:
         """Compile every bucket for default sampling on background threads, from abstract arguments."""
         cfg, cache = self.model_config, self.cache_config
-        pool_shape = (cfg.num_kv_heads, cache.num_blocks, cache.block_size, pool_head_dim(cfg.head_dim))
-        page = jax.ShapeDtypeStruct(pool_shape, jnp.dtype(cfg.dtype), sharding=sharding.kv_cache_sharding(self.mesh))
-        kv = [(page, page) for _ in range(cfg.num_layers)]
+        kv = abstract_kv_caches(cfg, cache, sharding.kv_cache_sharding(self.mesh), sharding.replicated(self.mesh))
         buffer = jax.ShapeDtypeStruct(
             (cache.num_blocks * cache.block_size,), jnp.int32, sharding=sharding.replicated(self.mesh)
         )
@@ -332,8 +333,9 @@ class ModelRunner:
         dst = np.zeros(n, np.int32)  # padding copies the null page onto itself
         src[: len(pairs)], dst[: len(pairs)] = zip(*pairs)
         if self._copy_fn is None:
-            def copy(kv_caches, src, dst):
-                return [(k.at[:, dst].set(k[:, src]), v.at[:, dst].set(v[:, src])) for k, v in kv_caches]
+            def copy(kv_caches, src, dst):  # float8 pools: the layer's scales ride along unchanged
+                return [(k.at[:, dst].set(k[:, src]), v.at[:, dst].set(v[:, src]), *scales)
+                        for k, v, *scales in kv_caches]
 
             self._copy_fn = jax.jit(copy, donate_argnums=(0,))
         with self._mesh_context():

@@ -84,7 +84,6 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
     compat.add_argument("--disable-custom-all-reduce", action="store_true")
     compat.add_argument("--disable-frontend-multiprocessing", action="store_true")
     compat.add_argument("--swap-space", type=float, default=None)
-    compat.add_argument("--kv-cache-dtype", default=None)
     compat.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
 
 

@@ -79,7 +79,6 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     compat.add_argument("--disable-log-requests", action="store_true")
     compat.add_argument("--disable-log-stats", action="store_true")
     compat.add_argument("--swap-space", type=float, default=None)
-    compat.add_argument("--kv-cache-dtype", default=None)
     compat.add_argument("--enable-force-include-usage", action="store_true", help="(streams only)")
     compat.add_argument("--output-tmp-dir", default=None)
     compat.add_argument("--enable-metrics", action="store_true")
