@@ -18,6 +18,10 @@ Usage (GPU)::
 
     PYTHONPATH=. python3 scripts/bench_paged_attention.py --out results/
     PYTHONPATH=. python3 scripts/bench_paged_attention.py --sweep --out results/   # tune ours
+    PYTHONPATH=. python3 scripts/bench_paged_attention.py --kv-cache-dtype fp8 --out results-fp8/
+
+With ``--kv-cache-dtype fp8`` (or fp8_e5m2) the pages are float8: ``ours`` and ``xla`` read them (bandwidth
+counted in float8 bytes) and ``ours_bf16`` times ours on bfloat16 pages of the same shapes in the same run.
 
 Writes ``paged_attention_bench.json``, ``.csv``, ``.md`` and ``paged_attention_bandwidth.png``
 (if matplotlib is installed) under ``--out``; ``--plot-from FILE.json`` redraws the plot only.
@@ -41,8 +45,11 @@ import time
 import traceback
 
 from bench_paged_attention_peers import (
+    FP8_IMPLS,
+    FP8_SCALE,
     HEAD_DIM,
     IMPLS,
+    KV_DTYPES,
     PAGE,
     build_impl,
     check,
@@ -61,7 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--context", default="512,2048,8192,32768")
     p.add_argument("--heads", default="32/8,64/8", help="query/kv heads pairs")
     p.add_argument("--shapes", default="", help="BxL pairs (e.g. 64x2048,1x8192) instead of batch x context")
-    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--impls", default="", help=f"default: {','.join(i for i in IMPLS if i != 'ours_bf16')}, "
+                   f"with float8 pages {','.join(FP8_IMPLS)}")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=sorted(KV_DTYPES), help="element type of the pages")
     p.add_argument("--max-gb", type=float, default=40.0, help="skip shapes whose K+V exceed this")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--target-ms", type=float, default=20.0, help="wall time of one timed repeat")
@@ -85,19 +94,26 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
     import jax
     import jax.numpy as jnp
 
+    from pallas_kernels.kv_quant import is_fp8
     from pallas_kernels.paged_attention import default_config, paged_attention_reference
 
-    nbytes = kv_bytes(B, L, K)
+    kv_dtype = jnp.dtype(KV_DTYPES[args.kv_cache_dtype])
+    fp8 = is_fp8(kv_dtype)
+    nbytes = kv_bytes(B, L, K, itemsize=kv_dtype.itemsize)
     R = int(min(args.max_sets, max(1, math.ceil(args.rotate_mb * 2**20 / nbytes))))
-    sets = make_sets(B, L, N, K, R)
+    sets = make_sets(B, L, N, K, R, kv_dtype=kv_dtype)
     rows = min(B, 4)
     q, kp, vp, bt, lens = sets[0]
-    ref = paged_attention_reference(q[:rows], kp, vp, bt[:rows], lens[:rows], scale=HEAD_DIM**-0.5)
+    page_scales = {"k_scale": FP8_SCALE, "v_scale": FP8_SCALE} if fp8 else {}
+    ref = paged_attention_reference(q[:rows], kp, vp, bt[:rows], lens[:rows], scale=HEAD_DIM**-0.5, **page_scales)
     ref = jax.device_get(ref)
-    rec_base = {"B": B, "L": L, "N": N, "K": K, "kv_bytes": nbytes, "sets": R}
+    rec_base = {"B": B, "L": L, "N": N, "K": K, "kv_bytes": nbytes, "sets": R, "kv_dtype": str(kv_dtype)}
 
     def measure(name, label, fn, use_sets):
         rec = {**rec_base, "impl": name, "config": label}
+        if name == "ours_bf16":
+            rec.update(kv_bytes=kv_bytes(B, L, K), kv_dtype="bfloat16")
+        nbytes = rec["kv_bytes"]
         try:
             multi = jax.jit(lambda ss: tuple(fn(s) for s in ss))
             out = multi(use_sets)[0]
@@ -126,7 +142,7 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
         W = L // PAGE
         phase1 = []
         for cfg in sweep_configs:
-            [(label, fn)] = build_impl("ours", B, L, N, K, cfg)
+            [(label, fn)] = build_impl("ours", B, L, N, K, cfg, fp8=fp8)
             phase1.append(measure("ours", label, fn, sets))
         records += phase1
         good = [r for r in phase1 if r.get("ok")]
@@ -138,26 +154,29 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
             while ks <= max(1, W // ppcb) and ks <= 128:
                 if ks != d["k_splits"]:
                     cfg = {**best_cfg, "k_splits": ks}
-                    [(label, fn)] = build_impl("ours", B, L, N, K, cfg)
+                    [(label, fn)] = build_impl("ours", B, L, N, K, cfg, fp8=fp8)
                     records.append(measure("ours", label, fn, sets))
                 ks *= 2
             good = [r for r in records if r.get("ok")]
             best_cfg = json.loads(max(good, key=lambda r: r["tbps"])["config"])
             if best_cfg.get("k_splits", d["k_splits"]) > 1:
                 cfg = {**best_cfg, "k_splits": best_cfg.get("k_splits", d["k_splits"]), "combine": "xla"}
-                [(label, fn)] = build_impl("ours", B, L, N, K, cfg)
+                [(label, fn)] = build_impl("ours", B, L, N, K, cfg, fp8=fp8)
                 records.append(measure("ours", label, fn, sets))
         del sets
         return records
 
     for name in impls:
         try:
-            variants = build_impl(name, B, L, N, K)
+            variants = build_impl(name, B, L, N, K, fp8=fp8)
         except Exception as e:
             records.append({**rec_base, "impl": name, "error": f"{type(e).__name__}: {e}"[:300]})
             log(f"  {name}: unavailable: {e}")
             continue
         use_sets = [cudnn_layout(s) for s in sets] if name == "cudnn" else sets
+        if name == "ours_bf16" and fp8:  # the dequantized values in bfloat16 pages (exact: 3 < 7 mantissa bits)
+            widen = lambda p: (p.astype(jnp.float32) * FP8_SCALE).astype(jnp.bfloat16)
+            use_sets = [(q, widen(kp), widen(vp), bt, lens) for q, kp, vp, bt, lens in sets]
         recs = [measure(name, label, fn, use_sets) for label, fn in variants]
         timed = [r for r in recs if "tbps" in r]
         # Peers with several launch configs: keep the fastest correct one.
@@ -210,7 +229,8 @@ def main(argv=None):
     if ceiling:
         log(f"ceiling: {ceiling['method']} = {copy_tbps:.2f} TB/s")
 
-    impls = [i for i in args.impls.split(",") if i]
+    default_impls = FP8_IMPLS if args.kv_cache_dtype != "auto" else [i for i in IMPLS if i != "ours_bf16"]
+    impls = [i for i in (args.impls or ",".join(default_impls)).split(",") if i]
     sweep_configs = None
     if args.sweep:
         impls = ["ours"]

@@ -1,27 +1,31 @@
 """The implementations timed by ``bench_paged_attention.py``: ours and its peers, on the same inputs.
 
-Also the shared shape constants (page size, head dim, K/V dtype) and the correctness check
-against the reference.
+Also the shared shape constants (page size, head dim) and the correctness check against the reference.
+With float8 pages (``--kv-cache-dtype fp8``) the sets hold the pages quantized with ``FP8_SCALE``; ``ours``
+and ``xla`` read them, and ``ours_bf16`` times ours on the bfloat16 pages of the same values.
 """
 
 from __future__ import annotations
 
 import json
 
-KV_DTYPE_BYTES = 2  # bf16
 PAGE = 16
 HEAD_DIM = 128
-IMPLS = ("ours", "jax_triton", "cudnn", "xla")
+FP8_SCALE = 1 / 32  # unit-normal values stay far inside e4m3's range (448) after division
+IMPLS = ("ours", "ours_bf16", "jax_triton", "cudnn", "xla")
+FP8_IMPLS = ("ours", "ours_bf16", "xla")
+KV_DTYPES = {"auto": "bfloat16", "fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 LABELS = {
     "ours": "ours (Pallas)",
+    "ours_bf16": "ours, bf16 pages",
     "jax_triton": "JAX Pallas-Triton paged",
     "cudnn": "cuDNN paged",
     "xla": "XLA gather + dense",
 }
 
 
-def kv_bytes(B, L, K, H=HEAD_DIM):
-    return B * L * K * H * KV_DTYPE_BYTES * 2
+def kv_bytes(B, L, K, H=HEAD_DIM, itemsize=2):
+    return B * L * K * H * itemsize * 2
 
 
 # --------------------------------------------------------------------------------------
@@ -29,12 +33,15 @@ def kv_bytes(B, L, K, H=HEAD_DIM):
 # --------------------------------------------------------------------------------------
 
 
-def make_sets(B, L, N, K, R, seed=0):
+def make_sets(B, L, N, K, R, seed=0, kv_dtype="bfloat16"):
     """R independent input sets: head-major pool [K, B*W + 1, 16, 128] (page 0 = null page),
-    random-permutation block tables, every sequence at full context L."""
+    random-permutation block tables, every sequence at full context L. float8 pools hold the same
+    values divided by FP8_SCALE."""
     import jax
     import jax.numpy as jnp
     import numpy as np
+
+    from pallas_kernels.kv_quant import is_fp8, quantize
 
     W = L // PAGE
     P = B * W + 1
@@ -48,6 +55,8 @@ def make_sets(B, L, N, K, R, seed=0):
         perm = np.random.default_rng(r + 17 * seed).permutation(B * W) + 1
         bt = jnp.asarray(perm.reshape(B, W).astype(np.int32))
         lens = jnp.full((B,), L, jnp.int32)
+        if is_fp8(kv_dtype):
+            kp, vp = quantize(kp, FP8_SCALE, jnp.dtype(kv_dtype)), quantize(vp, FP8_SCALE, jnp.dtype(kv_dtype))
         sets.append((q, kp, vp, bt, lens))
     return sets
 
@@ -61,14 +70,18 @@ def cudnn_layout(s):
     return q, kc, vc, table, lens
 
 
-def build_impl(name, B, L, N, K, config=None):
-    """Returns (list of (config_label, fn(set) -> [B, N, H])); fn is traced inside a jit."""
+def build_impl(name, B, L, N, K, config=None, fp8=False):
+    """Returns (list of (config_label, fn(set) -> [B, N, H])); fn is traced inside a jit.
+    fp8: the set's pages are float8 (scale FP8_SCALE); ours_bf16 always gets bfloat16 pages."""
     import jax
     import jax.numpy as jnp
 
     scale = HEAD_DIM**-0.5
     W = L // PAGE
-    if name == "ours":
+    page_scales = {"k_scale": FP8_SCALE, "v_scale": FP8_SCALE} if fp8 and name != "ours_bf16" else {}
+    if fp8 and name not in FP8_IMPLS:
+        raise ValueError(f"{name} reads bfloat16 pages only")
+    if name in ("ours", "ours_bf16"):
         from pallas_kernels.paged_attention import default_config, paged_attention
 
         cfg = dict(config) if config else {}
@@ -76,7 +89,7 @@ def build_impl(name, B, L, N, K, config=None):
 
         def ours(s):
             q, kp, vp, bt, lens = s
-            return paged_attention(q, kp, vp, bt, lens, scale=scale, **cfg)
+            return paged_attention(q, kp, vp, bt, lens, scale=scale, **page_scales, **cfg)
 
         return [(label, ours)]
     if name == "jax_triton":
@@ -146,6 +159,9 @@ def build_impl(name, B, L, N, K, config=None):
             T = bt.shape[1] * S
             k = kp[:, bt].reshape(Kq, Bq, T, H)  # [K, B, T, H]
             v = vp[:, bt].reshape(Kq, Bq, T, H)
+            if page_scales:  # dequantized after the gather, fused by XLA
+                k = (k.astype(jnp.float32) * FP8_SCALE).astype(q.dtype)
+                v = (v.astype(jnp.float32) * FP8_SCALE).astype(q.dtype)
             qg = q.reshape(Bq, Kq, Nq // Kq, H)
             logits = jnp.einsum("bkgh,kbth->bkgt", qg, k, preferred_element_type=jnp.float32) * scale
             valid = jnp.arange(T)[None, :] < lens[:, None]  # [B, T]

@@ -2,6 +2,7 @@
 
     python scripts/benchmark_throughput.py --config llama-3-8b --input-len 1024 --output-len 1024 --num-prompts 1000
     python scripts/benchmark_throughput.py --model /path/to/hf-folder --num-prompts 200 --hf-peer-prompts 64
+    python scripts/benchmark_throughput.py --config llama-3-8b --input-len 1024 --output-len 1024 --kv-cache-dtype fp8
 
 Prints requests/s, total and output tokens/s, and the roofline for the same work: each decode step
 streams the weights plus the running sequences' KV at the copy bandwidth measured in this run.
@@ -22,7 +23,9 @@ def roofline_output_tps(llm, args, bw: float) -> float:
     weights = param_bytes(cfg, cfg.dtype_bytes)
     batch = min(llm.scheduler_config.max_num_seqs, args.num_prompts)
     waves = -(-args.num_prompts // batch)
-    step = decode_roofline_s(weights, cfg.kv_bytes_per_token(), batch, args.input_len + args.output_len / 2, bw)
+    kv_itemsize = 1 if args.kv_cache_dtype != "auto" else None  # float8 pages: one byte per element
+    step = decode_roofline_s(weights, cfg.kv_bytes_per_token(kv_itemsize), batch, args.input_len + args.output_len / 2,
+                             bw)
     return args.num_prompts * args.output_len / (waves * args.output_len * step)
 
 
@@ -61,6 +64,8 @@ def main() -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"])
+    p.add_argument("--calculate-kv-scales", action="store_true")
     p.add_argument("--hf-peer-prompts", type=int, default=0, help="also time transformers on this many prompts")
     p.add_argument("--hf-peer-batch", type=int, default=64)
     p.add_argument("--output-json", default=None)
@@ -74,7 +79,8 @@ def main() -> None:
     t0 = time.perf_counter()
     llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=max_len,
               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-              gpu_memory_utilization=args.gpu_memory_utilization, skip_tokenizer_init=True)
+              gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype,
+              calculate_kv_scales=args.calculate_kv_scales, skip_tokenizer_init=True)
     vocab = llm.model_config.vocab_size
     prompts = [rng.integers(0, vocab, args.input_len).tolist() for _ in range(args.num_prompts)]
     params = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=args.output_len, detokenize=False)
@@ -94,6 +100,8 @@ def main() -> None:
         "output_tokens_per_s": out_tokens / elapsed, "roofline_output_tokens_per_s": roof,
         "ratio_to_roofline": out_tokens / elapsed / roof, "copy_bandwidth_TBps": bw / 1e12, "bandwidth_method": bw_method,
         "startup_and_warmup_s": start_s, "preemptions": llm.llm_engine.stats["preemptions"],
+        "kv_cache_dtype": args.kv_cache_dtype,
+        "kv_pool_tokens": (llm.cache_config.num_blocks - 1) * llm.cache_config.block_size,  # page 0 is the null page
     }
     print(json.dumps(result, indent=2), flush=True)
     if args.hf_peer_prompts:
