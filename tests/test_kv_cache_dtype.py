@@ -32,6 +32,20 @@ def test_unknown_dtype_is_a_clear_error(tiny_model_dir):
     assert CacheConfig().kv_dtype("bfloat16") == "bfloat16"
 
 
+def test_command_line_flags_reach_the_engine():
+    from jaxllm.entrypoints.cli import build_parser, engine_kwargs
+
+    parse = lambda *argv: engine_kwargs(build_parser().parse_args(list(argv)))
+    kw = parse("generate", "hi", "--kv-cache-dtype", "fp8", "--calculate-kv-scales")
+    assert kw["kv_cache_dtype"] == "fp8" and kw["calculate_kv_scales"] is True
+    assert parse("generate", "hi")["kv_cache_dtype"] == "auto"
+    assert parse("serve", "some/model", "--kv-cache-dtype", "fp8_e5m2")["kv_cache_dtype"] == "fp8_e5m2"
+    argv = ["run-batch", "-i", "in.jsonl", "-o", "out.jsonl", "--kv-cache-dtype", "fp8_e4m3"]
+    assert parse(*argv)["kv_cache_dtype"] == "fp8_e4m3"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "hi", "--kv-cache-dtype", "int8"])
+
+
 @pytest.mark.parametrize(
     ("device", "ok"),
     [
