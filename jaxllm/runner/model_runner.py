@@ -27,7 +27,12 @@ from jaxllm.quantization.placement import dummy_param, put_param
 from jaxllm.runner import abstract_params, compile_counter
 from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
-from jaxllm.runner.kv_cache import abstract_kv_caches, allocate_kv_caches, check_kv_cache_dtype, plan_num_blocks
+from jaxllm.runner.kv_cache import (
+    abstract_kv_caches,
+    allocate_kv_caches,
+    check_kv_cache_dtype,
+    plan_num_blocks,
+)
 from jaxllm.runner.kv_scales import initial_kv_scales
 from jaxllm.runner.logit_bias import step_logit_bias
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
