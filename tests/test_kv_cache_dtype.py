@@ -156,3 +156,61 @@ def test_embedded_model_kl_bound():
     assert r["kl_mean"] < 1e-3 and r["kl_max"] < 2e-2 and r["argmax_agreement"] >= 0.97, r
     assert 0 < r["kl_mean"]  # the pool really is float8
     assert _agreement(_greedy(ref_llm), _greedy(fp8_llm)) >= 0.8
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_tensor_parallel_attention_on_float8_pages_matches_one_device(ragged):
+    """The per-kv-head-shard write and kernels, with the layer's scales replicated, equal one device:
+    the same pages bit for bit, the same calibrated scales, the same outputs to float rounding."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxllm.models.layers import AttentionMetadata, attention
+    from jaxllm.sharding import make_mesh
+    from pallas_kernels.ragged_paged_attention import query_blocks
+
+    rng = np.random.default_rng()
+    T, N, K, H, P, S = 6, 8, 4, 16, 12, 4
+    q, k, v = (jnp.asarray(rng.standard_normal((T, n, H)), jnp.float32) for n in (N, K, K))
+    pages = jnp.asarray(rng.standard_normal((K, P, S, H)), jnp.float8_e4m3fn)
+    cache = (pages, pages, jnp.float32(0), jnp.float32(0.5))  # K calibrates here, V keeps 0.5
+    tables = jnp.asarray([[3, 5, 7], [2, 9, 11]], jnp.int32)
+    if ragged:  # two sequences, 3 new tokens each after 4 and 6 cached ones
+        positions = jnp.asarray([4, 5, 6, 6, 7, 8], jnp.int32)
+        rows, starts, lens = query_blocks(np.array([0, 3]), np.array([3, 3]), 4, 2)
+        md = AttentionMetadata(slot_mapping=jnp.asarray([3 * S + 4 - S, 3 * S + 1, 3 * S + 2, 9 * S + 2, 9 * S + 3,
+                                                         11 * S], jnp.int32),
+                               block_tables=tables, q_block_rows=rows, q_block_starts=starts, q_block_lens=lens)
+    else:  # decode: six sequences, one token each
+        positions = jnp.asarray([4, 6, 8, 1, 2, 3], jnp.int32)
+        tables = jnp.asarray(rng.choice(np.arange(1, P), (T, 3)), jnp.int32)
+        slots = tables[jnp.arange(T), positions // S] * S + positions % S
+        md = AttentionMetadata(slot_mapping=slots, block_tables=tables, context_lens=positions + 1)
+    step = lambda: jax.jit(lambda q, k, v, cache: attention(q, k, v, cache, positions, md, scale=H**-0.5))
+    ref_out, ref_cache = step()(q, k, v, cache)
+    with jax.set_mesh(make_mesh(2)):
+        out, got_cache = step()(q, k, v, cache)
+    assert len(got_cache[0].addressable_shards) == 2 and got_cache[0].sharding.spec[0] == "tp"
+    assert float(ref_cache[2]) > 0 and float(ref_cache[3]) == 0.5
+    for a, b in zip(ref_cache, got_cache):
+        np.testing.assert_array_equal(np.asarray(a).astype(np.float32), np.asarray(b).astype(np.float32))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), rtol=1e-5, atol=1e-5)
+
+
+def test_tensor_parallel_float8_pool_end_to_end(tiny_models):
+    """tp=2 through the engine: sharded float8 pages, the same calibrated scales and first tokens as one
+    device (later tokens may part: a last-bit difference in K can round to a different float8 value)."""
+    path, _ = tiny_models["Qwen2ForCausalLM"]
+    prompts = [{"prompt_token_ids": list(range(5, 5 + n))} for n in (3, 17, 30)]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    runs = []
+    for tp in (1, 2):
+        llm = LLM(path, max_model_len=64, max_num_seqs=4, tensor_parallel_size=tp, kv_cache_dtype="fp8",
+                  calculate_kv_scales=True)
+        runs.append(([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)],
+                     np.array([(float(c[2]), float(c[3])) for c in llm.runner.kv_caches])))
+        k_pages = llm.runner.kv_caches[0][0]
+        assert len(k_pages.addressable_shards) == tp and k_pages.dtype == np.dtype("float8_e4m3fn")
+    assert [t[0] for t in runs[0][0]] == [t[0] for t in runs[1][0]]
+    assert all(len(t) == 8 for t in runs[1][0])
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5)
