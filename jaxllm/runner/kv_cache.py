@@ -40,7 +40,8 @@ def plan_num_blocks(
     weights are loaded, so the pool's shape is known to the steps compiled meanwhile).
     """
     itemsize = jnp.dtype(cache.kv_dtype(model.dtype)).itemsize  # 1 for float8 pages: twice the pages
-    per_block = model.kv_bytes_per_token(itemsize) * pool_head_dim(model.head_dim) // model.head_dim * cache.block_size // tp
+    per_token = model.kv_bytes_per_token(itemsize) * pool_head_dim(model.head_dim) // model.head_dim
+    per_block = per_token * cache.block_size // tp
     pages_per_seq = -(-sched.max_model_len // cache.block_size)
     if cache.num_gpu_blocks_override is not None:
         num_blocks = cache.num_gpu_blocks_override
@@ -95,7 +96,8 @@ def check_kv_cache_dtype(cache: CacheConfig) -> None:
         return
     capability = getattr(device, "compute_capability", None) if device.platform == "gpu" else None
     if capability is None or tuple(int(x) for x in str(capability).split(".")[:2]) < (8, 9):
-        where = f"{device.device_kind} ({device.platform}" + (f", compute capability {capability})" if capability else ")")
+        details = device.platform + (f", compute capability {capability}" if capability else "")
+        where = f"{device.device_kind} ({details})"
         raise ValueError(
             f"kv_cache_dtype={cache.cache_dtype!r} needs an NVIDIA GPU of compute capability 8.9 or newer "
             f"(Ada, Hopper, Blackwell) or the CPU; this device is {where}. Use kv_cache_dtype='auto'."
