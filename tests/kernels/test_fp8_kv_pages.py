@@ -247,3 +247,29 @@ def test_fp8_kernels_lower_to_triton(fmt):
     qt = jax.ShapeDtypeStruct((T, N, H), jnp.bfloat16)
     args = (qt, pool, pool, i32(T), i32(B, W), i32(4), i32(4), i32(4), f32, f32)
     assert "xla.gpu.triton" in export_for_cuda(ragged, *args)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+@pytest.mark.parametrize(("fmt", "knobs"), [("e4m3", {}), ("e5m2", {"k_splits": 4, "pages_per_compute_block": 2})])
+def test_fp8_kernels_on_gpu(fmt, knobs):
+    """The Triton kernels on float8 pages against the references: decode (default and split launches) and
+    chunks after a cached prefix, at the kernels' real tile sizes."""
+    case = _decode_case(7, fmt, B=6, N=32, K=8, H=128, S=16, W=37, q_dtype=jnp.bfloat16)
+    out = np.asarray(paged_attention(**case, **knobs), np.float32)
+    ref = np.asarray(paged_attention_reference(**case), np.float32)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, atol=2e-2, rtol=2e-2)
+    rng = np.random.default_rng(11)
+    c = _ragged_case(rng, fmt, [(300, 40), (0, 17), (129, 1)], K=8, G=4, S=16, H=128, width=40)
+    c["q"] = c["q"].astype(jnp.bfloat16)
+    rows, starts, lens = query_blocks(c["starts"], c["lens"], 16, 8)
+    scales = {"k_scale": c["k_scale"], "v_scale": c["v_scale"]}
+    got = ragged_paged_attention(c["q"], c["k_pages"], c["v_pages"], c["positions"], c["block_tables"],
+                                 jnp.asarray(rows), jnp.asarray(starts), jnp.asarray(lens), **scales)
+    want = ragged_paged_attention_reference(c["q"], c["k_pages"], c["v_pages"], c["positions"],
+                                            jnp.asarray(c["segment_rows"]), c["block_tables"], **scales)
+    real = c["segment_rows"] >= 0
+    got, want = np.asarray(got, np.float32)[real], np.asarray(want, np.float32)[real]
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
