@@ -53,10 +53,10 @@ for section in $SECTIONS; do
   case $section in
     throughput)
       throughput 8b_defaults --config "$CONFIG" --input-len 1024 --output-len 1024
-      throughput 8b_off --config "$CONFIG" --input-len 1024 --output-len 1024 --no-enable-chunked-prefill \
-        --no-enable-prefix-caching
       throughput small_128 --config "$SMALL" --input-len 128 --output-len 128 --hf-peer-prompts 64
       throughput small_1024_128 --config "$SMALL" --input-len 1024 --output-len 128
+      throughput 8b_off --config "$CONFIG" --input-len 1024 --output-len 1024 --no-enable-chunked-prefill \
+        --no-enable-prefix-caching
       ;;
     serving)
       stamp "serving"
