@@ -293,33 +293,37 @@ class LLMEngine:
                 for seq, n, done in zip(sched.requests, sched.num_new, sched.computed)
             )
         bm, op = self.block_manager, self.output_processor
-        finite, sampled = result.finite, result.sampled_token_ids
+        sampled, lps, ranks = result.sampled_token_ids, result.logprobs.tolist(), result.ranks.tolist()
+        finite = result.finite if result.finite is not None and not result.finite.all() else None
+        prompt_lps = result.prompt_logprobs
+        naming = bm.enable_prefix_caching
+        page = bm.block_size
+        running = RequestStatus.RUNNING
         beam_groups, reported, generated = [], [], 0
         for i, seq in enumerate(sched.requests):
+            if naming and seq.status is running and sched.computed[i] // page > seq.num_registered_blocks:
+                bm.register_computed(seq, sched.computed[i])
             if not sched.samples[i]:  # a prompt chunk: the prompt goes on later, nothing to report yet
-                if not seq.is_finished:
-                    bm.register_computed(seq, sched.computed[i])
                 continue
             seq.num_pending -= 1
-            if seq.is_finished:  # finished or aborted while this step was in flight
+            if seq.status is not running:  # finished or aborted while this step was in flight
                 continue
             if finite is not None and not finite[i]:
                 self._fail(seq, "the model produced non-finite logits for this request")
                 reported.append(seq)
                 continue
-            bm.register_computed(seq, sched.computed[i])
             if seq.beam is not None:
                 seq.beam.record(seq, result.top_ids[i], result.top_logprobs[i])
                 beam_groups.append(self._groups.get(seq.parent_id))
                 reported.append(seq)
                 continue
-            if seq.request_id in result.prompt_logprobs:
-                op.set_prompt_logprobs(self._groups[seq.parent_id], result.prompt_logprobs[seq.request_id])
+            if prompt_lps and seq.request_id in prompt_lps:
+                op.set_prompt_logprobs(self._groups[seq.parent_id], prompt_lps[seq.request_id])
             top_ids = result.top_ids[i] if result.top_ids is not None else None
             top_lps = result.top_logprobs[i] if result.top_logprobs is not None else None
-            op.append_token(seq, sampled[i], result.logprobs[i], result.ranks[i], top_ids, top_lps)
+            op.append_token(seq, sampled[i], lps[i], ranks[i], top_ids, top_lps)
             generated += 1
-            if seq.is_finished:
+            if seq.status is not running:
                 self.scheduler.remove(seq)
                 seq.num_pending = 0
                 reported.append(seq)

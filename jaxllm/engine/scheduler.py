@@ -90,17 +90,27 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         bm = self.block_manager
         page = bm.block_size
-        held, skipped, active = [], [], []
+        held, skipped, decodes, prompts = [], [], [], []
         for r in self.running:
-            (held if r.on_hold else skipped if r in exclude else active).append(r)
-        queue = deque(sorted(active, key=_prefilling))  # decodes first
+            if r.on_hold:
+                held.append(r)
+            elif r in exclude:
+                skipped.append(r)
+            else:
+                (prompts if r.num_computed_tokens < len(r.prompt_token_ids) else decodes).append(r)
+        queue = deque(decodes + prompts)  # decodes first
+        pure_decode = not prompts
         while queue and budget > 0:
             request = queue.popleft()
-            n_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            computed = request.num_computed_tokens
+            left = len(request.prompt_token_ids) + len(request.output_token_ids) + request.num_pending - computed
+            n_new = left if left < budget else budget
             if n_new <= 0:  # nothing left to compute until its step in flight is read
                 skipped.append(request)
                 continue
-            target = request.num_computed_tokens + n_new
+            if n_new != 1 or left != 1:
+                pure_decode = False
+            target = computed + n_new
             if target > len(request.block_ids) * page or request.beam is not None:
                 while not self._fits(request, target):
                     if overlap:
@@ -138,6 +148,7 @@ class Scheduler:
                 request.num_cached_tokens = cached
             bm.allocate(request, target)
             request.num_new_tokens = n_new
+            pure_decode = False
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
             self.running.append(request)
@@ -145,10 +156,7 @@ class Scheduler:
             budget -= n_new
         # A pure decode step: every row computes exactly its newest token, which an earlier step sampled
         # (or the step in flight is sampling).
-        out.is_prefill = not all(
-            r.num_new_tokens == 1 and r.num_computed_tokens == r.num_tokens - 1 and not _prefilling(r)
-            for r in out.requests
-        )
+        out.is_prefill = bool(out.requests) and not pure_decode
         return out
 
     def _schedule_decode_overlapped(self, exclude) -> SchedulerOutput:
@@ -238,7 +246,3 @@ class Scheduler:
         self.waiting.appendleft(request)
         out.preempted.append(request)
 
-
-def _prefilling(request: Request) -> bool:
-    """The prompt is not fully computed yet (a chunk of it ran, or is running)."""
-    return request.num_computed_tokens < request.num_prompt_tokens
