@@ -1,7 +1,7 @@
 """How much float8 KV pages change a model's next-token distributions, on text it was not trained on.
 
-    python scripts/kv_cache_accuracy.py                       # the embedded model, its held-out files
-    python scripts/kv_cache_accuracy.py --max-windows 8 --json
+    PYTHONPATH=. python scripts/kv_cache_accuracy.py          # the embedded model, its held-out files
+    PYTHONPATH=. python scripts/kv_cache_accuracy.py --max-windows 8 --json
 
 Each window of held-out text runs as ONE packed chunk through the pool-reading (ragged) attention
 path, so every query attends to K/V read back from the pool pages: the path decode and chunked
