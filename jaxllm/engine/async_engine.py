@@ -139,7 +139,7 @@ class AsyncLLMEngine:
         else:
             params = params.clone()
             params.output_kind = RequestOutputKind.DELTA
-        stream = RequestStream(request_id, self, loop)
+        stream = RequestStream(request_id, self._abort_soon, loop)
         accepted: asyncio.Future[None] = loop.create_future()
         with self._lock:
             self.check_health()

@@ -6,7 +6,7 @@
     404 NotFoundError        an unknown model (or route)
     408 RequestTimeoutError  the request ran past --request-timeout (it was aborted)
     413 RequestTooLargeError the body is over --max-request-body-bytes
-    500 InternalServerError  a failed generation step
+    500 InternalServerError  a failed generation step, or a bug (still in this shape, never plain text)
     503 ServiceUnavailable   the engine is dead, or the server is shutting down
 """
 
@@ -107,8 +107,12 @@ def install_exception_handlers(app: Any) -> None:
     async def on_value_error(_request, exc: ValueError) -> JSONResponse:
         return reply(to_openai_error(exc))
 
+    async def on_unexpected_error(_request, exc: Exception) -> JSONResponse:
+        return reply(to_openai_error(exc))
+
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(OpenAIError, on_openai_error)
     app.add_exception_handler(EngineDeadError, on_engine_dead)
     app.add_exception_handler(ValueError, on_value_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

@@ -1,4 +1,7 @@
-"""POST /tokenize and /detokenize (vLLM's extras; not behind the API key, as in vLLM)."""
+"""POST /tokenize and /detokenize (vLLM's extras; not behind the API key, as in vLLM).
+
+The (de)tokenizing runs on a worker thread: a large body does not hold up other requests.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,13 @@ from jaxllm.entrypoints.openai.serving_engine import OpenAIServing
 
 
 class OpenAIServingTokenization(OpenAIServing):
-    def create_tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+    async def create_tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        return await self.off_loop(self._tokenize, request)
+
+    async def create_detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        return await self.off_loop(self._detokenize, request)
+
+    def _tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         self.check_model(request.model)
         if isinstance(request, TokenizeChatRequest):
             text = self.render_chat(request)
@@ -24,7 +33,7 @@ class OpenAIServingTokenization(OpenAIServing):
         return TokenizeResponse(count=len(ids), max_model_len=self.config.max_model_len, tokens=ids,
                                 token_strs=strs)
 
-    def create_detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+    def _detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         self.check_model(request.model)
         self.check_token_ids(request.tokens)
         return DetokenizeResponse(prompt=self.tokenizer.decode(request.tokens))
