@@ -79,7 +79,7 @@ def format_validation_errors(errors: list[dict[str, Any]]) -> str:
             parts.append(f"JSON decode error: {err.get('ctx', {}).get('error', 'invalid JSON')} (json_invalid)")
             continue
         parts.append(f"{loc}: {err.get('msg', '')} ({kind})" if loc != "body" else f"{err.get('msg', '')} ({kind})")
-    return "; ".join(parts) or "Invalid request."
+    return "; ".join(dict.fromkeys(parts)) or "Invalid request."  # a union's members repeat a message
 
 
 def install_exception_handlers(app: Any) -> None:
@@ -96,7 +96,9 @@ def install_exception_handlers(app: Any) -> None:
     async def on_http_error(_request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         code = exc.status_code
-        return reply(OpenAIError(detail, code, _TYPES[code] if code == 413 else HTTPStatus(code).phrase))
+        if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI could not decode the JSON body
+            detail = f"The request body is not valid UTF-8: {exc.__cause__}."
+        return reply(OpenAIError(detail, code, _TYPES[code] if code in (400, 413) else HTTPStatus(code).phrase))
 
     async def on_openai_error(_request, exc: OpenAIError) -> JSONResponse:
         return reply(exc)
