@@ -30,8 +30,9 @@ class OpenAIServingTokenization(OpenAIServing):
             text = request.prompt
         ids = self.tokenize(text, request.add_special_tokens)
         strs = self.tokenizer.convert_ids_to_tokens(ids) if request.return_token_strs else None
-        return TokenizeResponse(count=len(ids), max_model_len=self.config.max_model_len, tokens=ids,
-                                token_strs=strs)
+        # built from trusted values without validation: a million token ids would hold the GIL for a while
+        return TokenizeResponse.model_construct(count=len(ids), max_model_len=self.config.max_model_len, tokens=ids,
+                                                token_strs=strs)
 
     def _detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         self.check_model(request.model)
