@@ -107,3 +107,35 @@ def test_requests_not_yet_admitted_get_503_at_the_shutdown_timeout(compiling_ser
     engine.release.set()
     _wait_for(lambda: not engine.requests and queued.qsize() == 0, "the engine to drop the aborted requests")
     assert len(engine.aborted) == 1 and engine.aborted[0].startswith("cmpl-")
+
+
+def test_a_request_cancelled_by_the_shutdown_backstop_gets_a_503_body():
+    """uvicorn cancels what is still running at the end of the graceful shutdown: the answer is a 503 in
+    OpenAI's shape, not a plain-text 500."""
+    import asyncio
+
+    from jaxllm.entrypoints.openai.middleware import DrainMiddleware
+    from jaxllm.entrypoints.openai.request_tracker import RequestTracker
+
+    async def stuck_app(scope, receive, send):
+        await asyncio.Event().wait()
+
+    async def run() -> list[dict]:
+        tracker = RequestTracker()
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        app = DrainMiddleware(stuck_app, tracker)
+        task = asyncio.ensure_future(app({"type": "http", "method": "POST", "path": "/v1/completions"}, None, send))
+        await asyncio.sleep(0)
+        tracker.draining = True
+        task.cancel()
+        await task
+        return sent
+
+    start, body = asyncio.run(run())
+    assert start["status"] == 503 and (b"content-type", b"application/json") in start["headers"]
+    error = json.loads(body["body"])["error"]
+    assert error["code"] == 503 and error["type"] == "ServiceUnavailableError"

@@ -109,6 +109,7 @@ def frontend_namespace(args: argparse.Namespace) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False)
     add_frontend_arguments(parser)
     merged = parser.parse_args([])
+    merged.max_n = None  # the server's default cap on `n` protects other clients; a batch has none
     for name, value in vars(args).items():
         setattr(merged, name, value)
     return merged
