@@ -10,8 +10,8 @@ Shutdown (SIGTERM, SIGINT): the listening socket closes, requests that still arr
 get a 503 (so does /health), in-flight requests run on; after `--shutdown-timeout` seconds every request
 still open is answered with a 503 (an error event in a stream), whatever state it is in: generating,
 waiting for the engine to admit it (e.g. while it compiles) or being tokenized. Then the engine stops and
-the process exits at once (`os._exit`, after flushing the logs: no slow teardown of the heap), within
-`SHUTDOWN_GRACE_SECONDS` of the timeout.
+the process exits at once (`os._exit`, after flushing the logs: no slow teardown of the heap): at most
+`SHUTDOWN_GRACE_SECONDS` + `app.ENGINE_STOP_SECONDS` after the timeout.
 """
 
 import argparse
