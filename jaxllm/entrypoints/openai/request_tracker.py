@@ -80,8 +80,9 @@ class RequestTracker:
                 awaitable.close()
             raise self._abort_error
         task = asyncio.ensure_future(awaitable)
-        if self._abort_signal is None:
-            self._abort_signal = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._abort_signal is None or self._abort_signal.get_loop() is not loop:
+            self._abort_signal = loop.create_future()
         self._guarded += 1
         try:
             await asyncio.wait({task, self._abort_signal}, return_when=asyncio.FIRST_COMPLETED)
