@@ -261,8 +261,8 @@ def _setup_logging() -> None:
 def load_engine(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(AsyncLLMEngine, tokenizer, ServingConfig) as `jaxllm serve` builds them from the same flags."""
     from jaxllm import LLM
-    from jaxllm.engine.async_engine import AsyncLLMEngine
     from jaxllm.engine.arg_utils import engine_kwargs
+    from jaxllm.engine.async_engine import AsyncLLMEngine
     from jaxllm.entrypoints.openai.app import serving_config
     from jaxllm.entrypoints.openai.cli_args import validate_args
     from jaxllm.sampling_params import set_max_logprobs_limit
