@@ -130,3 +130,38 @@ def test_merging_outputs_is_linear_in_n(n):
     assert _CountingOutput.reads <= 4 * n
     assert merged.finished and [o.text for o in merged.outputs] == ["ab"] * n
     assert [list(o.token_ids) for o in merged.outputs] == [[i, i] for i in range(n)]
+
+
+def test_large_inputs_are_prepared_on_their_own_pool():
+    import asyncio
+
+    from jaxllm.entrypoints.openai.serving_config import ServingConfig
+    from jaxllm.entrypoints.openai.serving_engine import (
+        LARGE_INPUT_SIZE,
+        LARGE_INPUT_WORKERS,
+        OpenAIServing,
+        input_size,
+    )
+
+    assert input_size("abc") == 3
+    assert input_size([{"role": "user", "content": [{"type": "text", "text": "hello"}]}]) == len("user") + 4 + 5
+    assert input_size([[1, 2, 3], [4]]) == 4
+    serving = OpenAIServing(None, None, ServingConfig(["m"], "/m", 256, 400))
+    release = threading.Event()
+
+    def work() -> str:
+        release.wait(30)
+        return threading.current_thread().name
+
+    async def run() -> tuple[list[str], str]:
+        big = [asyncio.ensure_future(serving.off_loop(work, size=LARGE_INPUT_SIZE)) for _ in range(4)]
+        await asyncio.sleep(0.2)
+        # the big ones hold at most LARGE_INPUT_WORKERS threads: small work still gets through
+        small = await asyncio.wait_for(serving.off_loop(threading.current_thread, size=10), 10)
+        release.set()
+        return list(await asyncio.gather(*big)), small.name
+
+    big_threads, small_thread = asyncio.run(run())
+    assert all(name.startswith("jaxllm-large-input") for name in big_threads)
+    assert len(set(big_threads)) <= LARGE_INPUT_WORKERS
+    assert not small_thread.startswith("jaxllm-large-input")

@@ -186,12 +186,14 @@ def build_app(engine: Any, tokenizer: Any, config: Any, args: argparse.Namespace
     @app.post("/tokenize", responses={200: {"model": TokenizeResponse}, **errors}, **post)
     async def tokenize(request: TokenizeRequest) -> Response:
         response = await tokenization.create_tokenize(request)
-        return Response(await tokenization.off_loop(response.model_dump_json), media_type="application/json")
+        body = await tokenization.off_loop(response.model_dump_json, size=response.count)
+        return Response(body, media_type="application/json")
 
     @app.post("/detokenize", responses={200: {"model": DetokenizeResponse}, **errors}, **post)
     async def detokenize(request: DetokenizeRequest) -> Response:
         response = await tokenization.create_detokenize(request)
-        return Response(await tokenization.off_loop(response.model_dump_json), media_type="application/json")
+        body = await tokenization.off_loop(response.model_dump_json, size=len(response.prompt))
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/completions", **post, responses={
         200: {"model": CompletionResponse, "description": "the completion, or a stream of chunks",

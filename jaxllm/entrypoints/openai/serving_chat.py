@@ -26,6 +26,7 @@ from jaxllm.entrypoints.openai.serving_engine import (
     GenerationError,
     OpenAIServing,
     cooperative,
+    input_size,
     sse,
 )
 from jaxllm.entrypoints.openai.stream_merge import merge_streams
@@ -37,7 +38,7 @@ class OpenAIServingChat(OpenAIServing):
         self.check_model(request.model)
         self.check_engine()
         self._check_tools(request)
-        prompt, ids = await self.off_loop(self._prompt, request)
+        prompt, ids = await self.off_loop(self._prompt, request, size=input_size(request.messages))
         requested = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         top = request.top_logprobs or 0
         params = self.sampling_params(

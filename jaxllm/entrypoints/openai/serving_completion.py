@@ -21,6 +21,7 @@ from jaxllm.entrypoints.openai.serving_engine import (
     GenerationError,
     OpenAIServing,
     cooperative,
+    input_size,
     sse,
 )
 from jaxllm.entrypoints.openai.stream_merge import merge_streams
@@ -37,7 +38,7 @@ class OpenAIServingCompletion(OpenAIServing):
             raise OpenAIError("suffix is not currently supported")
         if request.prompt_embeds is not None:
             raise OpenAIError("prompt_embeds is not supported.")
-        prompts = await self.off_loop(self._prompts, request)
+        prompts = await self.off_loop(self._prompts, request, size=input_size(request.prompt))
         logprobs = request.logprobs
         prompt_logprobs = request.prompt_logprobs
         if request.echo and logprobs is not None:

@@ -19,8 +19,10 @@ logprobs formatting (serving_logprobs.py), `merge_streams` / `collect_final` (st
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -68,6 +70,40 @@ async def cooperative(events: AsyncIterator[str]) -> AsyncIterator[str]:
         await events.aclose()
 
 
+# Requests with at least this much text (or this many token ids) are prepared on a pool of their own with
+# LARGE_INPUT_WORKERS threads: a few huge bodies cannot take every worker thread from the small requests.
+LARGE_INPUT_SIZE = 256 * 1024
+LARGE_INPUT_WORKERS = 2
+_large_input_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_large_input_pool_lock = threading.Lock()
+
+
+def _large_input_executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _large_input_pool
+    with _large_input_pool_lock:
+        if _large_input_pool is None:
+            _large_input_pool = concurrent.futures.ThreadPoolExecutor(
+                LARGE_INPUT_WORKERS, thread_name_prefix="jaxllm-large-input")
+        return _large_input_pool
+
+
+def input_size(value: Any) -> int:
+    """Characters of text plus token ids in a request field (strings, lists and dicts, however nested)."""
+    size, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            if item and isinstance(item[0], int):
+                size += len(item)
+            else:
+                stack.extend(item)
+    return size
+
+
 class OpenAIServing(OpenAIServingLogprobs):
     def __init__(self, engine: AsyncLLMEngine, tokenizer: Any, config: ServingConfig,
                  tracker: RequestTracker | None = None):
@@ -81,10 +117,14 @@ class OpenAIServing(OpenAIServingLogprobs):
     def model_name(self) -> str:
         return self.config.served_model_names[0]
 
-    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` on a worker thread; the shutdown abort (`--shutdown-timeout`) ends the wait with a 503."""
+    async def off_loop(self, fn: Callable[..., T], *args: Any, size: int = 0) -> T:
+        """`fn(*args)` on a worker thread; the shutdown abort (`--shutdown-timeout`) ends the wait with a 503.
+
+        `size` (see `input_size`) at or over `LARGE_INPUT_SIZE` sends the work to the large-input pool.
+        """
         loop = asyncio.get_running_loop()
-        return await self.tracker.guard(loop.run_in_executor(None, functools.partial(fn, *args)))
+        executor = _large_input_executor() if size >= LARGE_INPUT_SIZE else None
+        return await self.tracker.guard(loop.run_in_executor(executor, functools.partial(fn, *args)))
 
     # ---- checks ------------------------------------------------------------------------------
 

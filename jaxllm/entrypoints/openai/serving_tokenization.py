@@ -12,15 +12,16 @@ from jaxllm.entrypoints.openai.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from jaxllm.entrypoints.openai.serving_engine import OpenAIServing
+from jaxllm.entrypoints.openai.serving_engine import OpenAIServing, input_size
 
 
 class OpenAIServingTokenization(OpenAIServing):
     async def create_tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
-        return await self.off_loop(self._tokenize, request)
+        size = input_size(getattr(request, "messages", None) or getattr(request, "prompt", ""))
+        return await self.off_loop(self._tokenize, request, size=size)
 
     async def create_detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
-        return await self.off_loop(self._detokenize, request)
+        return await self.off_loop(self._detokenize, request, size=len(request.tokens))
 
     def _tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         self.check_model(request.model)
