@@ -148,14 +148,17 @@ def test_large_inputs_are_prepared_on_their_own_pool():
     assert input_size([[1, 2, 3], [4]]) == 4
     serving = OpenAIServing(None, None, ServingConfig(["m"], "/m", 256, 400))
     release = threading.Event()
+    started = threading.Semaphore(0)
 
     def work() -> str:
+        started.release()
         release.wait(30)
         return threading.current_thread().name
 
     async def run() -> tuple[list[str], str]:
         big = [asyncio.ensure_future(serving.off_loop(work, size=LARGE_INPUT_SIZE)) for _ in range(4)]
-        await asyncio.sleep(0.2)
+        for _ in range(LARGE_INPUT_WORKERS):  # the pool is full
+            assert await asyncio.to_thread(started.acquire, timeout=30)
         # the big ones hold at most LARGE_INPUT_WORKERS threads: small work still gets through
         small = await asyncio.wait_for(serving.off_loop(threading.current_thread, size=10), 10)
         release.set()

@@ -135,6 +135,7 @@ def test_sigterm_while_the_first_step_compiles(start_server, tiny_model_dir, tmp
     exit_time = time.monotonic() - t0
     print(f"exit {exit_time:.1f}s after SIGTERM; {server.log().count('Added request')} of 10 admitted")
     assert exit_time < 1 + SHUTDOWN_GRACE_SECONDS + ENGINE_STOP_SECONDS + 2, (exit_time, server.log())
+    assert "Server stopped." in server.log()  # the logs were flushed before the fast exit
     assert len(results) == len(clients)
     for status, content_type, text in results:
         if content_type.startswith("text/event-stream"):
