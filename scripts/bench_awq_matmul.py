@@ -70,6 +70,7 @@ from jaxllm.quantization.awq import awq_matmul_xla, dequantize_awq  # noqa: E402
 from jaxllm.quantization.weights import QuantizedWeight  # noqa: E402
 
 INTERPRET = jax.default_backend() != "gpu"
+FAILED_ONCE: set = set()
 
 
 def log(msg: str) -> None:
@@ -100,9 +101,21 @@ def xla_int4(x, w):
     return jnp.dot(x, wd, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
-def splits_for(programs: int, k: int, target: int) -> int:
-    options = awq_unpack.split_options(k // 128, 1)
+def splits_for(programs: int, k: int, target: int, nb: int) -> int:
+    """The fewest K splits giving at least `target` programs that leave every split whole steps of nb blocks."""
+    options = [s for s in awq_unpack.split_options(k // 128, 1) if (k // 128 // s) % nb == 0] or [1]
     return next((s for s in options if programs * s >= target), options[-1])
+
+
+# Swept launch configurations: (bw, nb, programs per SM the K split aims at (0: no split), warps, stages,
+# prefetch). Bytes in flight per SM ~ programs per SM x nb x 2 KB (x2 with prefetch) is what they vary.
+GEMV_SWEEP = ((32, 2, 2, 4, 3, False), (32, 4, 4, 4, 3, False), (32, 4, 8, 4, 3, False), (32, 8, 8, 4, 3, False),
+              (32, 4, 2, 4, 3, True), (32, 4, 4, 4, 1, True), (32, 2, 4, 4, 4, False), (16, 4, 8, 2, 3, False),
+              (16, 8, 8, 4, 3, False), (64, 4, 4, 8, 3, False), (64, 2, 2, 4, 3, True), (32, 4, 16, 4, 3, False),
+              (32, 4, 0, 4, 3, True), (32, 8, 4, 8, 3, False))
+DOT_SWEEP = ((32, 2, 2, 4, 3, False), (32, 4, 4, 4, 3, False), (32, 4, 8, 4, 3, False), (32, 2, 4, 4, 3, True),
+             (64, 4, 4, 4, 3, False), (64, 2, 2, 8, 3, True), (16, 4, 8, 4, 3, False), (32, 8, 4, 4, 2, False),
+             (32, 4, 4, 4, 1, True), (64, 4, 2, 4, 4, False))
 
 
 def gemv_configs(m: int, k: int, n: int) -> list:
@@ -111,12 +124,11 @@ def gemv_configs(m: int, k: int, n: int) -> list:
     if ARGS.tuned or ARGS.small:
         return [awq_gemv.default_config(m, k, n, GROUP)]
     out = []
-    for bw, nb, per_sm, warps, stages in ((32, 2, 2, 4, 3), (32, 2, 0, 4, 3), (32, 4, 1, 4, 3), (16, 2, 2, 4, 3),
-                                          (64, 2, 2, 4, 3), (32, 2, 4, 4, 3), (32, 1, 2, 4, 4), (64, 2, 1, 8, 3)):
+    for bw, nb, per_sm, warps, stages, prefetch in GEMV_SWEEP:
         if (n // 8) % bw:
             continue
-        s = splits_for(8 * n // 8 // bw, k, per_sm * NUM_SMS) if per_sm else 1
-        cfg = awq_gemv.AwqGemvConfig(bw, nb, s, warps, stages)
+        s = splits_for(8 * n // 8 // bw, k, per_sm * NUM_SMS, nb) if per_sm else 1
+        cfg = awq_gemv.AwqGemvConfig(bw, nb, s, warps, stages, prefetch)
         if awq_gemv.valid(cfg, k, n, GROUP) and cfg not in out:
             out.append(cfg)
     return out
@@ -127,15 +139,14 @@ def dot_configs(m: int, k: int, n: int) -> list:
         return []
     if ARGS.tuned or ARGS.small:
         return [awq_kernel.default_config(m, k, n, GROUP)]
-    bm = min(awq_unpack.rows_pow2(m, 16), 128)
+    bm = min(awq_unpack.rows_pow2(m, 16), 64)
     out = []
-    for bw, nb, per_sm, warps, bm_ in ((32, 2, 2, 4, bm), (64, 2, 1, 4, bm), (32, 1, 1, 4, bm), (32, 2, 0, 4, bm),
-                                        (64, 2, 2, 8, bm), (32, 2, 2, 4, min(bm, 64))):
+    for bw, nb, per_sm, warps, stages, prefetch in DOT_SWEEP:
         if (n // 8) % bw:
             continue
-        tiles = -(-m // bm_) * 8 * (n // 8 // bw)
-        s = splits_for(tiles, k, per_sm * NUM_SMS) if per_sm else 1
-        cfg = awq_kernel.AwqKernelConfig(bm_, bw, nb, s, warps, 3)
+        tiles = -(-m // bm) * 8 * (n // 8 // bw)
+        s = splits_for(tiles, k, per_sm * NUM_SMS, nb) if per_sm else 1
+        cfg = awq_kernel.AwqKernelConfig(bm, bw, nb, s, warps if bm <= 32 else 8, stages, prefetch)
         if awq_kernel.valid(cfg, k, n, GROUP) and cfg not in out:
             out.append(cfg)
     return out
@@ -205,6 +216,9 @@ def run_shape(si: int, k: int, n: int, rows: list[int], impls: list[str], record
     floor_us = int4_b / COPY_BW * 1e6 if COPY_BW else None
     log(f"== {k}x{n}: {ns} weight sets x {passes} passes per call")
     for m in rows:
+        if time.perf_counter() - T0 > ARGS.budget_s:
+            log(f"budget reached: {k}x{n} m={m} skipped")
+            continue
         xs = [jax.random.normal(jax.random.fold_in(key, 1000 + j), (m, k), jnp.float32).astype(jnp.bfloat16)
               for j in range(ns * passes)]
         ref = np.asarray(xs[0], np.float32) @ ref_w
@@ -221,6 +235,9 @@ def run_shape(si: int, k: int, n: int, rows: list[int], impls: list[str], record
             except Exception as e:  # report and go on
                 rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 log(f"{k}x{n} m={m} {impl} {cfg} FAILED {rec['error']}")
+                if impl not in FAILED_ONCE:  # the whole message once per formulation
+                    FAILED_ONCE.add(impl)
+                    print(str(e)[-4000:], flush=True)
                 records.append(rec)
                 continue
             b = nbytes(formats[fmt][0])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxllm.quantization.awq import awq_matmul_xla
-from jaxllm.quantization.awq_gemv import AwqGemvConfig, awq_gemv_pallas, default_config, supported, valid
+from jaxllm.quantization.awq_gemv import PROGRAMS_PER_SM, AwqGemvConfig, awq_gemv_pallas, default_config, supported, valid
 from jaxllm.quantization.awq_unpack import NUM_SMS
 from tests.quantization.awq_cases import abstract_weight, checkpoint_weight, on_gpu, rel_err
 from tests.triton_export import export_for_cuda, triton_backend_available
@@ -51,7 +51,7 @@ def test_gemv_limits_and_default_config():
     for k, n in ((4096, 4096), (4096, 14336), (14336, 4096), (4096, 6144), (4096, 1024)):
         cfg = default_config(1, k, n, 128)
         assert valid(cfg, k, n, 128), (k, n, cfg)
-        assert 8 * (n // 8 // cfg.bw) * cfg.splits >= min(2 * NUM_SMS, 8 * (n // 8 // cfg.bw) * k // 128)
+        assert 8 * (n // 8 // cfg.bw) * cfg.splits >= min(PROGRAMS_PER_SM * NUM_SMS, 8 * (n // 8 // cfg.bw) * k // 128)
     rng = np.random.default_rng(0)
     w, _ = checkpoint_weight(rng, 256, 128, 64)
     with pytest.raises(ValueError, match="not supported"):
