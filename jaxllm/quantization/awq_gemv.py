@@ -61,22 +61,27 @@ def valid(cfg: AwqGemvConfig, k: int, n: int, group: int) -> bool:
 
 def default_config(m: int, k: int, n: int, group: int) -> AwqGemvConfig:
     """128-byte rows (bw 32) where N allows, four blocks a step, K split until there are at least
-    PROGRAMS_PER_SM programs per SM (measured on the H200: docs/quantization.md)."""
-    del m
+    PROGRAMS_PER_SM programs per SM, the float32 partial sums kept small (the fastest on the H200:
+    docs/quantization.md)."""
     pb = pack_block(group)
     n8 = n // 8
     bw = 32 if n8 % 32 == 0 else 16
     programs = 8 * n8 // bw
     blocks, gpb = k // pb, group // pb
     target = PROGRAMS_PER_SM * NUM_SMS
+    cap = max(1, k // (64 * awq_unpack.rows_pow2(m)))  # float32 partial sums at most 1/8 of the int4 bytes
     choice = None
     for nb in (4, 2, 1):  # four blocks a step unless that leaves too few programs
         options = [s for s in awq_unpack.split_options(blocks, gpb)
                    if (blocks // s) % nb == 0 and (gpb == 1 or gpb % nb == 0)]
+        options = [s for s in options if s <= cap] or options[:1]
+        if not options:
+            continue
         reach = [s for s in options if programs * s >= target]
-        if reach or nb == 1:
-            choice = (nb, reach[0] if reach else options[-1])
+        if reach:
+            choice = (nb, reach[0])
             break
+        choice = choice or (nb, options[-1])  # the target is out of reach: the most blocks a step
     nb, splits = choice
     return AwqGemvConfig(bw=bw, nb=nb, splits=splits)
 

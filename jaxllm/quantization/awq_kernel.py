@@ -29,7 +29,7 @@ from jaxllm.quantization.awq_layout import pack_block
 from jaxllm.quantization.awq_unpack import NUM_SMS
 from jaxllm.quantization.weights import QuantizedWeight
 
-PROGRAMS_PER_SM = 4  # enough loads in flight to cover the memory latency
+PROGRAMS_PER_SM = 6  # enough loads in flight to cover the memory latency
 
 
 class AwqKernelConfig(NamedTuple):
@@ -56,21 +56,27 @@ def valid(cfg: AwqKernelConfig, k: int, n: int, group: int) -> bool:
 
 
 def default_config(m: int, k: int, n: int, group: int) -> AwqKernelConfig:
-    """A row tile covering M up to 64, 128-byte word rows, four blocks a step, K split to about
-    PROGRAMS_PER_SM programs per SM (measured on the H200: docs/quantization.md)."""
+    """A row tile covering M up to 64, 256-byte word rows (bw 64) where N allows, four blocks a step
+    (two for 64-row tiles, whose staged tiles would outgrow shared memory), K split until there are
+    PROGRAMS_PER_SM programs per SM (the fastest on the H200: docs/quantization.md)."""
     bm = min(awq_unpack.rows_pow2(m, 16), 64)
     n8 = n // 8
-    bw = 32 if n8 % 32 == 0 else 16
+    bw = next(b for b in (64, 32, 16) if n8 % b == 0)
     programs = (-(-m // bm)) * 8 * (n8 // bw)
     blocks = k // 128
     target = PROGRAMS_PER_SM * NUM_SMS
+    cap = max(1, k // (64 * -(-m // bm) * bm))  # float32 partial sums at most 1/8 of the int4 bytes
     choice = None
-    for nb in (4, 2, 1):  # four blocks a step unless that leaves too few programs
+    for nb in (4, 2, 1) if bm < 64 else (2, 1):  # fewer blocks a step only if too few programs
         options = [s for s in awq_unpack.split_options(blocks, group // 128) if (blocks // s) % nb == 0]
+        options = [s for s in options if s <= cap] or options[:1]
+        if not options:
+            continue
         reach = [s for s in options if programs * s >= target]
-        if reach or nb == 1:
-            choice = (nb, reach[0] if reach else options[-1])
+        if reach:
+            choice = (nb, reach[0])
             break
+        choice = choice or (nb, options[-1])  # the target is out of reach: the most blocks a step
     nb, splits = choice
     return AwqKernelConfig(bm=bm, bw=bw, nb=nb, splits=splits, num_warps=4 if bm <= 32 else 8)
 

@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 
 # Row thresholds on the GPU, from the H200 layer table in docs/quantization.md: the matrix-vector
 # kernel up to GEMV_MAX_ROWS rows, the tensor-core kernel up to DOT_MAX_ROWS, XLA above.
-GEMV_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_GEMV_MAX_ROWS", "4"))
-DOT_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_PALLAS_MAX_ROWS", "64"))
+GEMV_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_GEMV_MAX_ROWS", "2"))
+DOT_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_PALLAS_MAX_ROWS", "32"))
 
 # (K, N, group, dtype, launch config) -> whether the Pallas kernel compiled and matched XLA here.
 _PALLAS_CHECKED: dict[tuple, bool] = {}
