@@ -147,7 +147,7 @@ def dot_configs(m: int, k: int, n: int) -> list:
     bm = min(awq_unpack.rows_pow2(m, 16), 64)
     out = []
     for bw, nb, per_sm, warps, stages, prefetch in DOT_SWEEP:
-        if (n // 8) % bw:
+        if (n // 8) % bw or (bm >= 64 and nb * bw * stages > 384):  # over the shared memory (H200)
             continue
         tiles = -(-m // bm) * 8 * (n // 8 // bw)
         s = splits_for(tiles, k, per_sm * NUM_SMS, nb) if per_sm else 1
