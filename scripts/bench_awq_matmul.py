@@ -115,9 +115,9 @@ def splits_for(programs: int, k: int, target: int, nb: int) -> int:
 # Swept launch configurations: (bw, nb, programs per SM the K split aims at (0: no split), warps, stages,
 # prefetch). Bytes in flight per SM ~ programs per SM x nb x 2 KB (x2 with prefetch) is what they vary.
 GEMV_SWEEP = ((32, 2, 2, 4, 3, False), (32, 4, 4, 4, 3, False), (32, 4, 8, 4, 3, False), (32, 8, 8, 4, 3, False),
-              (32, 4, 2, 4, 3, True), (32, 4, 4, 4, 1, True), (32, 2, 4, 4, 4, False), (16, 4, 8, 2, 3, False),
-              (16, 8, 8, 4, 3, False), (64, 4, 4, 8, 3, False), (64, 2, 2, 4, 3, True), (32, 4, 16, 4, 3, False),
-              (32, 4, 0, 4, 3, True), (32, 8, 4, 8, 3, False))
+              (32, 4, 2, 4, 3, True), (32, 4, 4, 4, 1, True), (32, 2, 4, 4, 4, False), (128, 1, 4, 4, 3, False),
+              (128, 1, 8, 8, 3, False), (64, 4, 4, 8, 3, False), (64, 1, 4, 4, 3, False), (32, 4, 16, 4, 3, False),
+              (128, 1, 8, 4, 3, False), (128, 2, 4, 8, 3, False))
 DOT_SWEEP = ((32, 2, 2, 4, 3, False), (32, 4, 4, 4, 3, False), (32, 4, 8, 4, 3, False), (32, 2, 4, 4, 3, True),
              (64, 4, 4, 4, 3, False), (64, 2, 2, 8, 3, True), (16, 4, 8, 4, 3, False), (32, 8, 4, 4, 2, False),
              (32, 4, 4, 4, 1, True), (64, 4, 2, 4, 4, False))

@@ -23,6 +23,7 @@ from tests.triton_export import export_for_cuda, triton_backend_available
         (7, 256, 384, 32, AwqGemvConfig(bw=16, nb=2, splits=2)),  # four-row blocks, N not a power of two
         (5, 512, 256, 128, AwqGemvConfig(bw=32, nb=2, splits=1)),  # one program walks four groups
         (2, 512, 128, 512, AwqGemvConfig(bw=16, nb=2, splits=1)),  # one group over many blocks
+        (1, 256, 1024, 128, AwqGemvConfig(bw=128, nb=1, splits=1, prefetch=True)),  # 512-byte rows, prefetch
     ],
 )
 def test_gemv_matches_float64_and_xla(m, k, n, group, config):
