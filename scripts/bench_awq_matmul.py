@@ -66,13 +66,13 @@ if ARGS.small or ARGS.copy_bw:
 else:
     COPY_BW, COPY_METHOD = bench_common.copy_bandwidth()  # before JAX allocates
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from jaxllm.quantization import awq_gemv, awq_kernel, awq_layout, awq_unpack  # noqa: E402
-from jaxllm.quantization.awq import awq_matmul_xla, dequantize_awq  # noqa: E402
-from jaxllm.quantization.weights import QuantizedWeight  # noqa: E402
+from jaxllm.quantization import awq_gemv, awq_kernel, awq_layout, awq_unpack
+from jaxllm.quantization.awq import awq_matmul_xla, dequantize_awq
+from jaxllm.quantization.weights import QuantizedWeight
 
 INTERPRET = jax.default_backend() != "gpu"
 FAILED_ONCE: set = set()

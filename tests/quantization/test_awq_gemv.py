@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from jaxllm.quantization.awq import awq_matmul_xla
-from jaxllm.quantization.awq_gemv import PROGRAMS_PER_SM, AwqGemvConfig, awq_gemv_pallas, default_config, supported, valid
+from jaxllm.quantization.awq_gemv import (
+    PROGRAMS_PER_SM,
+    AwqGemvConfig,
+    awq_gemv_pallas,
+    default_config,
+    supported,
+    valid,
+)
 from jaxllm.quantization.awq_unpack import NUM_SMS
 from tests.quantization.awq_cases import abstract_weight, checkpoint_weight, on_gpu, rel_err
 from tests.triton_export import export_for_cuda, triton_backend_available
