@@ -13,8 +13,9 @@ the slice `nb` blocks of PB input rows per loop step:
 
 All eight nibbles of a word belong to the same output column, so they feed the same accumulator,
 and the loop has no reduction across threads: the [nb, R, bw] accumulators are summed once, after
-the loop. The loop body is all loads and multiply-adds, which Triton software-pipelines
-(`num_stages` steps of loads in flight). The program writes its bw columns (stride 8) straight into
+the loop. Triton does not software-pipeline a loop without a dot, so the loads in flight are one
+step's (nb blocks) per resident program, plus the next step's with `prefetch` (held in registers,
+which bounds how many programs fit an SM). The program writes its bw columns (stride 8) straight into
 the [splits, M, N/8, 8] output, in the activation dtype when K is not split.
 """
 
@@ -33,7 +34,7 @@ from jaxllm.quantization.awq_layout import pack_block
 from jaxllm.quantization.awq_unpack import NUM_SMS
 from jaxllm.quantization.weights import QuantizedWeight
 
-PROGRAMS_PER_SM = 4  # enough loads in flight to cover the memory latency
+PROGRAMS_PER_SM = 4  # programs per SM the K split aims at (the H200 sweep)
 MAX_ROWS = 8  # above this many rows the multiply-adds per weight outgrow the bytes saved
 
 
@@ -61,8 +62,8 @@ def valid(cfg: AwqGemvConfig, k: int, n: int, group: int) -> bool:
 
 def default_config(m: int, k: int, n: int, group: int) -> AwqGemvConfig:
     """128-byte rows (bw 32) where N allows, four blocks a step, K split until there are at least
-    PROGRAMS_PER_SM programs per SM, the float32 partial sums kept small (the fastest of the H200 sweep on
-    4096 x 28672: docs/quantization.md)."""
+    PROGRAMS_PER_SM programs per SM, the float32 partial sums kept small (the fastest of the H200
+    sweep on 4096 x 28672: docs/quantization.md)."""
     pb = pack_block(group)
     n8 = n // 8
     bw = 32 if n8 % 32 == 0 else 16

@@ -28,7 +28,7 @@ from jaxllm.quantization import awq_unpack
 from jaxllm.quantization.awq_unpack import NUM_SMS
 from jaxllm.quantization.weights import QuantizedWeight
 
-PROGRAMS_PER_SM = 6  # enough loads in flight to cover the memory latency
+PROGRAMS_PER_SM = 6  # programs per SM the K split aims at (the H200 sweep)
 
 
 class AwqKernelConfig(NamedTuple):
@@ -57,8 +57,8 @@ def valid(cfg: AwqKernelConfig, k: int, n: int, group: int) -> bool:
 def default_config(m: int, k: int, n: int, group: int) -> AwqKernelConfig:
     """A row tile covering M up to 64, 256-byte word rows (bw 64) where N allows, four blocks a step
     (two for 64-row tiles, whose staged tiles would outgrow shared memory), K split until there are
-    PROGRAMS_PER_SM programs per SM (the fastest of the H200 sweep on
-    4096 x 28672: docs/quantization.md)."""
+    PROGRAMS_PER_SM programs per SM, the float32 partial sums kept small (the fastest of the H200
+    sweep on 4096 x 28672: docs/quantization.md)."""
     bm = min(awq_unpack.rows_pow2(m, 16), 64)
     n8 = n // 8
     bw = next(b for b in (64, 32, 16) if n8 % b == 0)
