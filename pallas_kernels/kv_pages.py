@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
 
 
 def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping):
@@ -28,13 +27,8 @@ def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping):
     slots = slot_mapping.astype(jnp.int32)  # [T]
 
     def scatter(pages, new):
-        # The write moves bits: through an unsigned view of the same width, so that no backend converts a
-        # narrow float pool as a whole around the scatter (XLA on the CPU widens bfloat16 scatters to
-        # float32, which made each step read and write the entire pool).
-        bits = jnp.dtype(f"uint{8 * pages.dtype.itemsize}")
-        flat = lax.bitcast_convert_type(pages, bits).reshape(K, P * S, H)  # [K, P*S, H]
-        new = lax.bitcast_convert_type(jnp.swapaxes(new, 0, 1).astype(pages.dtype), bits)  # [K, T, H]
-        out = flat.at[:, slots].set(new, mode="promise_in_bounds").reshape(K, P, S, H)
-        return lax.bitcast_convert_type(out, pages.dtype)
+        flat = pages.reshape(K, P * S, H)  # [K, P*S, H]
+        new = jnp.swapaxes(new, 0, 1).astype(pages.dtype)  # [K, T, H]
+        return flat.at[:, slots].set(new, mode="promise_in_bounds").reshape(K, P, S, H)
 
     return scatter(k_pages, k), scatter(v_pages, v)
