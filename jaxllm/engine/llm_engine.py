@@ -249,7 +249,8 @@ class LLMEngine:
         for seq, n in zip(sched.requests, sched.num_new):
             done = seq.num_computed_tokens + n
             seq.num_computed_tokens = done
-            new = done >= seq.num_tokens  # the row's last token is its newest: it samples the next one
+            # The row's last token is its newest: it samples the next one.
+            new = done >= len(seq.prompt_token_ids) + len(seq.output_token_ids) + seq.num_pending
             if new:
                 seq.num_pending += 1
             samples.append(new)
@@ -274,7 +275,12 @@ class LLMEngine:
         if any(_needs_host_tokens(s) for s in self.scheduler.running):
             return None
         max_len = self.scheduler_config.max_model_len
-        certain = {s for s, new in zip(current.requests, current.samples) if new and _finishes_for_sure(s, max_len)}
+        certain = set()
+        for seq, new in zip(current.requests, current.samples):
+            if new:  # its step in flight gives it its last token (max_tokens or max_model_len reached)
+                n_out = len(seq.output_token_ids) + seq.num_pending
+                if n_out >= seq.max_tokens or len(seq.prompt_token_ids) + n_out >= max_len:
+                    certain.add(seq)
         sched = self.scheduler.schedule(overlap=True, exclude=certain)
         return self._dispatch(sched) if sched else None
 
@@ -396,9 +402,3 @@ def _needs_host_tokens(seq: Request) -> bool:
 
 
 _ALWAYS = 1 << 62
-
-
-def _finishes_for_sure(seq: Request, max_model_len: int) -> bool:
-    """The step in flight gives `seq` its last token (max_tokens or max_model_len reached)."""
-    n_out = len(seq.output_token_ids) + seq.num_pending
-    return n_out >= seq.max_tokens or seq.num_prompt_tokens + n_out >= max_model_len
