@@ -33,7 +33,8 @@ def test_unknown_dtype_is_a_clear_error(tiny_model_dir):
 
 
 def test_command_line_flags_reach_the_engine():
-    from jaxllm.entrypoints.cli import build_parser, engine_kwargs
+    from jaxllm.engine.arg_utils import engine_kwargs
+    from jaxllm.entrypoints.cli import build_parser
 
     parse = lambda *argv: engine_kwargs(build_parser().parse_args(list(argv)))
     kw = parse("generate", "hi", "--kv-cache-dtype", "fp8", "--calculate-kv-scales")
