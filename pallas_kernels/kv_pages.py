@@ -25,6 +25,11 @@ def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping):
     """
     K, P, S, H = k_pages.shape
     slots = slot_mapping.astype(jnp.int32)  # [T]
+    if slots.shape[0] == 1:
+        # A one-token write becomes a dynamic-update-slice, around which XLA on the CPU copies the whole
+        # pool; a second write of the same token into the null page keeps it a scatter, done in place.
+        slots = jnp.concatenate([slots, jnp.zeros((1,), jnp.int32)])
+        k, v = jnp.concatenate([k, k]), jnp.concatenate([v, v])
 
     def scatter(pages, new):
         flat = pages.reshape(K, P * S, H)  # [K, P*S, H]
