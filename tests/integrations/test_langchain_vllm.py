@@ -109,3 +109,21 @@ def test_tensor_parallel_step_after_del(tiny_model_dir):
     assert isinstance(llm.invoke("What is the future of AI?"), str)
     del llm
     gc.collect()
+
+
+def test_awq_step(tmp_path):
+    """The tutorials' quantization step, on a checkpoint `jaxllm quantize --awq` wrote."""
+    from jaxllm.entrypoints.cli import main
+    from tests.tiny_models import make_tiny_model
+
+    src, awq = str(tmp_path / "src"), str(tmp_path / "awq")
+    make_tiny_model(src, "LlamaForCausalLM", seed=5, hidden_size=128, intermediate_size=256)
+    assert main(["quantize", "--awq", src, awq, "--group-size", "64"]) == 0
+    llm_q = VLLM(
+        model=awq,
+        trust_remote_code=True,
+        max_new_tokens=8,
+        vllm_kwargs={"quantization": "awq", **ENGINE},
+    )
+    assert isinstance(llm_q.invoke("What are the most popular Halloween Costumes?"), str)
+    assert llm_q.client.runner.quant_config.method == "awq"
