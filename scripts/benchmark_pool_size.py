@@ -36,8 +36,6 @@ def measure(args, num_blocks: int) -> dict:
     run()  # compiles every bucket this workload uses
     best = min(run() for _ in range(args.iters))
     pool_bytes = sum(x.nbytes for kv in llm.runner.kv_caches for x in kv)
-    del llm
-    gc.collect()
     return {"num_blocks": num_blocks, "pool_bytes": pool_bytes, "generate_s": round(best, 4),
             "step_ms": round(1e3 * best / args.output_len, 3)}
 
@@ -60,6 +58,7 @@ def main() -> None:
     results = []
     for n in (int(x) for x in args.num_blocks.split(",")):
         results.append(measure(args, n))
+        gc.collect()  # the engine of the previous size, pool included, goes before the next is built
         print(json.dumps(results[-1]), flush=True)
     small, large = results[0], results[-1]
     summary = {"ratio": round(large["step_ms"] / small["step_ms"], 3), "backend": jax.default_backend(),

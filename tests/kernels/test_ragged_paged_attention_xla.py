@@ -26,7 +26,7 @@ def test_matches_numpy_and_kernel(groups, qb):
 
 def test_alibi_matches_kernel():
     rng = np.random.default_rng(5)
-    q, kp, vp, pos, seg, tables, starts, lens = _case(rng, [(5, 6), (0, 9)], kv_heads=2, groups=2)
+    q, kp, vp, pos, _, tables, starts, lens = _case(rng, [(5, 6), (0, 9)], kv_heads=2, groups=2)
     slopes = jnp.asarray(rng.uniform(0.05, 0.5, size=4).astype(np.float32))
     rows, bstarts, blens = query_blocks(starts, lens, 4, num_blocks=8)
     args = [jnp.asarray(x) for x in (q, kp, vp, pos, tables)]
@@ -38,7 +38,7 @@ def test_alibi_matches_kernel():
 def test_unwritten_slots_never_reach_the_output():
     """Pool slots past a query's position (stale pages, NaN garbage) do not change its output."""
     rng = np.random.default_rng(11)
-    q, kp, vp, pos, seg, tables, starts, lens = _case(rng, [(2, 3), (6, 4)], kv_heads=1, groups=2, page=4)
+    q, kp, vp, pos, _, tables, starts, lens = _case(rng, [(2, 3), (6, 4)], kv_heads=1, groups=2, page=4)
     rows, bstarts, blens = query_blocks(starts, lens, 4, num_blocks=6)
     clean = ragged_paged_attention_xla(*[jnp.asarray(x) for x in (q, kp, vp, pos, tables)], rows, bstarts, blens,
                                        qb=4)
