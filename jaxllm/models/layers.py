@@ -18,7 +18,9 @@ from jax.sharding import PartitionSpec as P
 from jaxllm.quantization.matmul import matmul  # also used by the models directly
 from pallas_kernels.kv_quant import calibrated_scales
 from pallas_kernels.paged_attention import paged_attention, write_to_kv_pages
+from pallas_kernels.paged_attention_reference import paged_attention_reference
 from pallas_kernels.ragged_paged_attention import ragged_paged_attention
+from pallas_kernels.ragged_paged_attention_xla import ragged_paged_attention_xla
 
 
 class AttentionMetadata(NamedTuple):
@@ -228,6 +230,18 @@ def _per_shard(fn, mesh, in_specs, out_specs):
     return call
 
 
+def paged_attention_impls():
+    """(decode, ragged) attention over the pool, with the Pallas kernels' signatures.
+
+    The Pallas kernels where they compile; on the CPU, XLA gathers of the block tables' pages instead:
+    the Pallas interpreter copies every operand on each call, the whole KV pool included, which made a
+    step's time grow with the pool's size.
+    """
+    if jax.default_backend() == "cpu":
+        return paged_attention_reference, ragged_paged_attention_xla
+    return paged_attention, ragged_paged_attention
+
+
 def attention(
     q: jax.Array,  # [T, N, H]
     k: jax.Array,  # [T, K, H]
@@ -253,16 +267,17 @@ def attention(
     k_scale = v_scale = None
     if len(kv_cache) == 4:
         k_scale, v_scale = calibrated_scales(k, v, kv_cache[2], kv_cache[3])
+    paged, ragged_paged = paged_attention_impls()
 
     def write(kp, vp, k, v, slots, ks, vs):
         return write_to_kv_pages(kp, vp, k, v, slots, k_scale=ks, v_scale=vs)
 
     def decode(q, kp, vp, bt, lens, slopes, ks, vs):
-        return paged_attention(q, kp, vp, bt, lens, alibi_slopes=slopes, scale=scale, k_scale=ks, v_scale=vs)
+        return paged(q, kp, vp, bt, lens, alibi_slopes=slopes, scale=scale, k_scale=ks, v_scale=vs)
 
     def ragged(q, kp, vp, pos, bt, rows, starts, lens, slopes, ks, vs):
-        return ragged_paged_attention(q, kp, vp, pos, bt, rows, starts, lens, alibi_slopes=slopes, scale=scale,
-                                      k_scale=ks, v_scale=vs)
+        return ragged_paged(q, kp, vp, pos, bt, rows, starts, lens, alibi_slopes=slopes, scale=scale,
+                            k_scale=ks, v_scale=vs)
 
     mesh = _tensor_parallel_mesh()
     if mesh is not None:

@@ -21,6 +21,7 @@ from pallas_kernels.ragged_paged_attention import (
     ragged_paged_attention,
     ragged_paged_attention_reference,
 )
+from pallas_kernels.ragged_paged_attention_xla import ragged_paged_attention_xla
 from tests.triton_export import export_for_cuda, triton_backend_available
 
 FP8 = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}
@@ -217,6 +218,10 @@ def test_ragged_kernel_matches_reference(fmt, groups, qb):
     real = c["segment_rows"] >= 0
     assert np.isfinite(np.asarray(out)[real]).all()
     np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=1e-5, rtol=1e-5)
+    # The XLA formulation (the CPU's engine path) too.
+    xla = ragged_paged_attention_xla(c["q"], c["k_pages"], c["v_pages"], c["positions"], c["block_tables"],
+                                     jnp.asarray(rows), jnp.asarray(starts), jnp.asarray(lens), qb=qb, **scales)
+    np.testing.assert_allclose(np.asarray(xla)[real], np.asarray(ref)[real], atol=1e-5, rtol=1e-5)
     # The reference itself: decode attention of each token over its own prefix, in float64.
     for i in np.flatnonzero(real):
         one = {"q": c["q"][i : i + 1], "k_pages": c["k_pages"], "v_pages": c["v_pages"],
