@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxllm import sharding
+from jaxllm import sharding, timeline
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.model_loader import init_dummy_params, load_params
 from jaxllm.models.fusion import fuse_projections, fusion_enabled
@@ -26,6 +27,7 @@ from jaxllm.quantization.config import resolve_quantization
 from jaxllm.quantization.placement import dummy_param, put_param
 from jaxllm.runner import abstract_params, compile_counter
 from jaxllm.runner.buckets import bucket_for, ladder
+from jaxllm.runner.executable_store import ExecutableStore, describe_tree
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
 from jaxllm.runner.kv_cache import allocate_kv_caches, plan_num_blocks, pool_head_dim
 from jaxllm.runner.logit_bias import step_logit_bias
@@ -127,9 +129,11 @@ class ModelRunner:
         tensor_parallel_size: int = 1,
         quantization: str | None = None,
         precompile: bool = False,
+        executable_store: ExecutableStore | None = None,
     ):
         """precompile: compile every bucket for default sampling ahead of time, on background threads
-        started before the weights load (see runner/precompile.py)."""
+        started before the weights load (see runner/precompile.py). executable_store: where compiled
+        buckets are kept; those stored are loaded (without tracing) while the weights load, in either mode."""
         compile_counter.install()
         self.tp = tensor_parallel_size
         self.mesh = sharding.make_mesh(self.tp)
@@ -153,8 +157,10 @@ class ModelRunner:
         self._copy_fn = None
         self._transposes: dict[tuple, object] = {}
         self.precompiler: Precompiler | None = None
+        self.executable_store, self._ahead = executable_store, precompile
         try:
-            self.params = self._load_overlapped(load_format) if precompile else self._load_and_fuse(load_format)
+            overlapped = precompile or executable_store is not None
+            self.params = self._load_overlapped(load_format) if overlapped else self._load_and_fuse(load_format)
         except BaseException:
             self.shutdown()
             raise
@@ -168,8 +174,9 @@ class ModelRunner:
         )
 
     def _load_and_fuse(self, load_format: str) -> dict:
-        params = self._load(load_format)
-        return fuse_projections(params) if self.fuses_projections else params  # 4 matmuls a layer, not 7
+        with timeline.phase("weights"):
+            params = self._load(load_format)
+            return fuse_projections(params) if self.fuses_projections else params  # 4 matmuls a layer, not 7
 
     def _load_overlapped(self, load_format: str) -> dict:
         """Load while every bucket compiles from the predicted parameter tree; compile again from the
@@ -209,10 +216,16 @@ class ModelRunner:
             (cache.num_blocks * cache.block_size,), jnp.int32, sharding=sharding.replicated(self.mesh)
         )
         steps = [
-            (name, self._compiled(batch.flags), step_inputs(batch))
+            (name, self._compiled(batch.flags), step_inputs(batch), batch.flags.key())
             for name, batch in example_steps(self.prepare, self.decode_buckets, self.prefill_buckets)
         ]
-        self.precompiler = Precompiler(steps, (params, kv, buffer), self._mesh_context, default_workers())
+        fixed = (params, kv, buffer)
+        context = None
+        if self.executable_store is not None:  # what every step's program depends on besides its own shape
+            context = {"model": repr(dataclasses.replace(cfg, path="")), "hf_config": cfg.hf_config, "module": self.module.__name__,
+                       "top_logprobs": self.num_top_logprobs, "fixed": describe_tree(fixed)}
+        self.precompiler = Precompiler(steps, fixed, self._mesh_context, default_workers(),
+                                       store=self.executable_store, context=context, ahead=self._ahead)
 
     def shutdown(self) -> None:
         """Stop precompiling (buckets already compiling finish; nothing else starts)."""
