@@ -6,6 +6,7 @@ Tests use it to prove that each bucket is built once and that a warm start trace
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import jax
 
@@ -13,7 +14,8 @@ _BUILD = "/jax/core/compile/backend_compile_duration"  # every executable built 
 _HIT = "/jax/compilation_cache/cache_hits"  # ... of which the persistent cache served this many
 _TRACE = "/jax/core/compile/jaxpr_trace_duration"  # every function traced to a jaxpr
 _lock = threading.Lock()
-_counts = {"built": 0, "hits": 0, "seconds": 0.0, "traces": 0}
+_counts = {"built": 0, "hits": 0, "seconds": 0.0}
+_traces: Counter = Counter()  # function name -> times traced
 _installed = False
 
 
@@ -24,7 +26,7 @@ def _on_duration(event: str, duration: float, **kwargs) -> None:
             _counts["seconds"] += duration
     elif event == _TRACE:
         with _lock:
-            _counts["traces"] += 1
+            _traces[str(kwargs.get("fun_name", ""))] += 1
 
 
 def _on_event(event: str, **kwargs) -> None:
@@ -52,9 +54,9 @@ def num_compilations() -> int:
     return _counts["built"] - _counts["hits"]
 
 
-def num_traces() -> int:
-    """Functions traced since `install()` (stored executables load without any)."""
-    return _counts["traces"]
+def num_traces(name: str | None = None) -> int:
+    """Functions traced since `install()`, or only those called `name` (the model step is `_step`)."""
+    return sum(_traces.values()) if name is None else _traces[name]
 
 
 def seconds_building() -> float:

@@ -112,8 +112,9 @@ class ExecutableStore:
     def has(self, key: str) -> bool:
         return os.path.isfile(self.path(key))
 
-    def load(self, key: str, name: str = "step"):
-        """The stored executable, loaded onto the devices; None when absent, stale or unreadable."""
+    def load(self, key: str, devices: list, name: str = "step"):
+        """The stored executable, loaded onto `devices` (those it was compiled for, in the mesh's order);
+        None when absent, stale or unreadable."""
         path = self.path(key)
         if not os.path.isfile(path):
             return None
@@ -124,7 +125,8 @@ class ExecutableStore:
                 raise ValueError("it was stored for another key or format")
             from jax.experimental.serialize_executable import deserialize_and_load
 
-            return deserialize_and_load(entry["executable"], entry["in_tree"], entry["out_tree"])
+            return deserialize_and_load(entry["executable"], entry["in_tree"], entry["out_tree"],
+                                        execution_devices=devices)
         except Exception as err:
             logger.warning("The stored executable of the %s (%s) cannot be used (%s: %s); compiling it again",
                            name, path, type(err).__name__, err)

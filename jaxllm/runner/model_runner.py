@@ -225,7 +225,8 @@ class ModelRunner:
             context = {"model": repr(dataclasses.replace(cfg, path="")), "hf_config": cfg.hf_config, "module": self.module.__name__,
                        "top_logprobs": self.num_top_logprobs, "fixed": describe_tree(fixed)}
         self.precompiler = Precompiler(steps, fixed, self._mesh_context, default_workers(),
-                                       store=self.executable_store, context=context, ahead=self._ahead)
+                                       store=self.executable_store, context=context, ahead=self._ahead,
+                                       devices=list(self.mesh.devices.flat))
 
     def shutdown(self) -> None:
         """Stop precompiling (buckets already compiling finish; nothing else starts)."""

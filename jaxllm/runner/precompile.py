@@ -142,18 +142,19 @@ class Precompiler:
 
     def __init__(self, steps: list[tuple[str, Any, tuple, Any]], fixed: tuple, mesh_context: Callable, workers: int,
                  progress: bool = True, store: ExecutableStore | None = None, context: Any = None,
-                 ahead: bool = True):
+                 ahead: bool = True, devices: list | None = None):
         """steps: (name, jitted step function, per-call inputs as arrays or ShapeDtypeStructs, what else selects
         the program, e.g. its flags), in priority order; fixed: the arguments every step shares (parameters,
         KV pool, token buffer), abstract; store and context: where executables are kept and what, besides
-        each step, their keys hold; ahead: compile the buckets not stored (else only load the stored ones)."""
+        each step, their keys hold; ahead: compile the buckets not stored (else only load the stored ones);
+        devices: those the steps run on, in the mesh's order (where stored executables are loaded)."""
         self._buckets: dict[tuple, _Bucket] = {}
         for name, fn, inputs, tag in steps:
             shape = shape_key(inputs)
             if shape not in self._buckets:
                 key = store.key(context, name, tag, repr(shape)) if store is not None else None
                 self._buckets[shape] = _Bucket(name, fn, jax.tree_util.tree_map(_abstract, inputs), key)
-        self._store = store
+        self._store, self._devices = store, devices
         scheduled = [b for b in self._buckets.values() if ahead or (b.key is not None and store.has(b.key))]
         self.total = len(scheduled)
         self.loaded = 0  # buckets that came from the store
@@ -188,7 +189,7 @@ class Precompiler:
     def _load_or_compile(self, bucket: _Bucket):
         if bucket.key is not None:
             with timeline.phase(f"load stored {bucket.name}"):
-                compiled = self._store.load(bucket.key, bucket.name)
+                compiled = self._store.load(bucket.key, self._devices, bucket.name)
             if compiled is not None:
                 with self._cond:
                     self.loaded += 1
