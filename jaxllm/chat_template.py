@@ -44,7 +44,7 @@ def compile_template(source: str):
     class GenerationBlock(Extension):
         """`{% generation %}...{% endgeneration %}` marks the assistant's text for training; rendered as is."""
 
-        tags = {"generation"}
+        tags = frozenset({"generation"})
 
         def parse(self, parser) -> list[nodes.Node]:
             next(parser.stream)

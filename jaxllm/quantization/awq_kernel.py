@@ -25,7 +25,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jaxllm.quantization import awq_unpack
-from jaxllm.quantization.awq_layout import pack_block
 from jaxllm.quantization.awq_unpack import NUM_SMS
 from jaxllm.quantization.weights import QuantizedWeight
 

@@ -30,6 +30,7 @@ from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.executable_store import ExecutableStore, describe_tree
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
 from jaxllm.runner.kv_cache import allocate_kv_caches, plan_num_blocks, pool_head_dim
+from jaxllm.runner.layer_assembly import assemble_layer
 from jaxllm.runner.logit_bias import step_logit_bias
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
 from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
@@ -236,16 +237,23 @@ class ModelRunner:
 
     def _load(self, load_format: str) -> dict:
         cfg = self.model_config
-        from jaxllm.converted_checkpoint import is_converted_checkpoint, load_converted  # `jaxllm convert`
+        from jaxllm.converted_checkpoint import converted_slices, is_converted_checkpoint  # `jaxllm convert`
 
+        # One dense layer at a time on one device: one transfer and one device call per layer.
+        put_layer = self._put_layer if self.tp == 1 and self.quant_config is None else None
         if load_format != "dummy" and is_converted_checkpoint(cfg.path):
-            shard = lambda path, shape: sharding.param_sharding(self.mesh, path[-1], shape)
-            return load_converted(cfg.path, cfg, shard, self.kv_repeats, self.quant_config)
+            if self.quant_config is not None:
+                raise ValueError(
+                    f"{cfg.path} holds unquantized weights converted by jaxllm; quantization is not supported for "
+                    "converted checkpoints (load the original model to quantize)."
+                )
+            slices, table = converted_slices(cfg.path, cfg)
+            return load_params(cfg, table, self._put, put_layer=put_layer, slices=slices)
         table = self.module.name_table(cfg)
         if load_format in ("auto", "safetensors"):
             # Dense weights are transposed on the device (quantized and repeated kv heads: on the host).
             on_device = self._put_transposed if self.quant_config is None and self.kv_repeats == 1 else None
-            return load_params(cfg, table, self._put, self.quant_config, put_transposed=on_device)
+            return load_params(cfg, table, self._put, self.quant_config, put_transposed=on_device, put_layer=put_layer)
         if load_format != "dummy":
             raise ValueError(f"Unknown load_format {load_format!r}; choose 'auto', 'safetensors' or 'dummy'.")
         dtype = jnp.dtype(cfg.dtype)
@@ -272,6 +280,12 @@ class ModelRunner:
         if self.quant_config is not None:
             return put_param(self.mesh, path, host, self.quant_config)
         return jax.device_put(host, sharding.param_sharding(self.mesh, path[-1], host.shape))
+
+    def _put_layer(self, buffer: np.ndarray, layout: tuple) -> dict:
+        """A decoder layer from its raw bytes: one transfer, then one device call that cuts, casts,
+        transposes and fuses (runner/layer_assembly.py)."""
+        raw = jax.device_put(buffer, sharding.replicated(self.mesh))
+        return assemble_layer(raw, layout, self.model_config.dtype, self.fuses_projections)
 
     def _put_transposed(self, path: tuple, host: np.ndarray) -> jax.Array:
         """A checkpoint's [out, in] weight onto the mesh as [in, out]: each device receives its shard in the

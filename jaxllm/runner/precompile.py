@@ -37,9 +37,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxllm import timeline
 from jaxllm.engine.request import Request
 from jaxllm.engine.scheduler import SchedulerOutput
-from jaxllm import timeline
 from jaxllm.runner import compile_counter
 from jaxllm.runner.executable_store import ExecutableStore
 from jaxllm.sampling_params import SamplingParams

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from jaxllm.quantization.awq import awq_matmul_xla
-from jaxllm.quantization.awq_kernel import AwqKernelConfig, awq_matmul_pallas, default_config, supported, valid
+from jaxllm.quantization.awq_kernel import (
+    AwqKernelConfig,
+    awq_matmul_pallas,
+    default_config,
+    supported,
+    valid,
+)
 from tests.quantization.awq_cases import abstract_weight, checkpoint_weight, on_gpu, rel_err
 from tests.triton_export import export_for_cuda, triton_backend_available
 
