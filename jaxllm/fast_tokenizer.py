@@ -62,7 +62,7 @@ class FastTokenizer:
         if isinstance(self.chat_template, list):  # [{"name": ..., "template": ...}, ...]
             self.chat_template = {t["name"]: t["template"] for t in self.chat_template}
         self.model_max_length = int(config.get("model_max_length") or 10**30)
-        self.truncation_side = config.get("truncation_side", truncation_side)
+        self.truncation_side = truncation_side  # vLLM truncates prompts from the left, whatever the config says
         self.padding_side = config.get("padding_side", "right")
         self.clean_up_tokenization_spaces = bool(config.get("clean_up_tokenization_spaces", False))
         for name in SPECIAL_NAMES:
@@ -194,11 +194,12 @@ class FastTokenizer:
     def apply_chat_template(self, conversation: list[dict] | list[list[dict]], tools: list | None = None,
                             documents: list | None = None, chat_template: str | None = None,
                             add_generation_prompt: bool = False, continue_final_message: bool = False,
-                            tokenize: bool = True, **kwargs: Any):
-        """The prompt of a conversation (or of each of a list of them): text, or its ids with `tokenize`."""
+                            tokenize: bool = True, return_dict: bool = False, **kwargs: Any):
+        """The prompt of a conversation (or of each of a list of them): text, or with `tokenize` its ids
+        (an Encoding with `input_ids` and `attention_mask` when `return_dict`)."""
         from jaxllm.chat_template import render, select_template
 
-        for key in ("return_dict", "return_tensors", "padding", "truncation", "max_length", "tokenizer_kwargs"):
+        for key in ("return_tensors", "padding", "truncation", "max_length", "tokenizer_kwargs"):
             kwargs.pop(key, None)
         source = select_template(self.chat_template, chat_template, tools)
         batch = bool(conversation) and isinstance(conversation[0], (list, tuple))
@@ -207,8 +208,12 @@ class FastTokenizer:
                    continue_final_message=continue_final_message, special_tokens=self.special_tokens_map, **kwargs)
             for c in (conversation if batch else [conversation])
         ]
-        out: list = [self.encode(t, add_special_tokens=False) for t in texts] if tokenize else texts
-        return out if batch else out[0]
+        if not tokenize:
+            return texts if batch else texts[0]
+        if return_dict:
+            return self(texts if batch else texts[0], add_special_tokens=False)
+        ids = [self.encode(t, add_special_tokens=False) for t in texts]
+        return ids if batch else ids[0]
 
     def __repr__(self) -> str:
         return f"FastTokenizer(name_or_path={self.name_or_path!r}, vocab_size={len(self)})"
