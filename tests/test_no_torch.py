@@ -49,13 +49,14 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def test_serve_imports_no_torch():
+def test_serve_imports_no_torch(tmp_path):
     port = _free_port()
+    log = open(tmp_path / "stderr.txt", "w")  # noqa: SIM115 (closed below; a pipe would fill and block the server)
     # -X importtime reports every module the process imports, whenever it does, on stderr.
     proc = subprocess.Popen(
         [sys.executable, "-X", "importtime", "-m", "jaxllm.entrypoints.cli", "serve", "--max-model-len", "128",
          "--max-num-seqs", "2", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+        stdout=subprocess.DEVNULL, stderr=log, text=True, env=_env(),
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -72,7 +73,9 @@ def test_serve_imports_no_torch():
         assert reply["choices"][0]["message"]["content"] is not None
     finally:
         proc.terminate()
-        _, stderr = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        log.close()
+    stderr = (tmp_path / "stderr.txt").read_text()
     imported = re.findall(r"import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", stderr)
     assert "jaxllm.entrypoints.openai.api_server" in [m.strip() for m in imported]
     assert not [m for m in imported if m.strip().split(".")[0] in HEAVY]
