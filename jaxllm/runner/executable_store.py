@@ -20,6 +20,7 @@ temporary file renamed into place, so a concurrent reader sees a whole file or n
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -91,6 +92,13 @@ def describe_tree(tree: Any) -> list[str]:
         where = dict(mesh.shape) if mesh is not None else None
         out.append(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)} {leaf.dtype} {spec} {where}")
     return out
+
+
+def step_context(model_config: Any, module: str, num_top_logprobs: int, fixed: Any) -> dict[str, Any]:
+    """What every step of a runner depends on besides its own shape and flags: the model (wherever its
+    folder is), the sampler's top-logprobs width and the shared arguments (parameters, KV pool, buffer)."""
+    return {"model": repr(dataclasses.replace(model_config, path="")), "hf_config": model_config.hf_config,
+            "module": module, "top_logprobs": num_top_logprobs, "fixed": describe_tree(fixed)}
 
 
 class ExecutableStore:

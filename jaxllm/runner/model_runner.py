@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -27,7 +26,7 @@ from jaxllm.quantization.config import resolve_quantization
 from jaxllm.quantization.placement import dummy_param, put_param
 from jaxllm.runner import abstract_params, compile_counter
 from jaxllm.runner.buckets import bucket_for, ladder
-from jaxllm.runner.executable_store import ExecutableStore, describe_tree
+from jaxllm.runner.executable_store import ExecutableStore, step_context
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
 from jaxllm.runner.kv_cache import allocate_kv_caches, plan_num_blocks, pool_head_dim
 from jaxllm.runner.layer_assembly import assemble_layer
@@ -221,10 +220,7 @@ class ModelRunner:
             for name, batch in example_steps(self.prepare, self.decode_buckets, self.prefill_buckets)
         ]
         fixed = (params, kv, buffer)
-        context = None
-        if self.executable_store is not None:  # what every step's program depends on besides its own shape
-            context = {"model": repr(dataclasses.replace(cfg, path="")), "hf_config": cfg.hf_config, "module": self.module.__name__,
-                       "top_logprobs": self.num_top_logprobs, "fixed": describe_tree(fixed)}
+        context = step_context(cfg, self.module.__name__, self.num_top_logprobs, fixed) if self.executable_store else None
         self.precompiler = Precompiler(steps, fixed, self._mesh_context, default_workers(),
                                        store=self.executable_store, context=context, ahead=self._ahead,
                                        devices=list(self.mesh.devices.flat))
