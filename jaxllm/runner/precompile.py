@@ -187,7 +187,7 @@ class Precompiler:
         return lowered.compile()
 
     def _load_or_compile(self, bucket: _Bucket):
-        if bucket.key is not None:
+        if bucket.key is not None and self._store.has(bucket.key):
             with timeline.phase(f"load stored {bucket.name}"):
                 compiled = self._store.load(bucket.key, self._devices, bucket.name)
             if compiled is not None:
