@@ -147,7 +147,8 @@ class _Bucket:
 
 
 class Precompiler:
-    """Compiles a list of step shapes on a thread pool; `get(inputs)` hands out the executable for a shape."""
+    """Builds a list of step shapes on a thread pool (loaded from an ExecutableStore, else compiled and stored);
+    `get(inputs)` hands out the executable for a shape."""
 
     def __init__(self, steps: list[tuple[str, Any, tuple, Any]], fixed: tuple, mesh_context: Callable, workers: int,
                  progress: bool = True, store: ExecutableStore | None = None, context: Any = None,
