@@ -125,3 +125,23 @@ def test_weights_transposed_on_device_equal_the_host_transposes(tiny_model_dir):
         np.testing.assert_array_equal(np.asarray(loaded), host["layers"][layer][name])
     lm_head = jax.device_get(runner.params["lm_head"])
     np.testing.assert_array_equal(lm_head, host["lm_head"])
+
+
+def test_each_layer_is_one_transfer_and_one_call_equal_to_the_host_load(tiny_model_dir, monkeypatch):
+    from jaxllm.model_loader import load_params
+    from jaxllm.runner.model_runner import ModelRunner
+
+    calls = []
+    real = ModelRunner._put_layer
+    monkeypatch.setattr(ModelRunner, "_put_layer", lambda self, buffer, layout: calls.append(buffer.nbytes)
+                        or real(self, buffer, layout))
+    runner = LLM(tiny_model_dir, max_model_len=32, max_num_seqs=1, skip_tokenizer_init=True).runner
+    cfg = runner.model_config
+    assert len(calls) == cfg.num_layers  # one buffer (one transfer) per decoder layer
+    host = load_params(cfg, runner.module.name_table(cfg), lambda p, h: h)  # transposed and cast on the host
+    for i in range(cfg.num_layers):
+        got, ref = runner.params["layers"][i], host["layers"][i]
+        np.testing.assert_array_equal(np.asarray(got["wqkv"]), np.concatenate([ref["wq"], ref["wk"], ref["wv"]], -1))
+        np.testing.assert_array_equal(np.asarray(got["w_gate_up"]), np.concatenate([ref["w_gate"], ref["w_up"]], -1))
+        for name in ("wo", "w_down", "input_norm", "post_norm"):
+            np.testing.assert_array_equal(np.asarray(got[name]), ref[name], err_msg=f"layer {i} {name}")
