@@ -139,7 +139,7 @@ class AsyncLLMEngine:
         else:
             params = params.clone()
             params.output_kind = RequestOutputKind.DELTA
-        stream = RequestStream(request_id, self, loop)
+        stream = RequestStream(request_id, self._abort_soon, loop)
         accepted: asyncio.Future[None] = loop.create_future()
         with self._lock:
             self.check_health()
@@ -211,6 +211,8 @@ class AsyncLLMEngine:
                 self._abort(cmd[1])
 
     def _add(self, request_id, prompt, params, stream, accepted, arrival) -> None:
+        if accepted.cancelled():  # the caller gave up waiting (it left, or the server is shutting down)
+            return
         try:
             if request_id in self._live:
                 raise ValueError(f"Request id {request_id!r} is already in use.")

@@ -25,6 +25,8 @@ from jaxllm.entrypoints.openai.serving_engine import (
     SSE_DONE,
     GenerationError,
     OpenAIServing,
+    cooperative,
+    input_size,
     sse,
 )
 from jaxllm.entrypoints.openai.stream_merge import merge_streams
@@ -36,11 +38,7 @@ class OpenAIServingChat(OpenAIServing):
         self.check_model(request.model)
         self.check_engine()
         self._check_tools(request)
-        prompt = self.render_chat(request)
-        ids = self.tokenize(prompt, request.add_special_tokens, request.truncate_prompt_tokens)
-        if not ids:
-            raise OpenAIError("The decoder prompt cannot be empty.")
-        self.check_prompt_tokens(len(ids), param="messages")
+        prompt, ids = await self.off_loop(self._prompt, request, size=input_size(request.messages))
         requested = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         top = request.top_logprobs or 0
         params = self.sampling_params(
@@ -51,11 +49,20 @@ class OpenAIServingChat(OpenAIServing):
         created = int(time.time())
         streams = await self.add_requests(request_id, [(prompt, ids)], [params])
         if request.stream:
-            return StreamingResponse(self._stream(request, request_id, created, ids, streams),
+            return StreamingResponse(cooperative(self._stream(request, request_id, created, ids, streams)),
                                      media_type="text/event-stream")
         (final,) = await self.collect(streams)
-        body = self._response(request, request_id, created, ids, final)
-        return Response(content=body.model_dump_json(), media_type="application/json")
+        body = await self.off_loop(self._response_json, request, request_id, created, ids, final)
+        return Response(content=body, media_type="application/json")
+
+    def _prompt(self, request: ChatCompletionRequest) -> tuple[str, list[int]]:
+        """(prompt text, token ids) of the conversation; blocking (run via `off_loop`)."""
+        prompt = self.render_chat(request)
+        ids = self.tokenize(prompt, request.add_special_tokens, request.truncate_prompt_tokens)
+        if not ids:
+            raise OpenAIError("The decoder prompt cannot be empty.")
+        self.check_prompt_tokens(len(ids), param="messages")
+        return prompt, ids
 
     @staticmethod
     def _check_tools(request: ChatCompletionRequest) -> None:
@@ -89,6 +96,9 @@ class OpenAIServingChat(OpenAIServing):
             return None
         return self.chat_logprobs(list(out.token_ids), list(out.logprobs or []), request.top_logprobs or 0,
                                   bool(request.return_tokens_as_token_ids))
+
+    def _response_json(self, request, request_id, created, ids, final: RequestOutput) -> str:
+        return self._response(request, request_id, created, ids, final).model_dump_json()
 
     def _response(self, request, request_id, created, ids, final: RequestOutput) -> ChatCompletionResponse:
         role = self._role(request)
