@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -25,6 +26,13 @@ def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping):
     """
     K, P, S, H = k_pages.shape
     slots = slot_mapping.astype(jnp.int32)  # [T]
+    if slots.shape[0] == 1 and jax.default_backend() == "cpu" and k_pages.dtype != jnp.bfloat16:
+        # A one-token write becomes a dynamic-update-slice, around which XLA on the CPU copies the whole
+        # pool; a second write of the same token into the null page keeps it a scatter, done in place.
+        # (XLA's CPU backend widens every write into a bfloat16 pool to float32 over the whole pool, and
+        # its bfloat16 scatter is slower still than the dynamic-update-slice: those keep the single write.)
+        slots = jnp.concatenate([slots, jnp.zeros((1,), jnp.int32)])
+        k, v = jnp.concatenate([k, k]), jnp.concatenate([v, v])
 
     def scatter(pages, new):
         flat = pages.reshape(K, P * S, H)  # [K, P*S, H]

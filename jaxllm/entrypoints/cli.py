@@ -1,4 +1,5 @@
-"""`jaxllm` command line: `generate` (offline completions), `serve` (OpenAI-compatible server)."""
+"""`jaxllm` command line: `generate` (offline completions), `serve` (OpenAI-compatible server),
+`quantize --awq` (write an AWQ checkpoint of a model)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,27 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from jaxllm.model_loader import resolve_model_path
+    from jaxllm.quantization.awq_export import summary, write_awq_checkpoint
+
+    if not args.awq:
+        print("error: name the format to write: --awq (4-bit AWQ, AutoAWQ's GEMM layout)", file=sys.stderr)
+        return 2
+    try:
+        src = resolve_model_path(args.model, args.revision, args.download_dir)
+        write_awq_checkpoint(src, args.output, args.group_size, return_dense=False,
+                             shard_bytes=int(args.max_shard_size_gb * (1 << 30)))
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    info = summary(args.output)
+    print(f"Wrote a 4-bit AWQ checkpoint (group size {args.group_size}) of {args.model} to {args.output}: "
+          f"{info['quantized_layers']} layers quantized, {info['bytes'] / 2**20:.1f} MiB. "
+          f"Load it with LLM(model={args.output!r}, quantization=\"awq\").")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxllm", description="LLM inference and serving in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
+
+    quant = sub.add_parser("quantize", help="write a quantized checkpoint of a model (--awq: AutoAWQ's format)")
+    quant.add_argument("model", help="the model: a local Hugging Face folder (safetensors) or a hub id")
+    quant.add_argument("output", help="the folder to write the quantized checkpoint to")
+    quant.add_argument("--awq", action="store_true", help="4-bit AWQ, GEMM layout, round-to-nearest per group")
+    quant.add_argument("--group-size", type=int, default=128, help="input rows per scale and zero point (-1: all)")
+    quant.add_argument("--max-shard-size-gb", type=float, default=4.0, help="split the weights into files this large")
+    quant.add_argument("--revision", default=None)
+    quant.add_argument("--download-dir", default=None)
+    quant.set_defaults(func=_quantize)
 
     try:
         from jaxllm.entrypoints.openai.api_server import add_serve_parser

@@ -6,7 +6,10 @@
 
 They take the fields of `langchain_community.llms.VLLM`. Models built with the same engine arguments
 share one `jaxllm.LLM` (or pass `client=` an existing one). Needs `pip install "jaxllm[langchain]"`.
-For a served model, use LangChain's own `VLLMOpenAI` / `ChatOpenAI` with `base_url` (docs/langchain.md).
+
+Code written for vLLM keeps its class names: `VLLM` is `JaxLLM` with vLLM's `Processed prompts` bar,
+and `VLLMOpenAI` is LangChain's client for a served model, pointed at a local `jaxllm serve` unless
+told otherwise (docs/langchain.md).
 """
 
 try:
@@ -19,5 +22,17 @@ except ImportError as err:  # pragma: no cover - depends on the installation
 from jaxllm.langchain.chat_models import ChatJaxLLM
 from jaxllm.langchain.engine import EngineDriver, clear_engine_cache, driver_for, get_engine
 from jaxllm.langchain.llms import JaxLLM
+from jaxllm.langchain.vllm import VLLM
 
-__all__ = ["ChatJaxLLM", "EngineDriver", "JaxLLM", "clear_engine_cache", "driver_for", "get_engine"]
+__all__ = [
+    "VLLM", "ChatJaxLLM", "EngineDriver", "JaxLLM", "VLLMOpenAI", "clear_engine_cache", "driver_for", "get_engine",
+]
+
+
+def __getattr__(name: str):
+    # VLLMOpenAI needs langchain-community, which the in-process models do not: imported on first use.
+    if name == "VLLMOpenAI":
+        from jaxllm.langchain.vllm_openai import VLLMOpenAI
+
+        return VLLMOpenAI
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -127,6 +127,11 @@ class JaxLLMFields(BaseModel):
     streaming: bool = False
     """Generate through the streaming path, so callbacks see every new token."""
 
+    use_tqdm: Any = False
+    """Show vLLM's `Processed prompts` progress bar while a batch generates (as `jaxllm.LLM.generate`
+    does): True for tqdm's bar, or a tqdm-like class called with `total`, `desc` and `dynamic_ncols`.
+    A call's `use_tqdm=` keyword overrides it."""
+
     @model_validator(mode="after")
     def _build_client(self) -> JaxLLMFields:
         if self.client is None:
@@ -184,6 +189,7 @@ class JaxLLMFields(BaseModel):
     def _call_params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The fields overridden by this call's keyword arguments and `stop`."""
         kwargs = dict(kwargs)
+        kwargs.pop("use_tqdm", None)  # read by _progress_bar
         if kwargs.pop("lora_request", None) is not None:
             raise ValueError("LoRA adapters are not supported.")
         if "max_new_tokens" in kwargs:
@@ -208,19 +214,37 @@ class JaxLLMFields(BaseModel):
         )
         return beam, n
 
+    def _progress_bar(self, total: int, kwargs: dict[str, Any]) -> Any:
+        """The `Processed prompts` bar of `jaxllm.LLM.generate`, when `use_tqdm` is on (else None)."""
+        use_tqdm = kwargs.get("use_tqdm", self.use_tqdm)
+        if not use_tqdm:
+            return None
+        if callable(use_tqdm):
+            return use_tqdm(total=total, desc="Processed prompts", dynamic_ncols=True)
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="Processed prompts", dynamic_ncols=True)
+
     def _generate_batch(self, prompts: list[Any], stop: list[str] | None, kwargs: dict[str, Any]) -> BatchResult:
         """All prompts through the engine at once; their finished outputs as completions."""
         params = self._call_params(stop, kwargs)
         driver = driver_for(self.client)
-        if params.get("use_beam_search"):
-            beam, n = self._beam_params(params)
-            outputs = driver.run(self.client, prompts, beam)
-            kept = [out.outputs[:n] for out in outputs]
-            completions = [[self._beam_completion(c, params.get("stop")) for c in cs] for cs in kept]
-        else:
-            outputs = driver.run(self.client, prompts, self._sampling_params(params, RequestOutputKind.FINAL_ONLY))
-            kept = [out.outputs for out in outputs]
-            completions = [[self._completion(c) for c in cs] for cs in kept]
+        bar = self._progress_bar(len(prompts), kwargs)
+        tick = None if bar is None else (lambda _out: bar.update(1))
+        try:
+            if params.get("use_beam_search"):
+                beam, n = self._beam_params(params)
+                outputs = driver.run(self.client, prompts, beam, on_finished=tick)
+                kept = [out.outputs[:n] for out in outputs]
+                completions = [[self._beam_completion(c, params.get("stop")) for c in cs] for cs in kept]
+            else:
+                sampling = self._sampling_params(params, RequestOutputKind.FINAL_ONLY)
+                outputs = driver.run(self.client, prompts, sampling, on_finished=tick)
+                kept = [out.outputs for out in outputs]
+                completions = [[self._completion(c) for c in cs] for cs in kept]
+        finally:
+            if bar is not None:
+                bar.close()
         for out in outputs:
             self._check_errors(out)
         return BatchResult(

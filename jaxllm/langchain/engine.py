@@ -17,7 +17,7 @@ import threading
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from jaxllm.llm import LLM
@@ -138,11 +138,16 @@ class EngineDriver:
                 ready.append(queue.popleft())
         return ready
 
-    def run(self, llm: LLM, prompts: Sequence[Any], params: SamplingParams | BeamSearchParams) -> list[RequestOutput]:
-        """The final output of every prompt, in input order."""
+    def run(
+        self, llm: LLM, prompts: Sequence[Any], params: SamplingParams | BeamSearchParams,
+        on_finished: Callable[[RequestOutput], None] | None = None,
+    ) -> list[RequestOutput]:
+        """The final output of every prompt, in input order; `on_finished` sees each as it finishes."""
         ids = self.submit(llm, prompts, params)
         final: dict[str, RequestOutput] = {}
         for out in self.outputs(llm, ids):
             if out.finished:
                 final[out.request_id] = out
+                if on_finished is not None:
+                    on_finished(out)
         return [final[rid] for rid in ids]

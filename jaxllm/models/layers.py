@@ -17,7 +17,9 @@ from jax.sharding import PartitionSpec as P
 # matmul(x, w): x @ w for a dense weight or a QuantizedWeight; the models call their linear layers through it.
 from jaxllm.quantization.matmul import matmul  # also used by the models directly
 from pallas_kernels.paged_attention import paged_attention, write_to_kv_pages
+from pallas_kernels.paged_attention_reference import paged_attention_reference
 from pallas_kernels.ragged_paged_attention import ragged_paged_attention
+from pallas_kernels.ragged_paged_attention_xla import ragged_paged_attention_xla
 
 
 class AttentionMetadata(NamedTuple):
@@ -208,6 +210,18 @@ def _tensor_parallel_mesh():
     return mesh
 
 
+def paged_attention_impls():
+    """(decode, ragged) attention over the pool, with the Pallas kernels' signatures.
+
+    The Pallas kernels where they compile; on the CPU, XLA gathers of the block tables' pages instead:
+    the Pallas interpreter copies every operand on each call, the whole KV pool included, which made a
+    step's time grow with the pool's size.
+    """
+    if jax.default_backend() == "cpu":
+        return paged_attention_reference, ragged_paged_attention_xla
+    return paged_attention, ragged_paged_attention
+
+
 def attention(
     q: jax.Array,  # [T, N, H]
     k: jax.Array,  # [T, K, H]
@@ -229,8 +243,9 @@ def attention(
         out, cache = attention(pad(q), pad(k), pad(v), kv_cache, positions, md, scale, alibi_slopes)
         return out[..., :h], cache
     mesh = _tensor_parallel_mesh()
-    write, decode, ragged = write_to_kv_pages, paged_attention, ragged_paged_attention
+    write, (decode, ragged) = write_to_kv_pages, paged_attention_impls()
     if mesh is not None:
+        paged, ragged_paged = decode, ragged
         heads, pool, rep = P(None, "tp", None), P("tp"), P()
         write = jax.shard_map(
             write_to_kv_pages, mesh=mesh, in_specs=(pool, pool, heads, heads, rep), out_specs=(pool, pool),
@@ -239,7 +254,7 @@ def attention(
         slopes_spec = () if alibi_slopes is None else (P("tp"),)
 
         def local(q, kp, vp, bt, lens, *slopes):
-            return paged_attention(q, kp, vp, bt, lens, alibi_slopes=slopes[0] if slopes else None, scale=scale)
+            return paged(q, kp, vp, bt, lens, alibi_slopes=slopes[0] if slopes else None, scale=scale)
 
         sharded = jax.shard_map(
             local, mesh=mesh, in_specs=(heads, pool, pool, rep, rep, *slopes_spec), out_specs=heads, check_vma=False
@@ -250,8 +265,8 @@ def attention(
 
         def ragged(q, kp, vp, pos, bt, rows, starts, lens, alibi_slopes=None, scale=None):
             def local(q, kp, vp, pos, bt, rows, starts, lens, *slopes):
-                return ragged_paged_attention(q, kp, vp, pos, bt, rows, starts, lens,
-                                              alibi_slopes=slopes[0] if slopes else None, scale=scale)
+                return ragged_paged(q, kp, vp, pos, bt, rows, starts, lens,
+                                    alibi_slopes=slopes[0] if slopes else None, scale=scale)
 
             fn = jax.shard_map(
                 local, mesh=mesh, in_specs=(heads, pool, pool, rep, rep, rep, rep, rep, *slopes_spec),

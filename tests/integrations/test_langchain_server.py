@@ -84,3 +84,29 @@ def test_served_and_in_process_models_agree(server, tiny_model_dir):
     remote = ChatOpenAI(model=SERVED_NAME, base_url=server.url + "/v1", api_key="EMPTY", temperature=0,
                         max_tokens=8, max_retries=0, extra_body={"ignore_eos": True})
     assert local.invoke(CONVERSATION).content == remote.invoke(CONVERSATION).content
+
+
+def test_jaxllm_vllm_openai_is_the_tutorials_class(server, monkeypatch):
+    """`from jaxllm.langchain import VLLMOpenAI` with the tutorial's arguments gives the community class's text;
+    left out, the base URL and key come from the environment (else localhost:8000 and "EMPTY")."""
+    from langchain_community.llms import VLLMOpenAI as Community
+
+    from jaxllm.langchain import VLLMOpenAI
+
+    args = dict(openai_api_key="EMPTY", openai_api_base=server.url + "/v1", model_name=SERVED_NAME,
+                model_kwargs={"stop": ["."]}, temperature=0, max_tokens=8, max_retries=0)
+    ours = VLLMOpenAI(**args)
+    assert isinstance(ours, Community) and ours._llm_type == "vllm-openai"
+    assert ours.invoke("Rome is") == Community(**args).invoke("Rome is")
+
+    for name in ("OPENAI_API_BASE", "JAXLLM_API_KEY", "VLLM_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    default = VLLMOpenAI(model_name=SERVED_NAME)
+    assert default.openai_api_base == "http://localhost:8000/v1" and default.openai_api_key == "EMPTY"
+    monkeypatch.setenv("OPENAI_API_BASE", server.url + "/v1")
+    monkeypatch.setenv("VLLM_API_KEY", "from-vllm")
+    monkeypatch.setenv("JAXLLM_API_KEY", "from-jaxllm")
+    from_env = VLLMOpenAI(model_name=SERVED_NAME, temperature=0, max_tokens=8, model_kwargs={"stop": ["."]},
+                          max_retries=0)
+    assert from_env.openai_api_key == "from-jaxllm"
+    assert from_env.invoke("Rome is") == ours.invoke("Rome is")  # the server has no key: any key is accepted

@@ -1,5 +1,5 @@
 """AWQ checkpoints end to end: tiny Llama / Qwen2 / Mistral models written in AutoAWQ's GEMM format
-(tests/quantization/awq_writer.py) against the same models saved dense with the dequantized weights.
+(jaxllm/quantization/awq_export.py) against the same models saved dense with the dequantized weights.
 
 In float32 the dequantized weights are exact, so logits agree to float32 rounding and greedy tokens
 are identical; the packed weights stay packed on the device.
@@ -15,7 +15,8 @@ import pytest
 
 from jaxllm import LLM, SamplingParams
 from jaxllm.quantization import is_quantized
-from tests.quantization.awq_writer import write_awq_checkpoint, write_dense_checkpoint
+from jaxllm.quantization.awq_export import write_awq_checkpoint
+from tests.quantization.dense_checkpoint import write_dense_checkpoint
 from tests.tiny_models import make_tiny_model
 
 PROMPT_LENGTHS = [3, 7, 12, 20, 33, 5, 48, 17]
