@@ -81,6 +81,13 @@ def safetensors_slices(files: list[str]) -> dict[str, TensorSlice]:
     return out
 
 
+def iter_tensors(files: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, array) for every tensor of the weight files, in stored order, the next ones read meanwhile."""
+    slices = list(safetensors_slices(files).values())
+    for host in CheckpointReader().groups([[s] for s in slices]):
+        yield host.slices[0].name, host.array(host.slices[0].name)
+
+
 @dataclass
 class HostGroup:
     """One group's tensors in one host buffer; `array(name)` is a view (no copy)."""
