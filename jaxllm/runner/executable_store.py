@@ -31,7 +31,6 @@ import tempfile
 from typing import Any
 
 import jax
-import jaxlib
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +63,21 @@ def code_version() -> str:
     return digest.hexdigest()
 
 
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def environment() -> dict[str, Any]:
     """What the process runs on and with, beyond the step itself."""
     devices = jax.devices()
     return {
         "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
+        "jaxlib": _version("jaxlib"),
         "backend": jax.default_backend(),
         "platform_version": getattr(devices[0].client, "platform_version", ""),
         "devices": [(d.id, d.device_kind, d.process_index) for d in devices],
