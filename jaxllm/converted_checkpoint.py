@@ -1,12 +1,17 @@
-"""Checkpoints in jaxllm's own parameter layout and dtype, saved with orbax-checkpoint.
+"""Checkpoints in jaxllm's own parameter layout and dtype: raw tensors, uncompressed, read at disk speed.
 
 `jaxllm convert MODEL OUT` reads a Hugging Face model once (transposes, renames, casts) and writes
-`OUT/params` (an orbax checkpoint of the parameter tree exactly as the model runner holds it) next to
-`config.json`, the tokenizer files, `generation_config.json` and the marker `jaxllm_checkpoint.json`.
-`LLM(model=OUT)` then restores each parameter straight into its sharding on the mesh: every device
-reads only its own shard, and no full copy of a tensor lands on one device.
 
-This module imports neither jax nor orbax at import time (the CLI registers its parser cheaply).
+    OUT/params.bin    every tensor's bytes in the runner's layout ([in, out] linear weights, the chosen
+                      dtype), each decoder layer's tensors next to each other, each tensor 4096-aligned
+    OUT/params.json   {"tensors": [{"path": ["layers", 0, "wq"], "dtype", "shape", "offset", "nbytes"}, ...]}
+
+next to `config.json`, the tokenizer files, `generation_config.json` and the marker `jaxllm_checkpoint.json`.
+`LLM(model=OUT)` reads it through the same parallel reader as safetensors, with nothing left to
+transpose or cast: on one device each layer is one read, one transfer and one device call (which fuses
+q|k|v and gate|up); with tensor parallelism every tensor goes to its sharding on the mesh.
+
+This module imports neither jax nor NumPy at import time (the CLI registers its parser cheaply).
 """
 
 from __future__ import annotations
@@ -17,17 +22,17 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from typing import Any
 
 MARKER = "jaxllm_checkpoint.json"
-FORMAT = "jaxllm-orbax"
-VERSION = 1
-PARAMS_DIR = "params"
+FORMAT = "jaxllm-raw"
+VERSION = 2
+DATA_FILE = "params.bin"
+INDEX_FILE = "params.json"
+ALIGN = 4096
 # Files copied next to the parameters: config, generation config, tokenizer and chat template files.
 _COPY_PATTERNS = ("*.json", "tokenizer*", "*.model", "*.txt", "*.jinja")
-_SKIP = ("config.json", "model.safetensors.index.json", MARKER)
-_KV_LEAVES = ("wk", "wv", "bk", "bv")
+_SKIP = ("config.json", "model.safetensors.index.json", MARKER, INDEX_FILE)
 
 
 def is_converted_checkpoint(path: str | None) -> bool:
@@ -38,6 +43,8 @@ def is_converted_checkpoint(path: str | None) -> bool:
 def read_marker(path: str) -> dict:
     with open(os.path.join(path, MARKER)) as f:
         marker = json.load(f)
+    if marker.get("format") == "jaxllm-orbax":
+        raise ValueError(f"{path} was converted by an older jaxllm (orbax format); run `jaxllm convert` again.")
     if marker.get("format") != FORMAT:
         raise ValueError(f"{os.path.join(path, MARKER)} is not a {FORMAT} checkpoint marker.")
     if int(marker.get("version", 0)) > VERSION:
@@ -47,13 +54,27 @@ def read_marker(path: str) -> dict:
     return marker
 
 
-def _host_params(cfg: Any) -> dict:
-    """The parameter tree as NumPy arrays, in the model runner's layout and cfg.dtype."""
-    from jaxllm.model_loader import load_params
-    from jaxllm.models.registry import get_model_module
+class _Writer:
+    """Appends tensors to params.bin (4096-aligned) and lists them for params.json."""
 
-    module = get_model_module(cfg.architecture)
-    return load_params(cfg, module.name_table(cfg), put=lambda path, host: host)
+    def __init__(self, folder: str):
+        self._file = open(os.path.join(folder, DATA_FILE), "wb")  # noqa: SIM115 (closed by close())
+        self.tensors: list[dict] = []
+
+    def write(self, path: tuple, array) -> None:
+        import numpy as np
+
+        offset = -(-self._file.tell() // ALIGN) * ALIGN
+        self._file.seek(offset)
+        data = np.ascontiguousarray(array)
+        self._file.write(memoryview(data.reshape(-1).view(np.uint8)))
+        self.tensors.append({"path": list(path), "dtype": data.dtype.name, "shape": list(data.shape),
+                             "offset": offset, "nbytes": data.nbytes})
+
+    def close(self, folder: str) -> None:
+        self._file.close()
+        with open(os.path.join(folder, INDEX_FILE), "w") as f:
+            json.dump({"tensors": self.tensors}, f)
 
 
 def convert(
@@ -87,13 +108,14 @@ def convert(
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
 
-    import orbax.checkpoint as ocp
+    from jaxllm.model_loader import load_params
+    from jaxllm.models.registry import get_model_module
 
-    tree = _host_params(cfg)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(out, PARAMS_DIR), tree)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    writer = _Writer(out)  # layer by layer as they are read: host memory stays at a few layers
+    try:
+        load_params(cfg, get_model_module(cfg.architecture).name_table(cfg), put=writer.write)
+    finally:
+        writer.close(out)
 
     for name in sorted(os.listdir(src)):
         file = os.path.join(src, name)
@@ -112,81 +134,35 @@ def convert(
     return out
 
 
-def _repeat_heads(array, repeats: int, head_dim: int):
-    """[..., K*H] -> [..., K*repeats*H] on device, each head repeated in place (as sharding.repeat_kv_heads)."""
-    import jax.numpy as jnp
-
-    lead = array.shape[:-1]
-    k = array.shape[-1] // head_dim
-    heads = array.reshape(*lead, k, 1, head_dim)
-    return jnp.broadcast_to(heads, (*lead, k, repeats, head_dim)).reshape(*lead, k * repeats * head_dim)
+def stored_tensors(path: str) -> list[dict]:
+    """The index of a converted checkpoint: one dict per tensor (path, dtype, shape, offset, nbytes)."""
+    read_marker(path)
+    with open(os.path.join(path, INDEX_FILE)) as f:
+        return json.load(f)["tensors"]
 
 
-def load_converted(
-    path: str,
-    cfg: Any,
-    shardings_fn: Callable[[tuple, tuple[int, ...]], Any],
-    kv_repeats: int = 1,
-    quant_config: Any = None,
-) -> dict:
-    """Restore the parameter tree of a converted checkpoint onto the mesh.
-
-    `shardings_fn(tree_path, shape)` gives each leaf's NamedSharding; orbax reads every leaf directly into
-    it, cast to cfg.dtype. With `kv_repeats > 1` (more devices than kv heads) the k/v projections are
-    restored replicated and their heads repeated on device into the sharding of the repeated shape.
-    """
-    import jax
-    import jax.numpy as jnp
-    import orbax.checkpoint as ocp
-    from jax.sharding import NamedSharding, PartitionSpec
-
+def converted_slices(path: str, cfg: Any) -> tuple[dict, dict]:
+    """(slices, name table) to load a converted checkpoint with `model_loader.load_params`: every tensor's
+    place in params.bin, named by its tree path, and the table that maps each name back to its path
+    (nothing to transpose)."""
+    from jaxllm.checkpoint_reader import TensorSlice, numpy_dtype
     from jaxllm.models.registry import get_model_module
 
-    if quant_config is not None:
-        raise ValueError(
-            f"{path} holds unquantized weights converted by jaxllm; quantization is not supported for "
-            "converted checkpoints (load the original model to quantize)."
-        )
     marker = read_marker(path)
     if marker.get("architecture") not in (None, cfg.architecture):
         raise ValueError(f"{path} was converted from {marker['architecture']}, but config.json says {cfg.architecture}.")
-    params_dir = os.path.join(os.path.abspath(path), PARAMS_DIR)
-    checkpointer = ocp.StandardCheckpointer()
-    stored = checkpointer.metadata(params_dir).item_metadata.tree
-    dtype = jnp.dtype(cfg.dtype)
-
-    target: dict = {}
-    repeated: list[tuple] = []
-    for tree_path, _ in get_model_module(cfg.architecture).name_table(cfg).values():
-        meta = stored
-        try:
-            for key in tree_path:
-                meta = meta[str(key)] if str(key) in meta else meta[key]
-        except (KeyError, TypeError):
-            raise ValueError(f"The converted checkpoint in {path} lacks {'.'.join(map(str, tree_path))}.") from None
-        shape = tuple(meta.shape)
-        if kv_repeats > 1 and tree_path[-1] in _KV_LEAVES:
-            sharding = shardings_fn(tree_path, shape)
-            sharding = NamedSharding(sharding.mesh, PartitionSpec())
-            repeated.append(tree_path)
-        else:
-            sharding = shardings_fn(tree_path, shape)
-        node = target
-        for key in tree_path[:-1]:
-            node = node.setdefault(key, {})
-        node[tree_path[-1]] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-    params = checkpointer.restore(params_dir, target)
-    checkpointer.close()
-
-    for tree_path in repeated:
-        node = params
-        for key in tree_path[:-1]:
-            node = node[key]
-        leaf = node[tree_path[-1]]
-        shape = (*leaf.shape[:-1], leaf.shape[-1] * kv_repeats)
-        repeat = jax.jit(_repeat_heads, static_argnums=(1, 2), out_shardings=shardings_fn(tree_path, shape))
-        node[tree_path[-1]] = repeat(leaf, kv_repeats, cfg.head_dim)
-    return params
+    data = os.path.join(os.path.abspath(path), DATA_FILE)
+    slices, table = {}, {}
+    for t in stored_tensors(path):
+        name = ".".join(map(str, t["path"]))
+        tree_path = tuple(int(k) if isinstance(k, int) else k for k in t["path"])
+        slices[name] = TensorSlice(name, data, t["offset"], t["nbytes"], numpy_dtype(t["dtype"]), tuple(t["shape"]))
+        table[name] = (tree_path, False)
+    needed = {".".join(map(str, p)) for p, _ in get_model_module(cfg.architecture).name_table(cfg).values()}
+    missing = sorted(needed - set(table))
+    if missing:
+        raise ValueError(f"The converted checkpoint in {path} lacks {', '.join(missing[:8])}.")
+    return {k: v for k, v in slices.items() if k in needed}, {k: v for k, v in table.items() if k in needed}
 
 
 def _convert_cli(args: argparse.Namespace) -> int:
@@ -205,7 +181,7 @@ def _convert_cli(args: argparse.Namespace) -> int:
 def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     """`jaxllm convert MODEL OUT [--dtype ...]`."""
     parser = subparsers.add_parser(
-        "convert", help="store a model's weights in jaxllm's layout (orbax) for faster, sharded loading"
+        "convert", help="store a model's weights in jaxllm's layout (raw, uncompressed) for the fastest loading"
     )
     parser.add_argument("model", help="local folder or hub id of a Hugging Face model")
     parser.add_argument("out", help="output folder")

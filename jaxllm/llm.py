@@ -8,11 +8,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from jaxllm import timeline
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.engine.llm_engine import LLMEngine
 from jaxllm.model_loader import load_generation_config, resolve_model_path
 from jaxllm.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
 from jaxllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+from jaxllm.tokenizer_loader import TokenizerLoader
 
 logger = logging.getLogger(__name__)
 
@@ -126,37 +128,48 @@ class LLM:
 
             set_max_logprobs_limit(max_logprobs)
 
+        # The tokenizer loads on its own thread (Rust, mostly without the GIL) while the weights load.
+        loading = None if skip_tokenizer_init else TokenizerLoader(
+            tokenizer or path, trust_remote_code=trust_remote_code, revision=tokenizer_revision,
+            tokenizer_mode=tokenizer_mode,
+        )
+        try:
+            self._build_runner(compilation_cache_dir, precompile, enforce_eager, max_logprobs, load_format,
+                               tensor_parallel_size, quantization)
+        except BaseException:
+            if loading is not None:
+                loading.result()  # nothing left running; its own error, if any, is secondary
+            raise
+        try:
+            self._finish_init(loading, seed, max_logprobs)
+        except BaseException:
+            self.runner.shutdown()
+            raise
+
+    def _build_runner(self, compilation_cache_dir, precompile, enforce_eager, max_logprobs, load_format,
+                      tensor_parallel_size, quantization):
         from jaxllm.runner.model_runner import ModelRunner  # the first import of jax
         from jaxllm.sharding import maybe_initialize_distributed
 
         maybe_initialize_distributed()
         from jaxllm.runner.compilation_cache import enable_compilation_cache
+        from jaxllm.runner.executable_store import open_store
         from jaxllm.runner.precompile import resolve_mode
 
         self.compilation_cache_dir = enable_compilation_cache(compilation_cache_dir)
         self.precompile = resolve_mode(precompile, enforce_eager)
 
-        # With precompile on, the steps compile on background threads from here on, while the weights
-        # and then the tokenizer load.
-        self.runner = ModelRunner(
-            self.model_config, self.cache_config, self.scheduler_config, max_logprobs, load_format,
-            tensor_parallel_size, quantization=quantization, precompile=self.precompile != "off",
-        )
-        try:
-            self._finish_init(tokenizer or path, skip_tokenizer_init, trust_remote_code, tokenizer_revision,
-                              tokenizer_mode, seed, max_logprobs)
-        except BaseException:
-            self.runner.shutdown()
-            raise
-
-    def _finish_init(self, tokenizer, skip_tokenizer_init, trust_remote_code, revision, mode, seed, max_logprobs):
-        self.tokenizer = None
-        if not skip_tokenizer_init:
-            from jaxllm.tokenizer import get_tokenizer
-
-            self.tokenizer = get_tokenizer(
-                tokenizer, trust_remote_code=trust_remote_code, revision=revision, tokenizer_mode=mode
+        # With precompile on, the steps compile on background threads from here on, while the weights load;
+        # stored executables load in the background in every mode.
+        with timeline.phase("model runner"):
+            self.runner = ModelRunner(
+                self.model_config, self.cache_config, self.scheduler_config, max_logprobs, load_format,
+                tensor_parallel_size, quantization=quantization, precompile=self.precompile != "off",
+                executable_store=open_store(self.compilation_cache_dir),
             )
+
+    def _finish_init(self, loading, seed, max_logprobs):
+        self.tokenizer = loading.result(raise_error=True) if loading is not None else None
         self.llm_engine = LLMEngine(
             self.model_config,
             self.cache_config,

@@ -1,7 +1,8 @@
 """Find a model on disk (local folder or the Hugging Face cache) and load its safetensors into a pytree.
 
-Weights go from safetensors (read as NumPy, bf16 through ml_dtypes) straight into the parameter tree
-named by the architecture's name table; nothing of the checkpoint is kept besides what the table names.
+Weights go from safetensors (read in parallel, one buffer per decoder layer, bf16 through ml_dtypes)
+straight into the parameter tree named by the architecture's name table; nothing of the checkpoint is
+kept besides what the table names.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from jaxllm.checkpoint_reader import CheckpointReader, HostGroup, TensorSlice, safetensors_slices
 
 logger = logging.getLogger(__name__)
 
@@ -88,54 +89,20 @@ def safetensors_files(path: str) -> list[str]:
     return [os.path.join(path, f) for f in files]
 
 
-_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-              "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "?"}
-
-
-def read_safetensors_header(file: str) -> tuple[dict, int]:
-    """A safetensors file's header (name -> dtype, shape, data_offsets) and where its data starts."""
-    with open(file, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
-    return header, 8 + size
-
-
-def _numpy_dtype(name: str):
-    if name in _ST_DTYPES:
-        return np.dtype(_ST_DTYPES[name])
-    import ml_dtypes
-
-    return {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2}.get(name)
-
-
-def iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (checkpoint name, NumPy array) for every tensor of every weight file, in file order.
-
-    The arrays are read-only views of the memory-mapped file: nothing is copied until the caller
-    transposes, casts or uploads a tensor, so the page cache is read once.
-    """
-    for file in safetensors_files(path):
-        header, start = read_safetensors_header(file)
-        mapped = np.memmap(file, dtype=np.uint8, mode="r")
-        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            dtype = _numpy_dtype(info["dtype"])
-            if dtype is None:
-                raise ValueError(f"{file}: tensor {name} has dtype {info['dtype']}, which jaxllm does not read.")
-            begin, end = info["data_offsets"]
-            yield name, mapped[start + begin : start + end].view(dtype).reshape(info["shape"])
-        del mapped
-
-
 def load_params(
-    config: Any, name_table: dict[str, tuple[tuple, bool]], put: Any, quant: Any = None, put_transposed: Any = None
+    config: Any, name_table: dict[str, tuple[tuple, bool]], put: Any, quant: Any = None, put_transposed: Any = None,
+    put_layer: Any = None, slices: dict[str, TensorSlice] | None = None,
 ) -> dict:
-    """Build the parameter pytree from safetensors.
+    """Build the parameter pytree from safetensors (or from `slices`: where each named tensor is stored).
 
-    name_table maps a checkpoint name to (path in the tree, transpose?). `put(path, array)` turns a host
-    array (already cast to the model dtype) into a device array; it is where sharding happens.
-    `put_transposed(path, array)`, when given, places a 2-D array the table transposes as its transpose
-    (done on the device, much faster than NumPy's strided copy); without it the host transposes.
+    name_table maps a checkpoint name to (path in the tree, transpose?). The tensors are read by a
+    CheckpointReader, one host buffer per decoder layer (and per other tensor), many layers at once.
+    `put_layer(buffer, layout)`, when given, receives a whole dense layer: its buffer and, per tensor,
+    (leaf name, start in the buffer, dtype name, stored shape, transpose?); it returns the layer's leaves
+    (one transfer and one device call per layer). Otherwise each tensor goes through
+    `put(path, array)` (the array cast to the model dtype on the host; sharding happens there), or through
+    `put_transposed(path, array)` for a 2-D array the table transposes (placed as its transpose, done on
+    the device); without either the host transposes.
     Unknown checkpoint names are ignored (e.g. rotary caches); missing ones raise.
 
     With an AWQ `quant` (a QuantConfig), a layer's `X.qweight`, `X.qzeros` and `X.scales` become one
@@ -150,33 +117,42 @@ def load_params(
         from jaxllm.quantization.awq import AwqCollector
 
         awq = AwqCollector(quant.group_size)
+    if slices is None:
+        slices = safetensors_slices(safetensors_files(config.path))
+    groups = _groups(slices, name_table, awq)
     params: dict = {}
     seen: set[str] = set()
-    for name, array in iter_safetensors(config.path):
-        base = awq.base_name(name) if awq is not None else None
-        on_device = False
-        if base is not None:
-            if base not in name_table:
-                continue
-            done = awq.add(name, array)
-            if done is None:
-                continue
-            name, host = done
-            tree_path = name_table[name][0]
-            _check_quantizable(name, tree_path)
-        else:
-            entry = name_table.get(name)
-            if entry is None:
-                continue
-            tree_path, transpose = entry
-            on_device = transpose and put_transposed is not None and array.ndim == 2
-            # One pass at most: transpose and cast together, no copy of a tensor already in place.
-            host = (array.T if transpose and not on_device else array).astype(np_dtype, order="C", copy=False)
-        node = params
-        for key in tree_path[:-1]:
-            node = node.setdefault(key, {})
-        node[tree_path[-1]] = put_transposed(tree_path, host) if on_device else put(tree_path, host)
-        seen.add(name)
+    for host in CheckpointReader().groups(list(groups.values())):
+        layer = _layer_layout(host, name_table) if put_layer is not None and awq is None else None
+        if layer is not None:
+            tree_path, layout = layer
+            node = params
+            for key in tree_path:
+                node = node.setdefault(key, {})
+            node.update(put_layer(host.buffer, layout))
+            seen.update(s.name for s in host.slices)
+            continue
+        for s in host.slices:
+            name, array = s.name, host.array(s.name)
+            base = awq.base_name(name) if awq is not None else None
+            on_device = False
+            if base is not None:
+                done = awq.add(name, array)
+                if done is None:
+                    continue
+                name, host_array = done
+                tree_path = name_table[name][0]
+                _check_quantizable(name, tree_path)
+            else:
+                tree_path, transpose = name_table[name]
+                on_device = transpose and put_transposed is not None and array.ndim == 2
+                # One pass at most: transpose and cast together, no copy of a tensor already in place.
+                host_array = (array.T if transpose and not on_device else array).astype(np_dtype, order="C", copy=False)
+            node = params
+            for key in tree_path[:-1]:
+                node = node.setdefault(key, {})
+            node[tree_path[-1]] = put_transposed(tree_path, host_array) if on_device else put(tree_path, host_array)
+            seen.add(name)
     if awq is not None and awq.incomplete():
         raise ValueError(f"The AWQ checkpoint in {config.path} lacks tensors: {', '.join(awq.incomplete()[:8])}.")
     missing = sorted(set(name_table) - seen)
@@ -184,6 +160,32 @@ def load_params(
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise ValueError(f"The checkpoint in {config.path} lacks weights the model needs: {shown}.")
     return params
+
+
+def _groups(slices: dict[str, TensorSlice], name_table: dict, awq: Any) -> dict[tuple, list[TensorSlice]]:
+    """The tensors the table names, grouped by decoder layer (others alone), in the order they are stored."""
+    groups: dict[tuple, list[TensorSlice]] = {}
+    for name, s in slices.items():
+        base = awq.base_name(name) if awq is not None else None
+        entry = name_table.get(base if base is not None else name)
+        if entry is None:
+            continue
+        tree_path = entry[0]
+        key = tuple(tree_path[:2]) if tree_path[0] == "layers" and len(tree_path) == 3 else (name,)
+        groups.setdefault(key, []).append(s)
+    return groups
+
+
+def _layer_layout(host: HostGroup, name_table: dict) -> tuple[tuple, tuple] | None:
+    """(("layers", i), ((leaf, start, dtype, shape, transpose), ...)) for a decoder layer's group, else None."""
+    paths = [name_table[s.name] for s in host.slices]
+    if paths[0][0][0] != "layers" or len(paths[0][0]) != 3:
+        return None
+    layout = tuple(
+        (tree_path[-1], host.offsets[s.name], s.dtype.name, s.shape, transpose)
+        for s, (tree_path, transpose) in zip(host.slices, paths)
+    )
+    return tuple(paths[0][0][:2]), layout
 
 
 def _check_quantizable(name: str, tree_path: tuple) -> None:

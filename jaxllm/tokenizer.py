@@ -1,6 +1,8 @@
 """Tokenizer loading, incremental detokenization and stop strings.
 
-Pure Python on top of Hugging Face `transformers` / `tokenizers`; the engine uses it on the host.
+Pure Python on top of Hugging Face `tokenizers` (a model folder with tokenizer.json loads as a
+`FastTokenizer`, without transformers or torch) or `transformers` (slow mode, hub ids, folders without
+tokenizer.json); the engine uses it on the host.
 
 Streaming text, one step of one sequence::
 
@@ -43,8 +45,16 @@ def get_tokenizer(
     """Load a Hugging Face tokenizer from a local directory or a Hub id (vLLM's `get_tokenizer`).
 
     `tokenizer_mode`: "auto"/"hf" (fast tokenizer when there is one) or "slow". Prompts are truncated
-    from the left, as in vLLM. A local directory never touches the network.
+    from the left, as in vLLM. A local directory never touches the network. A local directory with a
+    tokenizer.json gives a `FastTokenizer` (no transformers import); anything else goes through
+    transformers' AutoTokenizer.
     """
+    name = os.fspath(tokenizer_name)
+    if tokenizer_mode in ("auto", "hf") and not args and kwargs.get("use_fast", True) and revision is None:
+        from jaxllm.fast_tokenizer import FastTokenizer, has_tokenizer_json
+
+        if os.path.isdir(name) and has_tokenizer_json(name):
+            return FastTokenizer.from_pretrained(name, truncation_side=kwargs.get("truncation_side", "left"))
     from transformers import AutoTokenizer
 
     if tokenizer_mode == "slow":
@@ -56,7 +66,6 @@ def get_tokenizer(
     kwargs.setdefault("truncation_side", "left")
     if download_dir is not None:
         kwargs.setdefault("cache_dir", download_dir)
-    name = os.fspath(tokenizer_name)
     if os.path.isdir(name):
         kwargs.setdefault("local_files_only", True)
     # `trust_remote_code` is accepted for compatibility, but code shipped with a checkpoint is never run:
@@ -85,8 +94,12 @@ def _make_decode_fn(
     For a fast tokenizer that does not override decoding, call the Rust backend directly: this is what
     `PreTrainedTokenizerFast.decode` does, minus a few microseconds of Python per call.
     """
+    from jaxllm.fast_tokenizer import FastTokenizer
+
     backend = getattr(tokenizer, "_tokenizer", None)
-    if backend is not None and getattr(tokenizer, "is_fast", False):
+    if isinstance(tokenizer, FastTokenizer):
+        return lambda ids: backend.decode(ids, skip_special_tokens=skip_special_tokens)
+    if backend is not None and getattr(tokenizer, "is_fast", False) and "transformers" in type(tokenizer).__module__:
         from transformers import PreTrainedTokenizerFast
 
         if getattr(type(tokenizer), "_decode", None) is PreTrainedTokenizerFast._decode:

@@ -7,7 +7,10 @@ With --config, a random-weight checkpoint of that shape is written to WORK/hf as
 (config.json, sharded *.safetensors with model.safetensors.index.json, the embedded model's tokenizer
 files), then `jaxllm convert` turns it into WORK/converted. With --model, that folder is used as it is.
 Each start is a new Python process timed from launch to the first token of one 128-token request;
-"cold" starts with an empty compilation cache folder, "warm" finds the one the cold start filled. The
+its per-phase timeline (phase, thread, start, end: imports, tokenizer, weights, each step bucket loaded
+or compiled, first step) is printed as a table on stderr and kept in the JSON line as "timeline";
+"cold" starts with an empty compilation cache folder (no stored executables either), "warm" finds the
+executables and cache entries the cold start stored. The
 weight files stay in the OS page cache unless --drop-page-cache (root) empties it before each start.
 
 One JSON line per start, printed as it finishes and appended to OUT/startup.jsonl when --out is given:
@@ -41,9 +44,10 @@ CHILD = r"""
 import json, sys, time
 t_import = time.time()
 cfg = json.loads(sys.argv[1])
-from jaxllm import LLM, SamplingParams
+from jaxllm import LLM, SamplingParams, timeline
 from jaxllm.runner import compile_counter
 from jaxllm.runner.model_runner import ModelRunner
+timeline.record("imports", t_import)
 
 loading = [0.0]
 original = ModelRunner._load_and_fuse
@@ -60,16 +64,19 @@ t = time.time()
 llm = LLM(cfg["model"], load_format=cfg["load_format"], compilation_cache_dir=cfg["cache"], precompile=cfg["precompile"],
           max_model_len=cfg["max_model_len"], max_num_seqs=cfg["max_num_seqs"])
 t_llm = time.time()
-out = llm.generate({"prompt_token_ids": list(range(1, 129))}, SamplingParams(max_tokens=1, detokenize=False),
-                   use_tqdm=False)
+with timeline.phase("first step"):
+    out = llm.generate({"prompt_token_ids": list(range(1, 129))}, SamplingParams(max_tokens=1, detokenize=False),
+                       use_tqdm=False)
 t_first = time.time()
 res = {"t_import": t_import, "t_first_token": t_first, "llm_init_s": t_llm - t, "weights_load_s": loading[0],
        "compilations_at_first_token": compile_counter.num_compilations(),
        "compile_s_at_first_token": compile_counter.seconds_building(), "token": out[0].outputs[0].token_ids,
+       "step_traces_at_first_token": compile_counter.num_traces("_step"), "timeline": timeline.as_dicts(),
        "buckets": llm.runner.num_buckets, "precompile_mode": llm.precompile,
        "device": __import__("jax").devices()[0].device_kind}
 if llm.runner.precompiler is not None:
     llm.runner.precompiler.wait()
+    res["buckets_loaded"] = llm.runner.precompiler.loaded
     res.update(t_all_compiled=time.time(), compilations_total=compile_counter.num_compilations(),
                compile_s_total=compile_counter.seconds_building())
 print("RESULT " + json.dumps(res), flush=True)
@@ -164,6 +171,16 @@ def _drop_page_cache() -> None:
         print(f"warning: could not drop the page cache ({err})", file=sys.stderr)
 
 
+def print_timeline(title: str, phases: list[dict], launched: float) -> None:
+    """One start's phases as a table (phase, thread, start, end), in seconds from process launch."""
+    print(f"\n{title}", file=sys.stderr)
+    print(f"  {'phase':<52} {'thread':<22} {'start':>7} {'end':>7} {'seconds':>8}", file=sys.stderr)
+    for p in phases:
+        start, end = p["start"] - launched, p["end"] - launched
+        print(f"  {p['name'][:52]:<52} {p['thread'][:22]:<22} {start:7.2f} {end:7.2f} {end - start:8.2f}",
+              file=sys.stderr)
+
+
 def run_start(spec: dict, env: dict, drop_page_cache: bool) -> dict:
     if drop_page_cache:
         _drop_page_cache()
@@ -173,6 +190,10 @@ def run_start(spec: dict, env: dict, drop_page_cache: bool) -> dict:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"start failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
+    phases = [{"name": "interpreter start", "thread": "MainThread", "start": launched, "end": res["t_import"]},
+              *res.pop("timeline")]
+    res["timeline"] = [{**p, "start": round(p["start"] - launched, 3), "end": round(p["end"] - launched, 3)}
+                       for p in phases]
     out = {
         "process_start_to_first_token_s": round(res.pop("t_first_token") - launched, 3),
         "interpreter_start_s": round(res.pop("t_import") - launched, 3),
@@ -253,6 +274,8 @@ def main():
                 for start in ("cold", "warm"):
                     res = run_start(spec, env, args.drop_page_cache)
                     emit({"shape": shape, "from": fmt, "precompile": mode, "start": start, **res})
+                    print_timeline(f"{start} start from {fmt}, precompile {mode}: first token at "
+                                   f"{res['process_start_to_first_token_s']:.2f} s", res["timeline"], 0.0)
                 shutil.rmtree(cache, ignore_errors=True)
     finally:
         if log is not None:

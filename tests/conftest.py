@@ -10,6 +10,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Steps compile lazily in tests (tests/runner/test_precompile.py asks for ahead-of-time compilation).
 os.environ.setdefault("JAXLLM_PRECOMPILE", "off")
 
+# Stored executables are keyed by the source code, not by the traced program, so a test that patches
+# model code would store its patched steps for the next test: on only where a test asks for it.
+os.environ.setdefault("JAXLLM_EXECUTABLE_CACHE", "0")
+
 # One persistent XLA cache for the session: the many small engines the tests build share executables.
 if "JAXLLM_CACHE_DIR" not in os.environ:
     import tempfile

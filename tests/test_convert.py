@@ -1,4 +1,4 @@
-"""`jaxllm convert`: orbax checkpoints in jaxllm's layout load to the same tokens, sharded, from the CLI too."""
+"""`jaxllm convert`: raw checkpoints in jaxllm's layout load to the same weights and tokens, sharded, from the CLI too."""
 
 import json
 import os
@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from jaxllm import LLM, SamplingParams
@@ -20,10 +21,6 @@ def _tokens(path, tp=1, **kwargs):
     return llm, [o.outputs[0].token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
 
 
-def _stored_bytes(folder):
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
-
-
 @pytest.fixture(scope="module")
 def converted(tiny_model_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("converted") / "tiny")
@@ -35,9 +32,9 @@ def test_convert_writes_marker_config_and_tokenizer(converted, tiny_model_dir):
     assert is_converted_checkpoint(converted) and not is_converted_checkpoint(tiny_model_dir)
     with open(os.path.join(converted, MARKER)) as f:
         marker = json.load(f)
-    assert marker == {"format": "jaxllm-orbax", "version": 1, "dtype": "float32", "architecture": "LlamaForCausalLM"}
+    assert marker == {"format": "jaxllm-raw", "version": 2, "dtype": "float32", "architecture": "LlamaForCausalLM"}
     names = set(os.listdir(converted))
-    assert {"config.json", "params"} <= names and not any(n.endswith(".safetensors") for n in names)
+    assert {"config.json", "params.bin", "params.json"} <= names and not any(n.endswith(".safetensors") for n in names)
     assert any(n.startswith("tokenizer") for n in names)
 
 
@@ -57,9 +54,32 @@ def test_converted_matches_original_one_device_and_tp2(converted, tiny_model_dir
         assert len({s.device for s in layer["wk"].addressable_shards}) == tp
 
 
+def test_converted_weights_equal_the_safetensors_ones(converted, tiny_model_dir):
+    ref = LLM(tiny_model_dir, dtype="float32", max_model_len=64, max_num_seqs=4, skip_tokenizer_init=True).runner.params
+    got = LLM(converted, max_model_len=64, max_num_seqs=4, skip_tokenizer_init=True).runner.params
+    ref_leaves, ref_tree = jax.tree_util.tree_flatten_with_path(ref)
+    got_leaves, got_tree = jax.tree_util.tree_flatten_with_path(got)
+    assert ref_tree == got_tree  # the same fused layout (wqkv, w_gate_up)
+    for (path, a), (_, b) in zip(ref_leaves, got_leaves):
+        assert a.dtype == b.dtype and a.shape == b.shape, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+
+
+def test_a_checkpoint_in_the_old_format_asks_for_a_new_conversion(tmp_path, tiny_model_dir):
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        with open(os.path.join(tiny_model_dir, name)) as src, open(old / name, "w") as dst:
+            dst.write(src.read())
+    with open(old / MARKER, "w") as f:
+        json.dump({"format": "jaxllm-orbax", "version": 1, "dtype": "float32", "architecture": "LlamaForCausalLM"}, f)
+    with pytest.raises(ValueError, match="jaxllm convert"):
+        LLM(str(old), max_model_len=64, max_num_seqs=4, skip_tokenizer_init=True)
+
+
 def test_bf16_conversion_halves_bytes_and_errors(tiny_model_dir, converted, tmp_path):
     out = convert(tiny_model_dir, str(tmp_path / "bf16"), dtype="bfloat16")
-    full, half = _stored_bytes(os.path.join(converted, "params")), _stored_bytes(os.path.join(out, "params"))
+    full, half = os.path.getsize(os.path.join(converted, "params.bin")), os.path.getsize(os.path.join(out, "params.bin"))
     assert half < 0.6 * full, (half, full)
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["torch_dtype"] == "bfloat16"

@@ -86,11 +86,11 @@ def test_cli_reports_bad_input_without_traceback(tiny_model_dir):
     assert proc.returncode == 2 and "temperature" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_memory_mapped_tensors_equal_safetensors_own_reader(tmp_path):
+def test_parallel_reads_equal_safetensors_own_reader(tmp_path):
     import ml_dtypes
     from safetensors import safe_open
 
-    from jaxllm.model_loader import iter_safetensors
+    from jaxllm.checkpoint_reader import CheckpointReader, safetensors_slices
 
     rng = np.random.default_rng(0)
     tensors = {  # odd sizes, so later tensors start at offsets their dtype does not divide
@@ -101,7 +101,11 @@ def test_memory_mapped_tensors_equal_safetensors_own_reader(tmp_path):
         "e.u8": rng.integers(0, 255, (5,)).astype(np.uint8),
     }
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    got = dict(iter_safetensors(str(tmp_path)))
+    slices = safetensors_slices([str(tmp_path / "model.safetensors")])
+    groups = [[slices["a.bf16"], slices["c.i32"]], [slices["b.f32"]], [slices["d.f16"], slices["e.u8"]]]
+    got = {}
+    for host in CheckpointReader(workers=2, window=1).groups(groups):  # out-of-order reads, in-order results
+        got.update({s.name: host.array(s.name) for s in host.slices})
     with safe_open(str(tmp_path / "model.safetensors"), framework="numpy") as f:
         for name in tensors:
             ref = f.get_tensor(name)
@@ -121,3 +125,23 @@ def test_weights_transposed_on_device_equal_the_host_transposes(tiny_model_dir):
         np.testing.assert_array_equal(np.asarray(loaded), host["layers"][layer][name])
     lm_head = jax.device_get(runner.params["lm_head"])
     np.testing.assert_array_equal(lm_head, host["lm_head"])
+
+
+def test_each_layer_is_one_transfer_and_one_call_equal_to_the_host_load(tiny_model_dir, monkeypatch):
+    from jaxllm.model_loader import load_params
+    from jaxllm.runner.model_runner import ModelRunner
+
+    calls = []
+    real = ModelRunner._put_layer
+    monkeypatch.setattr(ModelRunner, "_put_layer", lambda self, buffer, layout: calls.append(buffer.nbytes)
+                        or real(self, buffer, layout))
+    runner = LLM(tiny_model_dir, max_model_len=32, max_num_seqs=1, skip_tokenizer_init=True).runner
+    cfg = runner.model_config
+    assert len(calls) == cfg.num_layers  # one buffer (one transfer) per decoder layer
+    host = load_params(cfg, runner.module.name_table(cfg), lambda p, h: h)  # transposed and cast on the host
+    for i in range(cfg.num_layers):
+        got, ref = runner.params["layers"][i], host["layers"][i]
+        np.testing.assert_array_equal(np.asarray(got["wqkv"]), np.concatenate([ref["wq"], ref["wk"], ref["wv"]], -1))
+        np.testing.assert_array_equal(np.asarray(got["w_gate_up"]), np.concatenate([ref["w_gate"], ref["w_up"]], -1))
+        for name in ("wo", "w_down", "input_norm", "post_norm"):
+            np.testing.assert_array_equal(np.asarray(got[name]), ref[name], err_msg=f"layer {i} {name}")

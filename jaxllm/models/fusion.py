@@ -43,15 +43,23 @@ def _fusable(layer: dict, names: tuple[str, ...]) -> bool:
     return all(biases) or not any(biases)
 
 
+def fuse_layer(layer: dict) -> dict:
+    """One layer's dict with its q/k/v and gate/up weights concatenated, in place (also inside a jitted
+    function, where the loader builds a whole layer in one call)."""
+    for fused, names in GROUPS:
+        if not _fusable(layer, names):
+            continue
+        for prefix in ("w", "b"):
+            if prefix + names[0] in layer:
+                layer[prefix + fused] = _concat([layer.pop(prefix + n) for n in names])
+    return layer
+
+
 def fuse_projections(params: dict) -> dict:
     """The same tree with each layer's q/k/v and gate/up weights concatenated (one layer at a time,
-    the separate arrays freed as it goes, so the extra memory is one layer's projections)."""
+    the separate arrays freed as it goes, so the extra memory is one layer's projections). Layers
+    already fused (by the loader) are left as they are."""
     layers = params.get("layers", {})
     for layer in layers.values() if isinstance(layers, dict) else layers:
-        for fused, names in GROUPS:
-            if not _fusable(layer, names):
-                continue
-            for prefix in ("w", "b"):
-                if prefix + names[0] in layer:
-                    layer[prefix + fused] = _concat([layer.pop(prefix + n) for n in names])
+        fuse_layer(layer)
     return params

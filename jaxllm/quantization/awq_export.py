@@ -123,7 +123,8 @@ def write_awq_checkpoint(
     quant_config.json. Weights already in `dst` are replaced. Returns the dense tensors the checkpoint stands for (dequantized linear
     weights in the torch layout, the others as stored; float32), or {} with `return_dense=False`.
     """
-    from jaxllm.model_loader import iter_safetensors
+    from jaxllm.checkpoint_reader import iter_tensors
+    from jaxllm.model_loader import safetensors_files
 
     if group_size != -1 and group_size < 1:
         raise ValueError(f"group_size must be positive or -1, got {group_size}.")
@@ -141,7 +142,7 @@ def write_awq_checkpoint(
     writer = _ShardWriter(dst, shard_bytes)
     dense: dict[str, np.ndarray] = {}
     unconverted = list(skip)
-    for name, value in iter_safetensors(src):
+    for name, value in iter_tensors(safetensors_files(src)):
         torch_layout = linear.get(name)
         w = None if torch_layout is None or any(s in name for s in skip) else (value.T if torch_layout else value)
         stem = name[: -len(".weight")]
@@ -188,7 +189,8 @@ def _copy_other_files(src: str, dst: str) -> None:
 
 def summary(dst: str) -> dict[str, Any]:
     """What a written checkpoint holds: quantized layers, dense tensors, bytes on disk."""
-    from jaxllm.model_loader import read_safetensors_header, safetensors_files
+    from jaxllm.checkpoint_reader import read_safetensors_header
+    from jaxllm.model_loader import safetensors_files
 
     names = [n for f in safetensors_files(dst) for n in read_safetensors_header(f)[0]]
     size = sum(os.path.getsize(f) for f in safetensors_files(dst))

@@ -4,7 +4,7 @@ Compiling a step needs only shapes, dtypes and shardings, so the runner predicts
 metadata and starts compiling while the weights are still being read:
 
     safetensors      tensor shapes from each file's JSON header (no tensor is read)
-    jaxllm convert   shapes from the orbax checkpoint's metadata
+    jaxllm convert   shapes from the checkpoint's index (params.json)
     dummy            jax.eval_shape over the runner's own random-weight loader
 
 then the same steps as the real load, abstractly: transposes from the name table, kv heads repeated
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any
 
 import jax
@@ -26,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm import sharding
-from jaxllm.model_loader import read_safetensors_header, safetensors_files
+from jaxllm.checkpoint_reader import read_safetensors_header
+from jaxllm.model_loader import safetensors_files
 from jaxllm.quantization.weights import is_linear_leaf, is_quantized, quantize_per_channel
 
 _KV_LEAVES = ("wk", "wv", "bk", "bv")
@@ -41,14 +41,9 @@ def safetensors_shapes(path: str) -> dict[str, tuple[int, ...]]:
 
 
 def _converted_shapes(path: str) -> dict[tuple, tuple[int, ...]]:
-    import orbax.checkpoint as ocp
+    from jaxllm.converted_checkpoint import stored_tensors
 
-    from jaxllm.converted_checkpoint import PARAMS_DIR
-
-    checkpointer = ocp.StandardCheckpointer()
-    tree = checkpointer.metadata(os.path.join(os.path.abspath(path), PARAMS_DIR)).item_metadata.tree
-    checkpointer.close()
-    return tree
+    return {tuple(t["path"]): tuple(t["shape"]) for t in stored_tensors(path)}
 
 
 def _from_table(runner, shape_of) -> dict:
@@ -83,13 +78,7 @@ def _unfused(runner, load_format: str) -> dict | None:
             return None  # refused by the loader, with its own message
         stored = _converted_shapes(cfg.path)
 
-        def shape_of(name, tree_path, transpose):
-            meta = stored
-            for key in tree_path:
-                meta = meta[str(key)] if str(key) in meta else meta[key]
-            return meta.shape
-
-        return _from_table(runner, shape_of)
+        return _from_table(runner, lambda name, tree_path, transpose: stored[tuple(tree_path)])
     if load_format not in ("auto", "safetensors"):
         return None
     stored = safetensors_shapes(cfg.path)

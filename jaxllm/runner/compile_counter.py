@@ -1,18 +1,21 @@
-"""Counts XLA executables built in this process, and how many of them the persistent cache served.
+"""Counts XLA executables built in this process, how many of them the persistent cache served, and traces.
 
-Tests use it to prove that each bucket is built once and that a warm start compiles nothing.
+Tests use it to prove that each bucket is built once and that a warm start traces and compiles nothing.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import jax
 
 _BUILD = "/jax/core/compile/backend_compile_duration"  # every executable built (compiled or loaded)
 _HIT = "/jax/compilation_cache/cache_hits"  # ... of which the persistent cache served this many
+_TRACE = "/jax/core/compile/jaxpr_trace_duration"  # every function traced to a jaxpr
 _lock = threading.Lock()
 _counts = {"built": 0, "hits": 0, "seconds": 0.0}
+_traces: Counter = Counter()  # function name -> times traced
 _installed = False
 
 
@@ -21,6 +24,9 @@ def _on_duration(event: str, duration: float, **kwargs) -> None:
         with _lock:
             _counts["built"] += 1
             _counts["seconds"] += duration
+    elif event == _TRACE:
+        with _lock:
+            _traces[str(kwargs.get("fun_name", ""))] += 1
 
 
 def _on_event(event: str, **kwargs) -> None:
@@ -46,6 +52,11 @@ def num_executables() -> int:
 def num_compilations() -> int:
     """Real XLA compilations since `install()`: executables the persistent cache did not have."""
     return _counts["built"] - _counts["hits"]
+
+
+def num_traces(name: str | None = None) -> int:
+    """Functions traced since `install()`, or only those called `name` (the model step is `_step`)."""
+    return sum(_traces.values()) if name is None else _traces[name]
 
 
 def seconds_building() -> float:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxllm import sharding
+from jaxllm import sharding, timeline
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.model_loader import init_dummy_params, load_params
 from jaxllm.models.fusion import fuse_projections, fusion_enabled
@@ -26,6 +26,7 @@ from jaxllm.quantization.config import resolve_quantization
 from jaxllm.quantization.placement import dummy_param, put_param
 from jaxllm.runner import abstract_params, compile_counter
 from jaxllm.runner.buckets import bucket_for, ladder
+from jaxllm.runner.executable_store import ExecutableStore, step_context
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
 from jaxllm.runner.kv_cache import (
     abstract_kv_caches,
@@ -34,6 +35,7 @@ from jaxllm.runner.kv_cache import (
     plan_num_blocks,
 )
 from jaxllm.runner.kv_scales import initial_kv_scales
+from jaxllm.runner.layer_assembly import assemble_layer
 from jaxllm.runner.logit_bias import step_logit_bias
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
 from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
@@ -133,9 +135,11 @@ class ModelRunner:
         tensor_parallel_size: int = 1,
         quantization: str | None = None,
         precompile: bool = False,
+        executable_store: ExecutableStore | None = None,
     ):
         """precompile: compile every bucket for default sampling ahead of time, on background threads
-        started before the weights load (see runner/precompile.py)."""
+        started before the weights load (see runner/precompile.py). executable_store: where compiled
+        buckets are kept; those stored are loaded (without tracing) while the weights load, in either mode."""
         compile_counter.install()
         self.tp = tensor_parallel_size
         self.mesh = sharding.make_mesh(self.tp)
@@ -160,8 +164,10 @@ class ModelRunner:
         self._copy_fn = None
         self._transposes: dict[tuple, object] = {}
         self.precompiler: Precompiler | None = None
+        self.executable_store, self._ahead = executable_store, precompile
         try:
-            self.params = self._load_overlapped(load_format) if precompile else self._load_and_fuse(load_format)
+            overlapped = precompile or executable_store is not None
+            self.params = self._load_overlapped(load_format) if overlapped else self._load_and_fuse(load_format)
         except BaseException:
             self.shutdown()
             raise
@@ -176,8 +182,9 @@ class ModelRunner:
         )
 
     def _load_and_fuse(self, load_format: str) -> dict:
-        params = self._load(load_format)
-        return fuse_projections(params) if self.fuses_projections else params  # 4 matmuls a layer, not 7
+        with timeline.phase("weights"):
+            params = self._load(load_format)
+            return fuse_projections(params) if self.fuses_projections else params  # 4 matmuls a layer, not 7
 
     def _load_overlapped(self, load_format: str) -> dict:
         """Load while every bucket compiles from the predicted parameter tree; compile again from the
@@ -215,10 +222,14 @@ class ModelRunner:
             (cache.num_blocks * cache.block_size,), jnp.int32, sharding=sharding.replicated(self.mesh)
         )
         steps = [
-            (name, self._compiled(batch.flags), step_inputs(batch))
+            (name, self._compiled(batch.flags), step_inputs(batch), batch.flags.key())
             for name, batch in example_steps(self.prepare, self.decode_buckets, self.prefill_buckets)
         ]
-        self.precompiler = Precompiler(steps, (params, kv, buffer), self._mesh_context, default_workers())
+        fixed = (params, kv, buffer)
+        context = step_context(cfg, self.module.__name__, self.num_top_logprobs, fixed) if self.executable_store else None
+        self.precompiler = Precompiler(steps, fixed, self._mesh_context, default_workers(),
+                                       store=self.executable_store, context=context, ahead=self._ahead,
+                                       devices=list(self.mesh.devices.flat))
 
     def shutdown(self) -> None:
         """Stop precompiling (buckets already compiling finish; nothing else starts)."""
@@ -228,16 +239,23 @@ class ModelRunner:
 
     def _load(self, load_format: str) -> dict:
         cfg = self.model_config
-        from jaxllm.converted_checkpoint import is_converted_checkpoint, load_converted  # `jaxllm convert`
+        from jaxllm.converted_checkpoint import converted_slices, is_converted_checkpoint  # `jaxllm convert`
 
+        # One dense layer at a time on one device: one transfer and one device call per layer.
+        put_layer = self._put_layer if self.tp == 1 and self.quant_config is None else None
         if load_format != "dummy" and is_converted_checkpoint(cfg.path):
-            shard = lambda path, shape: sharding.param_sharding(self.mesh, path[-1], shape)
-            return load_converted(cfg.path, cfg, shard, self.kv_repeats, self.quant_config)
+            if self.quant_config is not None:
+                raise ValueError(
+                    f"{cfg.path} holds unquantized weights converted by jaxllm; quantization is not supported for "
+                    "converted checkpoints (load the original model to quantize)."
+                )
+            slices, table = converted_slices(cfg.path, cfg)
+            return load_params(cfg, table, self._put, put_layer=put_layer, slices=slices)
         table = self.module.name_table(cfg)
         if load_format in ("auto", "safetensors"):
             # Dense weights are transposed on the device (quantized and repeated kv heads: on the host).
             on_device = self._put_transposed if self.quant_config is None and self.kv_repeats == 1 else None
-            return load_params(cfg, table, self._put, self.quant_config, put_transposed=on_device)
+            return load_params(cfg, table, self._put, self.quant_config, put_transposed=on_device, put_layer=put_layer)
         if load_format != "dummy":
             raise ValueError(f"Unknown load_format {load_format!r}; choose 'auto', 'safetensors' or 'dummy'.")
         dtype = jnp.dtype(cfg.dtype)
@@ -264,6 +282,12 @@ class ModelRunner:
         if self.quant_config is not None:
             return put_param(self.mesh, path, host, self.quant_config)
         return jax.device_put(host, sharding.param_sharding(self.mesh, path[-1], host.shape))
+
+    def _put_layer(self, buffer: np.ndarray, layout: tuple) -> dict:
+        """A decoder layer from its raw bytes: one transfer, then one device call that cuts, casts,
+        transposes and fuses (runner/layer_assembly.py)."""
+        raw = jax.device_put(buffer, sharding.replicated(self.mesh))
+        return assemble_layer(raw, layout, self.model_config.dtype, self.fuses_projections)
 
     def _put_transposed(self, path: tuple, host: np.ndarray) -> jax.Array:
         """A checkpoint's [out, in] weight onto the mesh as [in, out]: each device receives its shard in the

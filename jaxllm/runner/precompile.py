@@ -9,7 +9,11 @@ only needs shapes and shardings: the parameters, KV pool and token buffer go in 
 `jax.ShapeDtypeStruct`s, so compilation can start before any weight is read. `jax.jit(...).lower(...)
 .compile()` runs on a thread pool (XLA compiles without the GIL); `dispatch` calls the resulting
 executables directly. A step whose bucket is not ready waits for that bucket alone, and one that has not
-started yet is compiled at once by the step itself, ahead of the queue. A bucket that fails is logged at
+started yet is compiled at once by the step itself, ahead of the queue. With an ExecutableStore, each
+bucket is first looked up there by a key computed without tracing (runner/executable_store.py) and, when
+found, loaded instead of compiled; what is compiled is stored. Without compiling ahead (`ahead=False`,
+precompile "off") only the stored buckets are loaded in the background; the others compile when a step
+first needs them, and are stored then. A bucket that fails is logged at
 once; the steps that need it raise its error (the engine then fails their requests, as it would have
 after a lazy compilation failed), `wait()` raises it, and so does LLM(precompile="wait").
 
@@ -33,9 +37,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxllm import timeline
 from jaxllm.engine.request import Request
 from jaxllm.engine.scheduler import SchedulerOutput
 from jaxllm.runner import compile_counter
+from jaxllm.runner.executable_store import ExecutableStore
 from jaxllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -134,22 +140,34 @@ class _Bucket:
     name: str
     fn: Any  # the jitted step for this bucket's flags
     inputs: tuple  # ShapeDtypeStructs of the per-call inputs
-    future: Any = None
+    key: str | None = None  # in the ExecutableStore
+    future: Any = None  # None: built when a step first needs it
     compiled: Any = None
     error: Exception | None = None
 
 
 class Precompiler:
-    """Compiles a list of step shapes on a thread pool; `get(inputs)` hands out the executable for a shape."""
+    """Builds a list of step shapes on a thread pool (loaded from an ExecutableStore, else compiled and stored);
+    `get(inputs)` hands out the executable for a shape."""
 
-    def __init__(self, steps: list[tuple[str, Any, tuple]], fixed: tuple, mesh_context: Callable, workers: int,
-                 progress: bool = True):
-        """steps: (name, jitted step function, per-call inputs as arrays or ShapeDtypeStructs), in priority
-        order; fixed: the arguments every step shares (parameters, KV pool, token buffer), abstract."""
+    def __init__(self, steps: list[tuple[str, Any, tuple, Any]], fixed: tuple, mesh_context: Callable, workers: int,
+                 progress: bool = True, store: ExecutableStore | None = None, context: Any = None,
+                 ahead: bool = True, devices: list | None = None):
+        """steps: (name, jitted step function, per-call inputs as arrays or ShapeDtypeStructs, what else selects
+        the program, e.g. its flags), in priority order; fixed: the arguments every step shares (parameters,
+        KV pool, token buffer), abstract; store and context: where executables are kept and what, besides
+        each step, their keys hold; ahead: compile the buckets not stored (else only load the stored ones);
+        devices: those the steps run on, in the mesh's order (where stored executables are loaded)."""
         self._buckets: dict[tuple, _Bucket] = {}
-        for name, fn, inputs in steps:
-            self._buckets.setdefault(shape_key(inputs), _Bucket(name, fn, jax.tree_util.tree_map(_abstract, inputs)))
-        self.total = len(self._buckets)
+        for name, fn, inputs, tag in steps:
+            shape = shape_key(inputs)
+            if shape not in self._buckets:
+                key = store.key(context, name, tag, repr(shape)) if store is not None else None
+                self._buckets[shape] = _Bucket(name, fn, jax.tree_util.tree_map(_abstract, inputs), key)
+        self._store, self._devices = store, devices
+        scheduled = [b for b in self._buckets.values() if ahead or (b.key is not None and store.has(b.key))]
+        self.total = len(scheduled)
+        self.loaded = 0  # buckets that came from the store
         self.error: Exception | None = None
         self._cancelled = False
         self._fixed, self._mesh_context = fixed, mesh_context
@@ -159,13 +177,16 @@ class Precompiler:
         self._started = time.perf_counter()
         self._hits = compile_counter.num_executables() - compile_counter.num_compilations()
         self._bar = None
-        if progress:
+        if progress and self.total:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, desc=f"Compiling {self.total} step buckets", dynamic_ncols=True)
+            verb = "Loading" if all(b.key is not None and store.has(b.key) for b in scheduled) else "Compiling"
+            self._bar = tqdm(total=self.total, desc=f"{verb} {self.total} step buckets", dynamic_ncols=True)
         self._pool = ThreadPoolExecutor(max(1, min(workers, self.total)), thread_name_prefix="jaxllm-precompile")
-        for bucket in self._buckets.values():
+        for bucket in scheduled:
             bucket.future = self._pool.submit(self._build, bucket)
+        if not self.total:
+            self._pool.shutdown(wait=False)
         _RUNNING.add(self)
 
     def _compile(self, bucket: _Bucket):
@@ -175,9 +196,23 @@ class Precompiler:
             lowered = bucket.fn.lower(*self._fixed, *bucket.inputs)
         return lowered.compile()
 
+    def _load_or_compile(self, bucket: _Bucket):
+        if bucket.key is not None and self._store.has(bucket.key):
+            with timeline.phase(f"load stored {bucket.name}"):
+                compiled = self._store.load(bucket.key, self._devices, bucket.name)
+            if compiled is not None:
+                with self._cond:
+                    self.loaded += 1
+                return compiled
+        with timeline.phase(f"compile {bucket.name}"):
+            compiled = self._compile(bucket)
+        if bucket.key is not None:
+            self._store.save(bucket.key, compiled, bucket.name)
+        return compiled
+
     def _build(self, bucket: _Bucket):
         try:
-            bucket.compiled = self._compile(bucket)
+            bucket.compiled = self._load_or_compile(bucket)
         except Exception as err:
             bucket.error = RuntimeError(f"Compiling the {bucket.name} ahead of time failed: {type(err).__name__}: {err}")
             bucket.error.__cause__ = err
@@ -202,8 +237,9 @@ class Precompiler:
             hits = compile_counter.num_executables() - compile_counter.num_compilations() - self._hits
             logger.log(
                 logging.DEBUG if self._cancelled else logging.INFO,
-                "Compiled %d step buckets ahead of time in %.1f s (%d of them from the persistent cache)%s",
-                self.total, time.perf_counter() - self._started, min(hits, self.total),
+                "Built %d step buckets ahead of time in %.1f s (%d loaded from stored executables, %d from the "
+                "persistent cache)%s",
+                self.total, time.perf_counter() - self._started, self.loaded, min(hits, self.total),
                 "; some failed" if self.error else "",
             )
             self._cond.notify_all()
@@ -220,6 +256,9 @@ class Precompiler:
         if bucket is None:
             return None
         if bucket.compiled is not None:
+            return bucket.compiled
+        if bucket.future is None:  # not built ahead: now, on first use (as a lazy compilation: a failure
+            bucket.compiled = self._load_or_compile(bucket)  # raises here and is tried again next time)
             return bucket.compiled
         if bucket.future.cancel():  # still queued: jump the queue
             return self._build(bucket)
@@ -240,5 +279,5 @@ class Precompiler:
         """Drop the buckets not started yet (those compiling finish, unused)."""
         self._cancelled = True
         for bucket in self._buckets.values():
-            if bucket.future.cancel():
+            if bucket.future is not None and bucket.future.cancel():
                 self._finish_one()
