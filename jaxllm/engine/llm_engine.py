@@ -57,6 +57,7 @@ class LLMEngine:
         # Overlap host and device when the runner can start a step without waiting for it.
         self._can_overlap = hasattr(runner, "dispatch") and hasattr(runner, "collect")
         self._inflight: tuple[SchedulerOutput, Any] | None = None
+        self._grammars: Any = None  # GrammarCompiler, built at the first constrained request
 
     # ---- requests in ---------------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class LLMEngine:
         budget = max_len - len(ids)
         max_tokens = budget if params.max_tokens is None else min(params.max_tokens, max(1, budget))
         bad_words_ids = self._bad_words_ids(params.bad_words)
+        grammar = self._grammar_compiler().compile(params.structured_outputs) if params.structured_outputs else None
         group = RequestGroup(request_id, text, ids, params)
         for i in range(params.best_of or params.n):
             seed = params.seed + i if params.seed is not None else self._rng.getrandbits(63)
@@ -125,6 +127,8 @@ class LLMEngine:
                 logprobs=[] if params.logprobs is not None else None,
             )
             seq.bad_words_ids = bad_words_ids
+            if grammar is not None:
+                seq.structured_output = self._grammars.matcher_for(grammar)
             if params.detokenize and self.tokenizer is not None:
                 seq.detokenizer = IncrementalDetokenizer(
                     self.tokenizer, ids, params.skip_special_tokens, params.spaces_between_special_tokens
@@ -211,6 +215,13 @@ class LLMEngine:
                 self.scheduler.remove(beam)
                 beam.status = RequestStatus.FINISHED_ERROR
         group.beam.done, group.beam.error = True, error or "model step failed"
+
+    def _grammar_compiler(self) -> Any:
+        if self._grammars is None:
+            from jaxllm.structured_output.grammar_compiler import GrammarCompiler
+
+            self._grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, list(self.eos_token_ids))
+        return self._grammars
 
     def _bad_words_ids(self, words) -> list[list[int]]:
         if not words or self.tokenizer is None:
@@ -363,10 +374,11 @@ class LLMEngine:
 
 
 def _needs_host_tokens(seq: Request) -> bool:
-    """Sampling that reads the sequence's own outputs (penalties, min_tokens, bad words)."""
+    """Sampling that reads the sequence's own outputs (penalties, min_tokens, bad words, a grammar)."""
     p = seq.sampling_params
     return (
         seq.beam is not None
+        or seq.structured_output is not None
         or p.presence_penalty != 0
         or p.frequency_penalty != 0
         or p.repetition_penalty != 1

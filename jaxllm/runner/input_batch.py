@@ -27,9 +27,10 @@ class StepFlags:
     filters: bool = False
     top_logprobs: bool = False
     prompt_logprobs: bool = False
+    bitmask: bool = False  # some row follows a grammar: token_bitmask masks the logits
 
     def key(self) -> tuple[bool, ...]:
-        return (self.penalties, self.bias, self.filters, self.top_logprobs, self.prompt_logprobs)
+        return (self.penalties, self.bias, self.filters, self.top_logprobs, self.prompt_logprobs, self.bitmask)
 
 
 @dataclass
@@ -68,6 +69,7 @@ def _flags(requests, is_prefill: bool, bias_rows: list) -> StepFlags:
         filters=any_(lambda p: p.temperature > 0 and (p.top_k > 0 or p.top_p < 1 or p.min_p > 0)),
         top_logprobs=any_(lambda p: bool(p.logprobs)),
         prompt_logprobs=is_prefill and any(r.wants_prompt_logprobs for r in requests),
+        bitmask=any(r.structured_output is not None for r in requests),
     )
 
 
@@ -102,6 +104,12 @@ def _sampling_arrays(requests, rows: int, flags: StepFlags, bias_rows, vocab: in
             if row is not None:
                 bias[i] = row
         arrays["logit_bias"] = bias
+    if flags.bitmask:  # all bits set: unconstrained (and padding) rows keep every token
+        mask = np.full((rows, (vocab + 31) // 32), -1, np.int32)
+        for i, r in enumerate(requests):
+            if r.structured_output is not None:
+                r.structured_output.fill_bitmask(mask, i)
+        arrays["token_bitmask"] = mask
     return arrays
 
 
