@@ -82,8 +82,9 @@ class GrammarCompiler:
                 any_whitespace=not params.disable_any_whitespace,
                 strict_mode=True,
             )
-        if kind == "json_object":
-            return c.compile_builtin_json_grammar()
+        if kind == "json_object":  # any object (not any JSON value), any keys
+            return c.compile_json_schema('{"type": "object"}', any_whitespace=not params.disable_any_whitespace,
+                                         strict_mode=False)
         if kind == "regex":
             return c.compile_regex(params.regex)
         if kind == "choice":

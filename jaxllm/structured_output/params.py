@@ -66,6 +66,11 @@ class StructuredOutputsParams:
     def cache_key(self) -> tuple:
         """Equal for two parameter sets that compile to the same grammar."""
         spec = getattr(self, self.kind)
+        if self.kind == "json" and isinstance(spec, str):
+            try:
+                spec = json.loads(spec)
+            except ValueError:
+                pass  # not JSON: compiling it reports the error
         if isinstance(spec, dict):
             spec = json.dumps(spec, sort_keys=True)
         elif isinstance(spec, list):
