@@ -64,6 +64,11 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
     srv.add_argument("--shutdown-timeout", type=float, default=None,
                      help="on SIGTERM, seconds to let in-flight requests finish; then the rest are aborted "
                           "(503) (default: wait for all)")
+    tools = parser.add_argument_group("tool calling")
+    tools.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help='let the model decide when to call tools (tool_choice "auto"); needs --tool-call-parser')
+    tools.add_argument("--tool-call-parser", default=None, choices=["hermes", "llama3_json"],
+                       help="how the model writes tool calls")
     lim = parser.add_argument_group("limits")
     lim.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                      help="largest request body accepted; larger bodies get a 413 (0: no limit; "
@@ -103,6 +108,8 @@ def validate_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1.")
+    if getattr(args, "enable_auto_tool_choice", False) and not getattr(args, "tool_call_parser", None):
+        raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
     timeout = getattr(args, "request_timeout", None)
     if timeout is not None and not timeout > 0:
         raise ValueError("--request-timeout must be a positive number of seconds.")
