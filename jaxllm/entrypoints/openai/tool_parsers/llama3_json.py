@@ -20,8 +20,11 @@ class Llama3JsonToolParser(ToolParser):
             return len(text) - len(stripped)
         if stripped.startswith("{"):
             return len(text) - len(stripped)
-        # a reply still as short as a prefix of the tag may yet become one
         return -1
+
+    def _content_end(self, text: str) -> int:
+        # a reply that is still whitespace or a prefix of the tag may yet become a call
+        return 0 if _PYTHON_TAG.startswith(text.lstrip()) else len(text)
 
     def split_calls(self, text: str, final: bool) -> tuple[list[ToolCall], bool]:
         text = text.removeprefix(_PYTHON_TAG)

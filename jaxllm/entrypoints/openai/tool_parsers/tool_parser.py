@@ -71,6 +71,10 @@ class ToolParser:
     def _start_index(self, text: str) -> int:
         return text.find(self.start)
 
+    def _content_end(self, text: str) -> int:
+        """While streaming text without calls: how much of it is surely content (the rest may be a marker)."""
+        return _safe_prefix_len(text, self.start)
+
     def extract_tool_calls(self, text: str) -> ExtractedToolCalls:
         at = self._start_index(text)
         if at < 0:
@@ -85,7 +89,7 @@ class ToolParser:
         """Given all text so far: (new content to send, new `tool_calls` delta entries)."""
         at = self._start_index(text)
         if at < 0:
-            keep = len(text) if final else _safe_prefix_len(text, self.start)
+            keep = len(text) if final else self._content_end(text)
             content = text[self._streamed_text : keep]
             self._streamed_text = max(self._streamed_text, keep)
             return content, []
