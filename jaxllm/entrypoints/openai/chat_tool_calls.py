@@ -6,8 +6,9 @@
     required      constrained to a JSON list of {name, parameters}    tool_calls
     auto          free text, read by --tool-call-parser               tool_calls
 
-Without `tool_choice`, requests with tools are `auto` when the server has --enable-auto-tool-choice,
-otherwise `none`.
+Without `tool_choice`, requests with tools are `auto` when a tool-call parser is configured
+(--enable-auto-tool-choice --tool-call-parser NAME), otherwise `none`. Plain Python (no server imports):
+the LangChain chat model uses it too. Invalid tools or choices raise `ToolChoiceError` (a ValueError).
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from jaxllm.entrypoints.openai.errors import OpenAIError
 from jaxllm.entrypoints.openai.tool_parsers.tool_parser import ToolCall, ToolParser, get_tool_parser
 from jaxllm.structured_output.params import StructuredOutputsParams
 
 _NO_ARGUMENTS = {"type": "object", "properties": {}}
+
+
+class ToolChoiceError(ValueError):
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass
@@ -33,28 +39,33 @@ class ChatToolCalls:
 
     @classmethod
     def for_request(cls, request: Any, auto_parser: str | None) -> ChatToolCalls:
-        """Validate `tools` / `tool_choice` (400s); `auto_parser` is --tool-call-parser when auto is enabled."""
-        tools = _functions(request.tools or [])
-        choice = request.tool_choice
+        """From a chat request's `tools`, `tool_choice` and `parallel_tool_calls`."""
+        return cls.create(request.tools, request.tool_choice, request.parallel_tool_calls, auto_parser)
+
+    @classmethod
+    def create(cls, tools: list[dict[str, Any]] | None, choice: Any, parallel_tool_calls: bool | None,
+               auto_parser: str | None) -> ChatToolCalls:
+        """Validate the tools and the choice; `auto_parser` is the tool-call parser when auto is enabled."""
+        tools = _functions(tools or [])
         if choice is None:
             choice = "auto" if tools and auto_parser else "none"
-        parallel = request.parallel_tool_calls is not False
+        parallel = parallel_tool_calls is not False
         if choice == "none":
             return cls("none", tools)
         if choice == "auto":
             if auto_parser is None:
-                raise OpenAIError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
-                                  "to be set", param="tool_choice")
+                raise ToolChoiceError('"auto" tool choice requires --enable-auto-tool-choice and '
+                                      "--tool-call-parser to be set", "tool_choice")
             return cls("auto", tools, parser=get_tool_parser(auto_parser), parallel=parallel)
         if choice == "required":
             return cls("required", tools, parallel=parallel)
         if isinstance(choice, dict) and choice.get("type") == "function":
             name = (choice.get("function") or {}).get("name")
             if name not in tools:
-                raise OpenAIError(f"Tool '{name}' has not been passed in `tools`.", param="tool_choice")
+                raise ToolChoiceError(f"Tool '{name}' has not been passed in `tools`.", "tool_choice")
             return cls("named", tools, function=name, parallel=False)
-        raise OpenAIError(f"Invalid tool_choice: {choice!r}; use none, auto, required or "
-                          '{"type": "function", "function": {"name": ...}}.', param="tool_choice")
+        raise ToolChoiceError(f"Invalid tool_choice: {choice!r}; use none, auto, required or "
+                              '{"type": "function", "function": {"name": ...}}.', "tool_choice")
 
     def structured_outputs(self) -> StructuredOutputsParams | None:
         """The constraint that enforces `required` or a named function (compact JSON)."""
@@ -110,22 +121,18 @@ class ToolCallStream:
             self.called = self.called or bool(deltas)
             return content, deltas
         if mode == "named":  # the arguments stream as they are written
-            deltas = []
+            new, self.sent = text[self.sent :], len(text)
             if self._call is None:
-                self._call = ToolCall(self.owner.function, "")
-                deltas.append(self._call.stream_deltas(0)[0])
-                self.called = True
-            if len(text) > self.sent:
-                deltas.append({"index": 0, "function": {"arguments": text[self.sent :]}})
-                self.sent = len(text)
-            return "", deltas
+                self._call, self.called = ToolCall(self.owner.function, ""), True
+                return "", [self._call.stream_delta(0, new)]
+            return "", [{"index": 0, "function": {"arguments": new}}] if new else []
         if not final:  # required: the list is read once it is complete
             return "", []
         calls = _required_calls(text)
         if not calls:
             return text, []
         self.called = True
-        return "", [d for i, call in enumerate(calls) for d in call.stream_deltas(i)]
+        return "", [call.stream_delta(i) for i, call in enumerate(calls)]
 
 
 def _functions(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -134,8 +141,8 @@ def _functions(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict) \
                 or not isinstance(fn.get("name"), str):
-            raise OpenAIError(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ..., "
-                              "\"parameters\": {...}}}.", param="tools")
+            raise ToolChoiceError(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ..., "
+                                  "\"parameters\": {...}}}.", "tools")
         params = fn.get("parameters")
         out[fn["name"]] = params if isinstance(params, dict) and params else _NO_ARGUMENTS
     return out

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
 
-from jaxllm.entrypoints.openai.chat_tool_calls import ChatToolCalls
+from jaxllm.entrypoints.openai.chat_tool_calls import ChatToolCalls, ToolChoiceError
 from jaxllm.entrypoints.openai.errors import OpenAIError, stream_error_event
 from jaxllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
@@ -37,7 +37,10 @@ class OpenAIServingChat(OpenAIServing):
     async def create_chat_completion(self, request: ChatCompletionRequest, raw_request: Any = None) -> Response:
         self.check_model(request.model)
         self.check_engine()
-        tools = ChatToolCalls.for_request(request, self.config.tool_call_parser)
+        try:
+            tools = ChatToolCalls.for_request(request, self.config.tool_call_parser)
+        except ToolChoiceError as err:
+            raise OpenAIError(str(err), param=err.param) from err
         prompt = self.render_chat(request)
         ids = self.tokenize(prompt, request.add_special_tokens, request.truncate_prompt_tokens)
         if not ids:

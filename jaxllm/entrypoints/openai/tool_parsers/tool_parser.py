@@ -27,12 +27,10 @@ class ToolCall:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
-    def stream_deltas(self, index: int) -> list[dict[str, Any]]:
-        """The `delta.tool_calls` entries that stream this call."""
-        return [
-            {"index": index, "id": self.id, "type": "function", "function": {"name": self.name, "arguments": ""}},
-            {"index": index, "function": {"arguments": self.arguments}},
-        ]
+    def stream_delta(self, index: int, arguments: str | None = None) -> dict[str, Any]:
+        """The first `delta.tool_calls` entry of this call (later ones carry only more `arguments`)."""
+        return {"index": index, "id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments if arguments is None else arguments}}
 
 
 @dataclass
@@ -102,7 +100,7 @@ class ToolParser:
             return content, []
         deltas = []
         for call in calls[self._calls_sent :]:
-            deltas += call.stream_deltas(self._calls_sent)
+            deltas.append(call.stream_delta(self._calls_sent))
             self._calls_sent += 1
         return content, deltas
 
