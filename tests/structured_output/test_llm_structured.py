@@ -116,3 +116,15 @@ def test_bad_schema_is_a_value_error_and_queues_nothing(llm):
     with pytest.raises(ValueError, match="Invalid JSON schema in structured_outputs.json"):
         llm.generate("hello", bad, use_tqdm=False)
     assert llm.generate("hello", SamplingParams(max_tokens=2), use_tqdm=False)[0].finished
+
+
+def test_chat_template_receives_tools_and_a_call_can_be_constrained(llm):
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"tz": {"enum": ["CET", "UTC"]}}, "required": ["tz"]}}}]
+    template = ("{% for t in tools %}tool {{ t.function.name }}\n{% endfor %}"
+                "{% for m in messages %}{{ m.content }}\n{% endfor %}")
+    so = StructuredOutputsParams(json=tools[0]["function"]["parameters"], disable_any_whitespace=True)
+    (out,) = llm.chat([{"role": "user", "content": "time?"}], SamplingParams(temperature=0, max_tokens=30,
+                      structured_outputs=so), chat_template=template, tools=tools, use_tqdm=False)
+    assert out.prompt == "tool get_time\ntime?\n"
+    assert json.loads(out.outputs[0].text)["tz"] in ("CET", "UTC")
