@@ -16,7 +16,7 @@ class StructuredOutputsParams:
     `choice` (a list of strings), `grammar` (EBNF / GBNF), `json_object` (any JSON object) or
     `structural_tag` (xgrammar's structural tag, as JSON)."""
 
-    json: str | dict | Any | None = None
+    json: str | dict | None = None  # a Pydantic model class is turned into its schema
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None
