@@ -128,3 +128,17 @@ def test_chat_template_receives_tools_and_a_call_can_be_constrained(llm):
                       structured_outputs=so), chat_template=template, tools=tools, use_tqdm=False)
     assert out.prompt == "tool get_time\ntime?\n"
     assert json.loads(out.outputs[0].text)["tz"] in ("CET", "UTC")
+
+
+def test_templates_read_earlier_tool_calls_as_dicts(llm):
+    template = ("{% for m in messages %}{{ m.role }}:{% for c in m.tool_calls or [] %}"
+                "{{ c.function.name }}({{ c.function.arguments.city }}){% endfor %}{{ m.content or '' }}\n{% endfor %}")
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    (out,) = llm.chat(messages, SamplingParams(max_tokens=1), chat_template=template, use_tqdm=False)
+    assert out.prompt == "user:Weather?\nassistant:get_weather(Oslo)\ntool:sunny\n"
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Oslo"}'  # the caller's dict is untouched
