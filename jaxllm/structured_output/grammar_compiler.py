@@ -64,7 +64,7 @@ class GrammarCompiler:
                 return compiled
         try:
             compiled = self._compile(params)
-        except (RuntimeError, TypeError, ValueError) as err:
+        except (RuntimeError, TypeError, ValueError, KeyError) as err:
             message = _NATIVE_PREFIX.sub("", str(err).strip()).strip()
             raise ValueError(f"Invalid {_WHAT[params.kind]} in structured_outputs.{params.kind}: {message}") from None
         with self._lock:
@@ -92,4 +92,9 @@ class GrammarCompiler:
             return c.compile_grammar(f"root ::= {alternatives}")
         if kind == "grammar":
             return c.compile_grammar(params.grammar)
+        tag = json.loads(params.structural_tag)
+        if isinstance(tag, dict) and "structures" in tag:  # the older format, as vLLM's response_format sends it
+            items = [self._xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(s["schema"]), end=s["end"])
+                     for s in tag["structures"]]
+            return c.compile_structural_tag(items, tag.get("triggers", []))
         return c.compile_structural_tag(params.structural_tag)

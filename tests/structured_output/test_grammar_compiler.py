@@ -1,5 +1,7 @@
 """StructuredOutputsParams checks, grammar compilation errors, the grammar cache, the packed bitmask."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,20 @@ def test_matcher_bitmask_allows_exactly_the_grammar(compiler):
     allowed = [t for t in range(VOCAB) if (int(mask[1, t // 32]) >> (t % 32)) & 1]
     assert allowed == [tok.eos_token_id]  # complete: only the end token
     assert not matcher.is_terminated and matcher.accept(tok.eos_token_id) and matcher.is_terminated
+
+
+def test_structural_tag_in_vllms_response_format_shape(compiler):
+    tok = build_tokenizer()
+    tag = {"type": "structural_tag", "triggers": ["<f>"], "structures": [
+        {"begin": "<f>", "schema": {"type": "object", "properties": {"a": {"enum": [1]}}, "required": ["a"]},
+         "end": "</f>"}]}
+    compiled = compiler.compile(StructuredOutputsParams(structural_tag=json.dumps(tag)))
+    matcher = compiler.matcher_for(compiled)
+    for t in tok('hi <f>{"a": 1}</f>', add_special_tokens=False).input_ids:
+        assert matcher.accept(t)
+    inside = compiler.matcher_for(compiled)  # within the tag, the schema holds
+    for t in tok('hi <f>{"a": ', add_special_tokens=False).input_ids:
+        assert inside.accept(t)
+    assert not inside.accept(tok("2", add_special_tokens=False).input_ids[0])
+    with pytest.raises(ValueError, match="Invalid structural tag"):
+        compiler.compile(StructuredOutputsParams(structural_tag='{"structures": [{"begin": "x"}]}'))
