@@ -59,10 +59,9 @@ def apply_penalties(logits: jax.Array, md: SamplingMetadata) -> jax.Array:
 
 def apply_token_bitmask(logits: jax.Array, bitmask: jax.Array) -> jax.Array:
     """-inf at every token whose bit is clear in its row's packed bitmask (structured outputs)."""
-    v = logits.shape[-1]
-    token = jnp.arange(v)
-    words = bitmask[:, token // 32]  # [B, V] int32
-    allowed = (jnp.right_shift(words, token % 32) & 1).astype(jnp.bool_)
+    b, v = logits.shape
+    bits = jnp.right_shift(bitmask[:, :, None], jnp.arange(32, dtype=jnp.int32)) & 1  # [B, V/32, 32]
+    allowed = bits.reshape(b, -1)[:, :v].astype(jnp.bool_)  # [B, V]
     return jnp.where(allowed, logits, -jnp.inf)
 
 
