@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import threading
 from typing import Any
 
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
@@ -58,6 +59,7 @@ class LLMEngine:
         self._can_overlap = hasattr(runner, "dispatch") and hasattr(runner, "collect")
         self._inflight: tuple[SchedulerOutput, Any] | None = None
         self._grammars: Any = None  # GrammarCompiler, built at the first constrained request
+        self._grammars_lock = threading.Lock()
 
     # ---- requests in ---------------------------------------------------------------------------
 
@@ -110,7 +112,7 @@ class LLMEngine:
         budget = max_len - len(ids)
         max_tokens = budget if params.max_tokens is None else min(params.max_tokens, max(1, budget))
         bad_words_ids = self._bad_words_ids(params.bad_words)
-        grammar = self._grammar_compiler().compile(params.structured_outputs) if params.structured_outputs else None
+        grammar = self.compile_grammar(params.structured_outputs) if params.structured_outputs else None
         group = RequestGroup(request_id, text, ids, params)
         for i in range(params.best_of or params.n):
             seed = params.seed + i if params.seed is not None else self._rng.getrandbits(63)
@@ -216,12 +218,17 @@ class LLMEngine:
                 beam.status = RequestStatus.FINISHED_ERROR
         group.beam.done, group.beam.error = True, error or "model step failed"
 
-    def _grammar_compiler(self) -> Any:
-        if self._grammars is None:
-            from jaxllm.structured_output.grammar_compiler import GrammarCompiler
+    def compile_grammar(self, structured_outputs: Any) -> Any:
+        """Compile (and cache) a request's grammar; ValueError if it is invalid. Safe from any thread."""
+        return self._grammar_compiler().compile(structured_outputs)
 
-            self._grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, list(self.eos_token_ids))
-        return self._grammars
+    def _grammar_compiler(self) -> Any:
+        with self._grammars_lock:
+            if self._grammars is None:
+                from jaxllm.structured_output.grammar_compiler import GrammarCompiler
+
+                self._grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, list(self.eos_token_ids))
+            return self._grammars
 
     def _bad_words_ids(self, words) -> list[list[int]]:
         if not words or self.tokenizer is None:
