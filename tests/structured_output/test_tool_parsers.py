@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jaxllm.entrypoints.openai.tool_parsers.tool_parser import get_tool_parser
+from jaxllm.entrypoints.openai.tool_parsers.registry import get_tool_parser
 
 HERMES = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}\n'
           '</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {"tz": "CET"}}\n</tool_call>')

@@ -17,7 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from jaxllm.entrypoints.openai.tool_parsers.tool_parser import ToolCall, ToolParser, get_tool_parser
+from jaxllm.entrypoints.openai.tool_parsers.registry import get_tool_parser
+from jaxllm.entrypoints.openai.tool_parsers.tool_parser import ToolCall, ToolParser
 from jaxllm.structured_output.params import StructuredOutputsParams
 
 _NO_ARGUMENTS = {"type": "object", "properties": {}}

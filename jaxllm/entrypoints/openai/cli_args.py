@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from jaxllm.entrypoints.openai.tool_parsers.registry import TOOL_PARSERS
+
 DEFAULT_SERVED_NAME = "jaxllm-default"  # the name of the embedded default model when no model is given
 DEFAULT_MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 
@@ -67,7 +69,7 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
     tools = parser.add_argument_group("tool calling")
     tools.add_argument("--enable-auto-tool-choice", action="store_true",
                        help='let the model decide when to call tools (tool_choice "auto"); needs --tool-call-parser')
-    tools.add_argument("--tool-call-parser", default=None, choices=["hermes", "llama3_json"],
+    tools.add_argument("--tool-call-parser", default=None, choices=sorted(TOOL_PARSERS),
                        help="how the model writes tool calls")
     lim = parser.add_argument_group("limits")
     lim.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,

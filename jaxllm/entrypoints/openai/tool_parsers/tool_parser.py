@@ -104,10 +104,6 @@ class ToolParser:
             self._calls_sent += 1
         return content, deltas
 
-    @property
-    def calls_sent(self) -> int:
-        return self._calls_sent
-
 
 def _safe_prefix_len(text: str, marker: str) -> int:
     """Length of `text` that cannot be the beginning of `marker` (the rest is held back)."""
@@ -115,13 +111,3 @@ def _safe_prefix_len(text: str, marker: str) -> int:
         if text.endswith(marker[:n]):
             return len(text) - n
     return len(text)
-
-
-def get_tool_parser(name: str) -> type[ToolParser]:
-    from jaxllm.entrypoints.openai.tool_parsers.hermes import HermesToolParser
-    from jaxllm.entrypoints.openai.tool_parsers.llama3_json import Llama3JsonToolParser
-
-    parsers = {p.name: p for p in (HermesToolParser, Llama3JsonToolParser)}
-    if name not in parsers:
-        raise ValueError(f"invalid tool call parser: {name} (chose from {{ {', '.join(sorted(parsers))} }})")
-    return parsers[name]
