@@ -66,8 +66,9 @@ def test_json_object_with_default_whitespace(llm):
 def test_regex_and_choice_outputs_match(llm, temperature):
     regex = r"[a-z]{2,5}-\d{3}(\.[A-Z])?"
     choices = ["positive", "negative", "neutral ☺"]
-    sps = [
-        SamplingParams(temperature=temperature, max_tokens=40, seed=1, structured_outputs=StructuredOutputsParams(regex=regex)),
+    sps = [  # penalties and top-k / top-p filters combine with the mask: never an unmasked token
+        SamplingParams(temperature=temperature, max_tokens=40, seed=1, top_k=20, top_p=0.9, repetition_penalty=1.3,
+                       structured_outputs=StructuredOutputsParams(regex=regex)),
         SamplingParams(temperature=temperature, max_tokens=40, seed=2, guided_decoding=GuidedDecodingParams(choice=choices)),
     ]
     outs = llm.generate(PROMPTS[:2] * 2, sps * 2, use_tqdm=False)
