@@ -1,9 +1,10 @@
-"""hermes and llama3_json tool-call parsers: whole outputs, and the same outputs streamed in pieces."""
+"""hermes and llama3_json tool-call parsers (whole outputs, and streamed in pieces); tool_choice checks."""
 
 import json
 
 import pytest
 
+from jaxllm.entrypoints.openai.chat_tool_calls import ChatToolCalls, ToolChoiceError
 from jaxllm.entrypoints.openai.tool_parsers.registry import get_tool_parser
 
 HERMES = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}\n'
@@ -71,3 +72,16 @@ def test_streaming_holds_back_a_partial_marker_and_releases_plain_text():
 def test_unknown_parser():
     with pytest.raises(ValueError, match="invalid tool call parser: nope"):
         get_tool_parser("nope")
+
+
+@pytest.mark.parametrize(("choice", "message"), [
+    ({"type": "function", "function": "get_time"}, "Tool 'None' has not been passed"),
+    ({"type": "function", "function": {"name": "nope"}}, "Tool 'nope' has not been passed"),
+    ("auto", '"auto" tool choice requires'),
+    (7, "Invalid tool_choice"),
+])
+def test_bad_tool_choices_name_the_parameter(choice, message):
+    tools = [{"type": "function", "function": {"name": "get_time"}}]
+    with pytest.raises(ToolChoiceError, match=message) as err:
+        ChatToolCalls.create(tools, choice, None, auto_parser=None)
+    assert err.value.param == "tool_choice"

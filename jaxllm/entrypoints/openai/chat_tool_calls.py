@@ -25,6 +25,8 @@ _NO_ARGUMENTS = {"type": "object", "properties": {}}
 
 
 class ToolChoiceError(ValueError):
+    """Invalid `tools` or `tool_choice`; `param` names which (the server's 400 reports it)."""
+
     def __init__(self, message: str, param: str):
         super().__init__(message)
         self.param = param
@@ -32,6 +34,8 @@ class ToolChoiceError(ValueError):
 
 @dataclass
 class ChatToolCalls:
+    """How one chat request's tool calls are produced and read back."""
+
     mode: str  # "none" | "named" | "required" | "auto"
     tools: dict[str, dict[str, Any]]  # name -> the function's JSON schema of parameters
     function: str | None = None  # the named function
@@ -61,7 +65,8 @@ class ChatToolCalls:
         if choice == "required":
             return cls("required", tools, parallel=parallel)
         if isinstance(choice, dict) and choice.get("type") == "function":
-            name = (choice.get("function") or {}).get("name")
+            fn = choice.get("function")
+            name = fn.get("name") if isinstance(fn, dict) else None
             if name not in tools:
                 raise ToolChoiceError(f"Tool '{name}' has not been passed in `tools`.", "tool_choice")
             return cls("named", tools, function=name, parallel=False)
