@@ -177,6 +177,7 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None  # default: max(max_model_len, 2048)
     enable_chunked_prefill: bool = True  # split prompts over steps and mix them with decodes
+    async_scheduling: bool = True  # plan and launch step N+1 while step N runs on the device
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

@@ -12,7 +12,7 @@ from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.engine.llm_engine import LLMEngine
 from jaxllm.model_loader import load_generation_config, resolve_model_path
 from jaxllm.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
-from jaxllm.sampling_params import BeamSearchParams, SamplingParams
+from jaxllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class LLM:
     compiles each bucket when a step first needs it. None: $JAXLLM_PRECOMPILE, else "background" on
     GPU/TPU and "off" on CPU; `enforce_eager=True` (vLLM's switch) means "off" too. A bucket that fails
     to compile is logged at once and fails the steps that need it, as it would have failed lazily.
+
+    `async_scheduling` (on by default) plans and launches each step while the previous one still runs on
+    the device, so the device never waits for Python; tokens are the same with it off.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class LLM:
         load_format: str = "auto",
         enable_prefix_caching: bool | None = None,
         enable_chunked_prefill: bool | None = None,
+        async_scheduling: bool = True,
         compilation_cache_dir: str | None = None,
         precompile: bool | str | None = None,
         enforce_eager: bool = False,
@@ -97,6 +101,7 @@ class LLM:
             max_num_seqs=max_num_seqs or 256,
             max_num_batched_tokens=max_num_batched_tokens,
             enable_chunked_prefill=True if enable_chunked_prefill is None else bool(enable_chunked_prefill),
+            async_scheduling=bool(async_scheduling),
         )
         self.cache_config = CacheConfig(
             block_size=block_size,
@@ -202,7 +207,7 @@ class LLM:
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported.")
         prompts = self._normalize_prompts(prompts)
-        params = self._normalize_params(sampling_params, len(prompts))
+        params = _final_only(self._normalize_params(sampling_params, len(prompts)))
         ids = [str(next(self._counter)) for _ in prompts]
         added = []
         try:
@@ -333,3 +338,16 @@ class LLM:
             if bar is not None:
                 bar.close()
         return [finished[i] for i in ids]
+
+
+def _final_only(params: list[SamplingParams]) -> list[SamplingParams]:
+    """`generate` returns each request's final output only (as vLLM's offline API does), so the engine
+    builds no intermediate outputs; each distinct params object is copied once, never changed."""
+    copies: dict[int, SamplingParams] = {}
+    out = []
+    for p in params:
+        if id(p) not in copies:
+            copies[id(p)] = p.clone()
+            copies[id(p)].output_kind = RequestOutputKind.FINAL_ONLY
+        out.append(copies[id(p)])
+    return out

@@ -75,18 +75,20 @@ def _kernel(
 
 
 def query_blocks(row_starts: np.ndarray, row_lens: np.ndarray, qb: int, num_blocks: int):
-    """Host-side plan: (row, start, len) per q block, padded to `num_blocks` with empty blocks."""
-    rows, starts, lens = [], [], []
-    for r, (s, n) in enumerate(zip(row_starts, row_lens)):
-        for off in range(0, int(n), qb):
-            rows.append(r)
-            starts.append(int(s) + off)
-            lens.append(min(qb, int(n) - off))
-    if len(rows) > num_blocks:
-        raise ValueError(f"{len(rows)} query blocks exceed the bucket of {num_blocks}")
-    pad = num_blocks - len(rows)
-    as_i32 = functools.partial(np.asarray, dtype=np.int32)
-    return as_i32(rows + [0] * pad), as_i32(starts + [0] * pad), as_i32(lens + [0] * pad)
+    """Host-side plan: (row, start, len) of every block of at most `qb` query tokens (a block never spans
+    two sequences), padded to `num_blocks` with empty blocks."""
+    row_starts, row_lens = np.asarray(row_starts, np.int64), np.asarray(row_lens, np.int64)
+    per_row = -(-row_lens // qb)
+    total = int(per_row.sum())
+    if total > num_blocks:
+        raise ValueError(f"{total} query blocks exceed the bucket of {num_blocks}")
+    rows, starts, lens = (np.zeros(num_blocks, np.int32) for _ in range(3))
+    owner = np.repeat(np.arange(len(row_lens)), per_row)
+    offset = (np.arange(total) - np.repeat(np.cumsum(per_row) - per_row, per_row)) * qb
+    rows[:total] = owner
+    starts[:total] = row_starts[owner] + offset
+    lens[:total] = np.minimum(qb, row_lens[owner] - offset)
+    return rows, starts, lens
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "qb", "interpret"))

@@ -6,12 +6,13 @@ A real `LLM` (the `--config` shape, random weights) whose runner keeps its input
 (`ModelRunner.prepare`: the NumPy arrays a step sends to the device) but returns a fixed token instead
 of running the model. Everything the engine does between two device steps is what is timed: when this
 is longer than the device step, the GPU waits for Python (small models at large batch). Reports the
-milliseconds per decode step, and how much of it is input building, for `--batch-size` sequences of
-`--input-len` prompt and `--output-len` generated tokens.
+milliseconds per decode step, how much of it is input building, and how many steps waited for the host
+(planned only after the previous step's results were read back, instead of while it ran), for
+`--batch-size` sequences of `--input-len` prompt and `--output-len` generated tokens.
 
 `--constrained N` puts a JSON schema on N of the sequences (structured outputs, with the embedded
-model's tokenizer): their token bitmasks are filled on the host every step, and the stub returns the
-a random token each mask allows (that pick stands in for the device and is not counted).
+model's tokenizer): their token bitmasks are filled on the host every step, and the stub returns a
+random token each mask allows (that pick stands in for the device and is not counted).
 """
 
 from __future__ import annotations
@@ -75,17 +76,20 @@ def main() -> None:
                                  structured_outputs=StructuredOutputsParams(json=schema))
     params = [constrained if i < args.constrained else params for i in range(args.batch_size)]
     llm.generate(prompts[:2], params[-2:], use_tqdm=False)  # warm-up
+    stats = llm.llm_engine.stats
     best, constrained_tokens = None, 0
     for _ in range(args.repeats):
         counters.update(steps=0, prepare_s=0.0, stub_s=0.0)
+        waited = stats["steps_waited"]
         started = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False)
         per_step = (time.perf_counter() - started - counters["stub_s"]) / counters["steps"]
         if best is None or per_step < best[0]:
-            best = (per_step, counters["prepare_s"] / counters["steps"], counters["steps"])
+            best = (per_step, counters["prepare_s"] / counters["steps"], counters["steps"], stats["steps_waited"] - waited)
             constrained_tokens = sum(len(o.outputs[0].token_ids) for o in outs[: args.constrained])
-    print(json.dumps({"batch_size": args.batch_size, "constrained": args.constrained, "steps": best[2], "host_ms_per_step": round(best[0] * 1e3, 3),
-                      "input_building_ms_per_step": round(best[1] * 1e3, 3),
+    print(json.dumps({"batch_size": args.batch_size, "constrained": args.constrained, "steps": best[2],
+                      "host_ms_per_step": round(best[0] * 1e3, 3),
+                      "input_building_ms_per_step": round(best[1] * 1e3, 3), "steps_waited_for_host": best[3],
                       "constrained_tokens": constrained_tokens}))
 
 

@@ -48,6 +48,19 @@ def run_hf_peer(folder: str, prompts, args) -> float | None:
     return n * args.output_len / elapsed
 
 
+def _count_steps(llm) -> dict:
+    """Count the steps the runner dispatches from now on."""
+    counter = {"n": 0}
+    original = llm.runner.dispatch
+
+    def dispatch(*args, **kwargs):
+        counter["n"] += 1
+        return original(*args, **kwargs)
+
+    llm.runner.dispatch = dispatch
+    return counter
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -61,6 +74,9 @@ def main() -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--hf-peer-prompts", type=int, default=0, help="also time transformers on this many prompts")
     p.add_argument("--hf-peer-batch", type=int, default=64)
     p.add_argument("--output-json", default=None)
@@ -74,7 +90,9 @@ def main() -> None:
     t0 = time.perf_counter()
     llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=max_len,
               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-              gpu_memory_utilization=args.gpu_memory_utilization, skip_tokenizer_init=True)
+              gpu_memory_utilization=args.gpu_memory_utilization, skip_tokenizer_init=True,
+              enable_chunked_prefill=args.enable_chunked_prefill, enable_prefix_caching=args.enable_prefix_caching,
+              async_scheduling=args.async_scheduling)
     vocab = llm.model_config.vocab_size
     prompts = [rng.integers(0, vocab, args.input_len).tolist() for _ in range(args.num_prompts)]
     params = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=args.output_len, detokenize=False)
@@ -82,6 +100,8 @@ def main() -> None:
     llm.generate([{"prompt_token_ids": p} for p in prompts[: args.max_num_seqs]],
                  SamplingParams(ignore_eos=True, max_tokens=4, detokenize=False), use_tqdm=False)
     start_s = time.perf_counter() - t0
+    stats = llm.llm_engine.stats
+    waited, steps = stats["steps_waited"], _count_steps(llm)
     t = time.perf_counter()
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=True)
     elapsed = time.perf_counter() - t
@@ -93,7 +113,9 @@ def main() -> None:
         "elapsed_s": elapsed, "requests_per_s": args.num_prompts / elapsed, "total_tokens_per_s": total_tokens / elapsed,
         "output_tokens_per_s": out_tokens / elapsed, "roofline_output_tokens_per_s": roof,
         "ratio_to_roofline": out_tokens / elapsed / roof, "copy_bandwidth_TBps": bw / 1e12, "bandwidth_method": bw_method,
-        "startup_and_warmup_s": start_s, "preemptions": llm.llm_engine.stats["preemptions"],
+        "startup_and_warmup_s": start_s, "preemptions": stats["preemptions"],
+        "steps": steps["n"], "steps_waited_for_host": stats["steps_waited"] - waited,
+        "pool_tokens": llm.cache_config.num_blocks * llm.cache_config.block_size,
     }
     print(json.dumps(result, indent=2), flush=True)
     if args.hf_peer_prompts:

@@ -1,51 +1,88 @@
 #!/usr/bin/env bash
-# One call that checks and times the GPU paths on one H200 (results in $OUT, summaries on stdout):
-#   1. AWQ matmuls at decode sizes: the matrix-vector kernel vs XLA vs bf16 dense (each checked
-#      against a float32 reference);
-#   2. 8B-Llama decode, bf16 (fused projections), batch 1 and 32;
-#   3. 8B-Llama decode, AWQ (fp16 activations), batch 1 and 32 (the kernels pass their first-use
-#      check or XLA runs; the JSON says which);
-#   4. start-up from safetensors and from a converted checkpoint, cold and warm;
-#   5. the GPU-only tests (kernels against their references), when pytest is installed.
-# The checkpoint for 4 is written and converted on the CPU while 1-3 use the GPU.
-# Usage: OUT=results bash scripts/gpu_check.sh
+# One call that checks and times the GPU paths on one H200 (JSON results in $OUT, summaries on stdout).
+# SECTIONS picks what runs, in order (default: all of them):
+#   throughput  offline throughput, vLLM's protocol (scripts/benchmark_throughput.py, random weights):
+#               Llama-3-8B shape 1024/1024 with the defaults (chunked prefill, prefix caching, async
+#               scheduling) and with chunked prefill and prefix caching off; Qwen2.5-1.5B shape 128/128
+#               (with transformers as the peer) and 1024/128
+#   serving     the online benchmark (scripts/benchmark_serving.py) against `jaxllm serve --load-format
+#               dummy`, 8B shape, 1024/1024, max concurrency 1, 16, 64, 256 (needs the .whl folder carried:
+#               fastapi, uvicorn and their dependencies)
+#   awq         scripts/awq_gpu_check.sh (AWQ layer table and 8B decode, AWQ vs bf16)
+#   startup     scripts/benchmark_startup.py: 8B shape from real safetensors and a converted checkpoint
+#   tests       the GPU-only tests (kernels against their references)
+# Usage: OUT=results SECTIONS="throughput serving" bash scripts/gpu_check.sh
+#   NUM_PROMPTS=1000 (throughput), CONFIG=tiny for a dry run on the CPU.
 set -u
 OUT=${OUT:-results}
-CONFIG=${CONFIG:-llama-3-8b}  # CONFIG=tiny AWQ_BENCH_ARGS=--small: a dry run on the CPU
-LOGS=${LOGS:-/tmp/jaxllm-gpu-check-logs}  # full logs stay here; $OUT gets the JSON results (at most 8 files)
+CONFIG=${CONFIG:-llama-3-8b}
+SMALL=${SMALL:-qwen2.5-1.5b}
+NUM_PROMPTS=${NUM_PROMPTS:-1000}
+SECTIONS=${SECTIONS:-throughput serving awq startup tests}
+LOGS=${LOGS:-/tmp/jaxllm-gpu-check-logs}  # full logs stay here; $OUT gets the results (at most 8 files)
 mkdir -p "$OUT" "$LOGS"
-export PYTHONPATH=.:scripts PYTHONUNBUFFERED=1
+export PYTHONPATH=.:scripts${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-stamp "jax $(python -c 'import jax; print(jax.__version__, jax.devices()[0].device_kind)')"
+stamp "jax $(python -c 'import jax; print(jax.__version__, jax.devices()[0].device_kind)') $(date +%F)"
 
-WORK=${WORK:-/tmp/jaxllm-startup}
-STARTUP="python scripts/benchmark_startup.py --config $CONFIG --work-dir $WORK"
-(JAX_PLATFORMS=cpu timeout 400 $STARTUP --from safetensors,converted --prepare-only > "$LOGS/prepare.log" 2>&1; echo "rc=$?" >> "$LOGS/prepare.log") &
-PREP=$!
+summary() {  # the headline numbers of a benchmark_throughput JSON
+  python - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+a = r["args"]
+print(f"  {a.get('config')} {a['input_len']}/{a['output_len']} chunked={a.get('enable_chunked_prefill')} "
+      f"prefix={a.get('enable_prefix_caching')} async={a.get('async_scheduling')}: "
+      f"{r['output_tokens_per_s']:.0f} out tok/s ({100 * r['ratio_to_roofline']:.1f}% of {r['roofline_output_tokens_per_s']:.0f}), "
+      f"{r['steps']} steps, {r['steps_waited_for_host']} waited, {r['preemptions']} preemptions, pool {r['pool_tokens']} tokens, "
+      f"hf {r.get('hf_output_tokens_per_s')}")
+PY
+}
 
-stamp "awq matmul"
-timeout 120 python scripts/bench_awq_matmul.py --rows 1 8 --impls awq_xla,awq_gemv --out "$OUT" ${AWQ_BENCH_ARGS:-} \
-  > "$LOGS/awq_matmul.log" 2>&1; stamp "rc=$?"
-grep -E '^\||^# copy|"error"' "$LOGS/awq_matmul.log" | cut -c1-400
-
-for q in bf16 awq; do
-  stamp "latency $q"
-  extra=""; [ "$q" = awq ] && extra="-q awq --dtype float16"
-  JAXLLM_PRECOMPILE=off timeout 200 python scripts/benchmark_latency.py --config "$CONFIG" --batch-size 1,32 --input-len 128 \
-    --output-len 128 --iters 2 $extra --output-json "$OUT/latency_$q.json" > "$LOGS/latency_$q.log" 2>&1
+throughput() {  # name, extra args
+  local name=$1; shift
+  stamp "throughput $name"
+  timeout "${THROUGHPUT_TIMEOUT:-300}" python scripts/benchmark_throughput.py --num-prompts "$NUM_PROMPTS" \
+    --output-json "$OUT/throughput_$name.json" "$@" > "$LOGS/throughput_$name.log" 2>&1
   stamp "rc=$?"
-  grep -E '^\{"batch_size"|Error|WARNING' "$LOGS/latency_$q.log" | cut -c1-600
-done
+  grep -E 'Error|error:' "$LOGS/throughput_$name.log" | cut -c1-300 | tail -3
+  [ -f "$OUT/throughput_$name.json" ] && summary "$OUT/throughput_$name.json"
+}
 
-stamp "waiting for the checkpoint"; wait "$PREP"; cat "$LOGS/prepare.log" | grep -E '^\{|rc=|Error' | cut -c1-300
-stamp "startup"
-formats=safetensors; grep -q '"jaxllm convert"' "$LOGS/prepare.log" && formats=safetensors,converted
-$STARTUP --from $formats --out "$OUT" > "$LOGS/startup.log" 2>&1; stamp "rc=$?"
-grep -E '^\{|Error' "$LOGS/startup.log" | cut -c1-900
-if [ "${GPU_TESTS:-1}" = 1 ] && python -c "import pytest" 2>/dev/null; then
-  stamp "GPU-only tests"
-  timeout 240 python -m pytest -q -m gpu tests/kernels tests/quantization > "$LOGS/gpu_tests.log" 2>&1; stamp "rc=$?"
-  tail -5 "$LOGS/gpu_tests.log" | cut -c1-300
-fi
+for section in $SECTIONS; do
+  case $section in
+    throughput)
+      throughput 8b_defaults --config "$CONFIG" --input-len 1024 --output-len 1024
+      throughput small_128 --config "$SMALL" --input-len 128 --output-len 128 --hf-peer-prompts 64
+      throughput small_1024_128 --config "$SMALL" --input-len 1024 --output-len 128
+      throughput 8b_off --config "$CONFIG" --input-len 1024 --output-len 1024 --no-enable-chunked-prefill \
+        --no-enable-prefix-caching
+      ;;
+    serving)
+      stamp "serving"
+      timeout "${SERVING_TIMEOUT:-420}" python scripts/benchmark_serving.py --config "$CONFIG" \
+        --server-args "--max-num-seqs 256 --max-model-len 2048 --precompile wait --disable-log-stats --disable-uvicorn-access-log" \
+        --random-input-len 1024 --random-output-len 1024 --num-prompts "${SERVING_PROMPTS:-4,32,128,512}" \
+        --max-concurrency 1,16,64,256 --ignore-eos --save-result --result-dir "$OUT" > "$LOGS/serving.log" 2>&1
+      stamp "rc=$?"
+      grep -vE '^\s*$' "$LOGS/serving.log" | grep -E 'concurrency|tok/s|TTFT|TPOT|ITL|Error|error' | cut -c1-200 | tail -60
+      ;;
+    awq)
+      stamp "awq"; OUT="$OUT" LOGS="$LOGS/awq" bash scripts/awq_gpu_check.sh 2>&1 | tail -40
+      ;;
+    startup)
+      stamp "startup"
+      timeout 500 python scripts/benchmark_startup.py --config "$CONFIG" --work-dir /tmp/jaxllm-startup \
+        --from safetensors,converted --out "$OUT" > "$LOGS/startup.log" 2>&1; stamp "rc=$?"
+      grep -E '^\{|Error|^phase|^\|' "$LOGS/startup.log" | cut -c1-300 | tail -40
+      ;;
+    tests)
+      if python -c "import pytest" 2>/dev/null; then
+        stamp "GPU-only tests"
+        timeout 240 python -m pytest -q -m gpu tests/kernels tests/quantization > "$LOGS/gpu_tests.log" 2>&1
+        stamp "rc=$?"; tail -5 "$LOGS/gpu_tests.log" | cut -c1-300
+      fi
+      ;;
+  esac
+done
 stamp done

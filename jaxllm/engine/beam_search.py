@@ -119,3 +119,48 @@ class BeamState:
 
     def best(self) -> list[Hypothesis]:
         return sorted(self.completed, key=lambda h: h.score, reverse=True)[: self.width]
+
+
+def advance_beams(group: Any, scheduler: Any, decode) -> None:
+    """Once every live beam of `group` (a RequestGroup) has its candidates, replace the beams by the best
+    children: those whose parent still holds its pages share them, the others recompute."""
+    state = group.beam
+    live = [s for s in group.sequences if not s.is_finished]
+    if not state.round_complete(live):
+        return
+    block_manager = scheduler.block_manager
+    children = state.expand(live, group.request_id, decode)
+    resident, recompute = [], []
+    for child in children:
+        if child.fork_from.block_ids:  # share the parent's pages
+            block_manager.fork(child.fork_from, child)
+            child.num_computed_tokens = child.fork_from.num_tokens
+            resident.append(child)
+        else:  # the parent gave its pages up while it waited: recompute (the prefix cache may help)
+            recompute.append(child)
+        del child.fork_from
+    for parent in live:
+        parent.status = RequestStatus.FINISHED_STOPPED
+        scheduler.remove(parent)
+    if state.finished_after(children):
+        state.completed.extend(state.hypothesis(c, "length") for c in children)
+        for child in children:
+            block_manager.free(child)
+            child.status = RequestStatus.FINISHED_LENGTH
+        state.done = True
+    else:
+        scheduler.running.extend(resident)
+        for child in recompute:
+            scheduler.add(child)
+    group.sequences = children
+
+
+def fail_beam_group(group: Any, scheduler: Any, error: str | None) -> None:
+    """End every beam of `group` (a RequestGroup, or None) with `error`."""
+    if group is None:
+        return
+    for beam in group.sequences:
+        if not beam.is_finished:
+            scheduler.remove(beam)
+            beam.status = RequestStatus.FINISHED_ERROR
+    group.beam.done, group.beam.error = True, error or "model step failed"

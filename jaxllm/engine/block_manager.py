@@ -7,6 +7,9 @@
 Reference counts let several sequences share a page (prefix caching, beam search); a page is free
 exactly when its count is zero.
 
+The page lists are mirrored in one NumPy block table (a row per sequence that holds pages, kept in step
+with `block_ids` by the methods below), so a step's tables and slot mappings are array gathers.
+
 Prefix caching: a full page is named by hash(parent page's hash, its token ids), so equal prefixes
 name equal pages. A new prompt first takes the pages its prefix already has; freed named pages stay
 in an LRU, still findable, and are recycled only when no unnamed free page is left.
@@ -15,6 +18,8 @@ in an LRU, still findable, and are recycled only when no unnamed free page is le
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+
+import numpy as np
 
 from jaxllm.engine.request import Request
 
@@ -40,6 +45,8 @@ class BlockManager:
         self.lru: OrderedDict[int, None] = OrderedDict()  # free named pages, oldest first
         self.prefix_queries = 0  # prompt tokens looked up
         self.prefix_hits = 0  # ... of which were found
+        self.tables = np.zeros((16, 8), np.int32)  # row request.table_row = request.block_ids, zero-padded
+        self._free_rows = list(range(15, -1, -1))
 
     @property
     def num_free_blocks(self) -> int:
@@ -68,11 +75,15 @@ class BlockManager:
         need = self.blocks_needed(request, num_tokens)
         if need > self.num_free_blocks:
             raise RuntimeError(f"KV pool exhausted: need {need} blocks, {self.num_free_blocks} free.")
+        if not need:
+            return
+        start = len(request.block_ids)
         for _ in range(need):
             block = self._take_free_block()
             assert self.ref_counts[block] == 0, f"block {block} handed out twice"
             self.ref_counts[block] = 1
             request.block_ids.append(block)
+        self._mirror(request, start)
 
     def free(self, request: Request) -> None:
         for block in reversed(request.block_ids):
@@ -85,21 +96,61 @@ class BlockManager:
                     self.free_blocks.append(block)
         request.block_ids = []
         request.block_hashes = []
+        request.num_registered_blocks = 0
         request.num_computed_tokens = 0
+        if request.table_row >= 0:
+            self.tables[request.table_row] = 0
+            self._free_rows.append(request.table_row)
+            request.table_row = -1
+
+    # ---- the block table mirror -------------------------------------------------------------------
+
+    def _mirror(self, request: Request, start: int = 0) -> None:
+        """Copy `request.block_ids[start:]` into its table row (a row is taken on first use)."""
+        n = len(request.block_ids)
+        if n > self.tables.shape[1]:
+            grown = np.zeros((self.tables.shape[0], max(n, 2 * self.tables.shape[1])), np.int32)
+            grown[:, : self.tables.shape[1]] = self.tables
+            self.tables = grown
+        if request.table_row < 0:
+            if not self._free_rows:
+                rows = self.tables.shape[0]
+                self.tables = np.concatenate([self.tables, np.zeros_like(self.tables)])
+                self._free_rows = list(range(2 * rows - 1, rows - 1, -1))
+            request.table_row = self._free_rows.pop()
+            start = 0
+        self.tables[request.table_row, start:n] = request.block_ids[start:]
+
+    def table_rows(self, requests: list[Request]) -> np.ndarray:
+        """The block-table row of each request (every one must hold pages)."""
+        return np.fromiter((r.table_row for r in requests), np.int64, len(requests))
+
+    def block_table(self, rows: np.ndarray, width: int) -> np.ndarray:
+        """[len(rows), width] page ids of those rows, zero-padded."""
+        if width > self.tables.shape[1]:
+            out = np.zeros((len(rows), width), np.int32)
+            out[:, : self.tables.shape[1]] = self.tables[rows]
+            return out
+        return self.tables[rows, :width]
+
+    def slots(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Flat pool slots of token `positions[i]` of the request in table row `rows[i]`."""
+        s = self.block_size
+        return (self.tables[rows, positions // s] * s + positions % s).astype(np.int32)
 
     # ---- prefix caching --------------------------------------------------------------------------
 
     def _hashes(self, request: Request, num_full: int) -> list[int]:
+        """The names of (at least) the first `num_full` full pages, extending `request.block_hashes`."""
         hashes = request.block_hashes
-        if len(hashes) >= num_full:  # the common case at a decode step: nothing new to name
-            return hashes[:num_full]
-        tokens = request.all_token_ids
-        s = self.block_size
+        prompt, outputs, s = request.prompt_token_ids, request.output_token_ids, self.block_size
+        n_prompt = len(prompt)
         while len(hashes) < num_full:
             i = len(hashes)
-            parent = hashes[-1] if hashes else None
-            hashes.append(hash((parent, tuple(tokens[i * s : (i + 1) * s]))))
-        return hashes[:num_full]
+            a, b = i * s, (i + 1) * s
+            page = prompt[a:b] if b <= n_prompt else prompt[a:b] + outputs[max(0, a - n_prompt) : b - n_prompt]
+            hashes.append(hash((hashes[-1] if hashes else None, tuple(page))))
+        return hashes
 
     def match_prefix(self, request: Request) -> int:
         """Share the cached pages of `request`'s prefix; returns how many tokens they hold.
@@ -112,7 +163,7 @@ class BlockManager:
         n = request.num_tokens
         self.prefix_queries += n
         matched = []
-        for h in self._hashes(request, (n - 1) // self.block_size):
+        for h in self._hashes(request, (n - 1) // self.block_size)[: (n - 1) // self.block_size]:
             block = self.cached.get(h)
             if block is None:
                 break
@@ -122,21 +173,31 @@ class BlockManager:
                 del self.lru[block]
             self.ref_counts[block] += 1
         request.block_ids = matched
+        if matched:
+            self._mirror(request)
         hit = len(matched) * self.block_size
         self.prefix_hits += hit
         return hit
 
-    def register_computed(self, request: Request) -> None:
-        """Name the full pages whose tokens are all computed, so later prompts can share them."""
+    def register_computed(self, request: Request, num_computed: int | None = None) -> None:
+        """Name the full pages whose tokens are all computed (the first `num_computed` tokens, by
+        default all of `request.num_computed_tokens`), so later prompts can share them. Only pages
+        not named before are hashed: a decode step names at most one."""
         if not self.enable_prefix_caching:
             return
+        computed = request.num_computed_tokens if num_computed is None else num_computed
         num_tokens = request.num_prompt_tokens + len(request.output_token_ids)
-        full = min(request.num_computed_tokens, num_tokens) // self.block_size
-        for i, h in enumerate(self._hashes(request, full)):
-            block = request.block_ids[i]
+        full = min(computed, num_tokens, len(request.block_ids) * self.block_size) // self.block_size
+        first = request.num_registered_blocks
+        if full <= first:
+            return
+        hashes = self._hashes(request, full)
+        for i in range(first, full):
+            block, h = request.block_ids[i], hashes[i]
             if self.block_hash[block] is None and h not in self.cached:
                 self.block_hash[block] = h
                 self.cached[h] = block
+        request.num_registered_blocks = full
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached page; refused (False) while any page is in use, as in vLLM."""
@@ -154,6 +215,7 @@ class BlockManager:
         child.block_ids = list(parent.block_ids)
         for block in child.block_ids:
             self.ref_counts[block] += 1
+        self._mirror(child)
 
     def is_shared(self, request: Request, position: int) -> bool:
         index = position // self.block_size
@@ -174,6 +236,7 @@ class BlockManager:
         self.ref_counts[dst] = 1
         self.ref_counts[src] -= 1
         request.block_ids[index] = dst
+        self.tables[request.table_row, index] = dst
         return src, dst
 
     def slot(self, request: Request, position: int) -> int:

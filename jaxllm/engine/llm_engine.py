@@ -15,13 +15,13 @@ import threading
 from typing import Any
 
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
-from jaxllm.engine.beam_search import BeamState
+from jaxllm.engine.beam_search import BeamState, advance_beams, fail_beam_group
 from jaxllm.engine.block_manager import BlockManager
 from jaxllm.engine.output_processor import OutputProcessor, RequestGroup
 from jaxllm.engine.request import Request, RequestStatus
 from jaxllm.engine.scheduler import Scheduler, SchedulerOutput
 from jaxllm.outputs import RequestOutput
-from jaxllm.sampling_params import BeamSearchParams, SamplingParams
+from jaxllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 from jaxllm.tokenizer import IncrementalDetokenizer
 
 logger = logging.getLogger(__name__)
@@ -54,10 +54,13 @@ class LLMEngine:
         self._arrival = itertools.count()
         eos = getattr(tokenizer, "eos_token_id", None)
         self.eos_token_ids = frozenset([eos] if eos is not None else model_config.eos_token_ids)
-        self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "preemptions": 0}
+        self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "preemptions": 0, "steps_waited": 0}
         # Overlap host and device when the runner can start a step without waiting for it.
-        self._can_overlap = hasattr(runner, "dispatch") and hasattr(runner, "collect")
+        self._can_overlap = (
+            scheduler_config.async_scheduling and hasattr(runner, "dispatch") and hasattr(runner, "collect")
+        )
         self._inflight: tuple[SchedulerOutput, Any] | None = None
+        self._busy = False  # a step ran and more work remained: a step that cannot overlap it waited
         self._grammars: Any = None  # GrammarCompiler, built at the first constrained request
         self._grammars_lock = threading.Lock()
 
@@ -135,6 +138,8 @@ class LLMEngine:
                 seq.detokenizer = IncrementalDetokenizer(
                     self.tokenizer, ids, params.skip_special_tokens, params.spaces_between_special_tokens
                 )
+                # Nobody sees the text before the end and no stop string needs it: decode once then.
+                seq.detokenize_at_end = params.output_kind is RequestOutputKind.FINAL_ONLY and not params.stop
             group.sequences.append(seq)
         self._groups[request_id] = group
         for seq in group.sequences:
@@ -171,52 +176,13 @@ class LLMEngine:
         self._groups[request_id] = group
         self.scheduler.add(root)
 
-    def _advance_beams(self, group: RequestGroup) -> None:
-        """Once every live beam of `group` has its candidates, replace the beams by the best children."""
-        state = group.beam
-        live = [s for s in group.sequences if not s.is_finished]
-        if not state.round_complete(live):
-            return
-        children = state.expand(live, group.request_id, self.output_processor.decode_token)
-        resident, recompute = [], []
-        for child in children:
-            if child.fork_from.block_ids:  # share the parent's pages
-                self.block_manager.fork(child.fork_from, child)
-                child.num_computed_tokens = child.fork_from.num_tokens
-                resident.append(child)
-            else:  # the parent gave its pages up while it waited: recompute (the prefix cache may help)
-                recompute.append(child)
-            del child.fork_from
-        for parent in live:
-            parent.status = RequestStatus.FINISHED_STOPPED
-            self.scheduler.remove(parent)
-        if state.finished_after(children):
-            state.completed.extend(state.hypothesis(c, "length") for c in children)
-            for child in children:
-                self.block_manager.free(child)
-                child.status = RequestStatus.FINISHED_LENGTH
-            state.done = True
-        else:
-            self.scheduler.running.extend(resident)
-            for child in recompute:
-                self.scheduler.add(child)
-        group.sequences = children
-
     def _fail(self, seq: Request, error: str) -> None:
         logger.error("Request %s failed: %s", seq.request_id, error)
         seq.status, seq.error, seq.num_pending = RequestStatus.FINISHED_ERROR, error, 0
+        self.output_processor.settle_text(seq)
         self.scheduler.remove(seq)
         if seq.beam is not None and not seq.beam.done:
-            self._fail_beam_group(self._groups.get(seq.parent_id), error)
-
-    def _fail_beam_group(self, group: RequestGroup | None, error: str | None) -> None:
-        if group is None:
-            return
-        for beam in group.sequences:
-            if not beam.is_finished:
-                self.scheduler.remove(beam)
-                beam.status = RequestStatus.FINISHED_ERROR
-        group.beam.done, group.beam.error = True, error or "model step failed"
+            fail_beam_group(self._groups.get(seq.parent_id), self.scheduler, error)
 
     def compile_grammar(self, structured_outputs: Any) -> Any:
         """Compile (and cache) a request's grammar; ValueError if it is invalid. Safe from any thread."""
@@ -262,21 +228,32 @@ class LLMEngine:
     def step(self, cursors: dict | None = None) -> list[RequestOutput]:
         """Finish one model step and return the outputs of the requests it touched.
 
-        With a runner that can `dispatch` without waiting, the next step is put on the device before
-        this one's results are read back, so the host's work overlaps the device's.
+        With a runner that can `dispatch` without waiting, the next step is planned and put on the
+        device before this one's results are read back, so the host's work overlaps the device's:
+        rows whose newest token is still being sampled read it on the device. A step that had to wait
+        for the previous one's results is counted in `stats["steps_waited"]`.
         """
         if self._inflight is None:
             sched = self.scheduler.schedule()
             self.stats["preemptions"] += len(sched.preempted)
             if not sched:
+                self._busy = False
                 return []
+            if self._busy and self._can_overlap:
+                self.stats["steps_waited"] += 1
+            self._busy = True
             self._inflight = self._dispatch(sched)
         current, self._inflight = self._inflight, None
         if not isinstance(current[1], Exception):  # a failed step is retried before anything follows it
             self._inflight = self._dispatch_next(current[0])
-        return self._process(*current, cursors)
+        outputs = self._process(*current, cursors)
+        if self._inflight is None and not self.scheduler.has_unfinished():
+            self._busy = False
+        return outputs
 
     def _dispatch(self, sched: SchedulerOutput) -> tuple[SchedulerOutput, Any]:
+        """Start `sched` and advance its rows as if it had run: the tokens it computes count as
+        computed, and each row that reaches its newest token has one more token pending."""
         for seq, n in zip(sched.requests, sched.num_new):
             seq.num_new_tokens = n  # what the runner reads
         try:
@@ -286,18 +263,42 @@ class LLMEngine:
                 handle = self.runner.execute(sched, self.block_manager)
         except Exception as err:  # a failed step fails its sequences, never the engine
             handle = err
-        for seq in sched.requests:
-            seq.num_pending += 1
+        samples, computed = [], []
+        for seq, n in zip(sched.requests, sched.num_new):
+            done = seq.num_computed_tokens + n
+            seq.num_computed_tokens = done
+            # The row's last token is its newest: it samples the next one.
+            new = done >= len(seq.prompt_token_ids) + len(seq.output_token_ids) + seq.num_pending
+            if new:
+                seq.num_pending += 1
+            samples.append(new)
+            computed.append(done)
+        sched.samples, sched.computed = samples, computed
         return sched, handle
+
+    def _rollback(self, sched: SchedulerOutput) -> None:
+        """Undo `_dispatch`'s advance for a step whose results will never be used."""
+        for seq, n, new in zip(sched.requests, sched.num_new, sched.samples):
+            if seq.is_finished:
+                continue
+            seq.num_computed_tokens = max(0, seq.num_computed_tokens - n)
+            if new:
+                seq.num_pending = max(0, seq.num_pending - 1)
 
     def _dispatch_next(self, current: SchedulerOutput) -> tuple[SchedulerOutput, Any] | None:
         """Plan and launch the step after `current` while `current` is still running, when that is safe."""
         if not self._can_overlap:
             return None
-        # Tokens of the step in flight are unknown: sequences whose next step depends on them wait.
+        # Sampling that reads a sequence's own outputs on the host waits for them.
         if any(_needs_host_tokens(s) for s in self.scheduler.running):
             return None
-        certain = {s for s in current.requests if _finishes_for_sure(s, self.scheduler_config.max_model_len)}
+        max_len = self.scheduler_config.max_model_len
+        certain = set()
+        for seq, new in zip(current.requests, current.samples):
+            if new:  # its step in flight gives it its last token (max_tokens or max_model_len reached)
+                n_out = len(seq.output_token_ids) + seq.num_pending
+                if n_out >= seq.max_tokens or len(seq.prompt_token_ids) + n_out >= max_len:
+                    certain.add(seq)
         sched = self.scheduler.schedule(overlap=True, exclude=certain)
         return self._dispatch(sched) if sched else None
 
@@ -308,63 +309,87 @@ class LLMEngine:
                 result = self.runner.collect(handle)
             except Exception as err:
                 result = err
-        for seq in sched.requests:
-            seq.num_pending = max(0, seq.num_pending - 1)
-        if isinstance(result, Exception) and len(sched.requests) > 1:
-            logger.warning("Model step failed (%s); retrying its %d sequences one by one", result, len(sched.requests))
-            outputs = []
-            for seq in sched.requests:
-                if not seq.is_finished:
-                    copies = [c for c in sched.block_copies if c[1] in seq.block_ids]
-                    single = SchedulerOutput(sched.is_prefill, [seq], block_copies=copies,
-                                             num_new=[sched.num_new[sched.requests.index(seq)]])
-                    outputs += self._process(*self._dispatch(single), cursors)
-            return outputs
         if isinstance(result, Exception):
-            logger.error("Model step failed (%s); finishing its %d sequences with an error", result, len(sched.requests))
-            for seq in sched.requests:
-                if not seq.is_finished:
-                    seq.status, seq.error = RequestStatus.FINISHED_ERROR, f"{type(result).__name__}: {result}"
-                    self.scheduler.remove(seq)
-                if seq.beam is not None and not seq.beam.done:  # the whole search fails with its step
-                    self._fail_beam_group(self._groups.get(seq.parent_id), seq.error)
-            return self._collect(sched.requests, cursors)
+            return self._recover(sched, result, cursors)
         if sched.is_prefill:
-            self.stats["prompt_tokens"] += sum(s.num_prompt_tokens for s in sched.requests)
-        beam_groups, chunk_only = [], set()
+            self.stats["prompt_tokens"] += sum(
+                max(0, min(seq.num_prompt_tokens, done) - (done - n))
+                for seq, n, done in zip(sched.requests, sched.num_new, sched.computed)
+            )
+        bm, op = self.block_manager, self.output_processor
+        sampled, lps, ranks = result.sampled_token_ids, result.logprobs.tolist(), result.ranks.tolist()
+        finite = result.finite if result.finite is not None and not result.finite.all() else None
+        prompt_lps = result.prompt_logprobs
+        naming = bm.enable_prefix_caching
+        page = bm.block_size
+        running = RequestStatus.RUNNING
+        beam_groups, reported, generated = [], [], 0
         for i, seq in enumerate(sched.requests):
-            if seq.is_finished:  # finished or aborted while this step was in flight
+            if naming and seq.status is running and sched.computed[i] // page > seq.num_registered_blocks:
+                bm.register_computed(seq, sched.computed[i])
+            if not sched.samples[i]:  # a prompt chunk: the prompt goes on later, nothing to report yet
                 continue
-            if result.finite is not None and not result.finite[i]:
+            seq.num_pending -= 1
+            if seq.status is not running:  # finished or aborted while this step was in flight
+                continue
+            if finite is not None and not finite[i]:
                 self._fail(seq, "the model produced non-finite logits for this request")
+                reported.append(seq)
                 continue
             if seq.beam is not None:
-                seq.num_computed_tokens += sched.num_new[i]
-                self.block_manager.register_computed(seq)
-                if seq.num_computed_tokens < seq.num_tokens:
-                    continue
                 seq.beam.record(seq, result.top_ids[i], result.top_logprobs[i])
                 beam_groups.append(self._groups.get(seq.parent_id))
+                reported.append(seq)
                 continue
-            seq.num_computed_tokens += sched.num_new[i]
-            self.block_manager.register_computed(seq)
-            if seq.num_computed_tokens < seq.num_tokens - seq.num_pending:
-                chunk_only.add(seq)  # a prompt chunk: the prompt goes on later, nothing to report yet
-                continue
-            if seq.request_id in result.prompt_logprobs:
-                self.output_processor.set_prompt_logprobs(self._groups[seq.parent_id], result.prompt_logprobs[seq.request_id])
+            if prompt_lps and seq.request_id in prompt_lps:
+                op.set_prompt_logprobs(self._groups[seq.parent_id], prompt_lps[seq.request_id])
             top_ids = result.top_ids[i] if result.top_ids is not None else None
             top_lps = result.top_logprobs[i] if result.top_logprobs is not None else None
-            self.output_processor.append_token(
-                seq, result.sampled_token_ids[i], result.logprobs[i], result.ranks[i], top_ids, top_lps
-            )
-            self.stats["generation_tokens"] += 1
-            if seq.is_finished:
+            op.append_token(seq, sampled[i], lps[i], ranks[i], top_ids, top_lps)
+            generated += 1
+            if seq.status is not running:
                 self.scheduler.remove(seq)
                 seq.num_pending = 0
+                reported.append(seq)
+            elif seq.sampling_params.output_kind is not RequestOutputKind.FINAL_ONLY:
+                reported.append(seq)
+        self.stats["generation_tokens"] += generated
         for group in dict.fromkeys(g for g in beam_groups if g is not None):
-            self._advance_beams(group)
-        return self._collect([s for s in sched.requests if s not in chunk_only], cursors)
+            advance_beams(group, self.scheduler, self.output_processor.decode_token)
+        return self._collect(reported, cursors)
+
+    def _recover(self, sched: SchedulerOutput, error: Exception, cursors: dict | None) -> list[RequestOutput]:
+        """A step failed: drop the step planned on top of it, then retry its sequences one by one so that
+        only the one that breaks the step fails."""
+        if self._inflight is not None:
+            later, later_handle = self._inflight
+            self._inflight = None
+            if self._can_overlap and not isinstance(later_handle, Exception):
+                try:
+                    self.runner.collect(later_handle)
+                except Exception:
+                    pass
+            self._rollback(later)
+        self._rollback(sched)
+        if len(sched.requests) > 1:
+            logger.warning("Model step failed (%s); retrying its %d sequences one by one", error, len(sched.requests))
+            outputs = []
+            for seq, n in zip(sched.requests, sched.num_new):
+                if not seq.is_finished:
+                    copies = [c for c in sched.block_copies if c[1] in seq.block_ids]
+                    single = SchedulerOutput(sched.is_prefill, [seq], block_copies=copies, num_new=[n])
+                    outputs += self._process(*self._dispatch(single), cursors)
+            return outputs
+        logger.error("Model step failed (%s); finishing its %d sequences with an error", error, len(sched.requests))
+        for seq in sched.requests:
+            if not seq.is_finished:
+                seq.status, seq.error = RequestStatus.FINISHED_ERROR, f"{type(error).__name__}: {error}"
+                seq.num_pending = 0
+                self.output_processor.settle_text(seq)
+                self.scheduler.remove(seq)
+            if seq.beam is not None and not seq.beam.done:  # the whole search fails with its step
+                fail_beam_group(self._groups.get(seq.parent_id), self.scheduler, seq.error)
+        return self._collect(sched.requests, cursors)
 
     def _collect(self, seqs: list[Request], cursors: dict | None) -> list[RequestOutput]:
         outputs = []
@@ -381,20 +406,17 @@ class LLMEngine:
 
 
 def _needs_host_tokens(seq: Request) -> bool:
-    """Sampling that reads the sequence's own outputs (penalties, min_tokens, bad words, a grammar)."""
-    p = seq.sampling_params
-    return (
-        seq.beam is not None
-        or seq.structured_output is not None
-        or p.presence_penalty != 0
-        or p.frequency_penalty != 0
-        or p.repetition_penalty != 1
-        or len(seq.output_token_ids) < p.min_tokens
-        or bool(p.bad_words)
-    )
+    """Sampling that reads the sequence's own outputs on the host (beams, penalties, bad words, a grammar;
+    min_tokens until reached), so its next step cannot be planned before its newest token is read back."""
+    until = seq.host_tokens_until
+    if until is None:
+        p = seq.sampling_params
+        always = (
+            seq.beam is not None or seq.structured_output is not None or p.presence_penalty != 0
+            or p.frequency_penalty != 0 or p.repetition_penalty != 1 or bool(p.bad_words)
+        )
+        until = seq.host_tokens_until = _ALWAYS if always else p.min_tokens
+    return until > 0 and len(seq.output_token_ids) < until
 
 
-def _finishes_for_sure(seq: Request, max_model_len: int) -> bool:
-    """The step in flight gives `seq` its last token (max_tokens or max_model_len reached)."""
-    n_out = len(seq.output_token_ids) + seq.num_pending
-    return n_out >= seq.max_tokens or seq.num_prompt_tokens + n_out >= max_model_len
+_ALWAYS = 1 << 62

@@ -75,7 +75,9 @@ class OutputProcessor:
             seq.status, seq.stop_reason, stopped_by_token = RequestStatus.FINISHED_STOPPED, None, True
         elif can_stop and token in (p.stop_token_ids or ()):
             seq.status, seq.stop_reason, stopped_by_token = RequestStatus.FINISHED_STOPPED, token, True
-        if seq.detokenizer is not None and (not stopped_by_token or p.include_stop_str_in_output):
+        if seq.detokenize_at_end:
+            pass
+        elif seq.detokenizer is not None and (not stopped_by_token or p.include_stop_str_in_output):
             delta = seq.detokenizer.add_tokens([token])
             seq.output_text += delta
             if p.stop and can_stop and not seq.is_finished:
@@ -88,8 +90,17 @@ class OutputProcessor:
             seq.status = RequestStatus.FINISHED_STOPPED  # the grammar ended (its end token even with ignore_eos)
         if not seq.is_finished and (n_out >= seq.max_tokens or seq.num_prompt_tokens + n_out >= self.max_model_len):
             seq.status = RequestStatus.FINISHED_LENGTH
+        if seq.is_finished and seq.detokenize_at_end:
+            stop_hidden = stopped_by_token and not p.include_stop_str_in_output
+            seq.output_text += seq.detokenizer.add_tokens(seq.output_token_ids[:-1] if stop_hidden else seq.output_token_ids)
         if seq.is_finished and seq.detokenizer is not None and seq.status is not RequestStatus.FINISHED_STOPPED:
             seq.output_text += seq.detokenizer.flush()  # a character cut short by the length limit
+
+    @staticmethod
+    def settle_text(seq: Request) -> None:
+        """The text of a sequence that decodes at its end but ended another way (an error)."""
+        if seq.detokenize_at_end and seq.detokenizer is not None and not seq.detokenizer.output_token_ids:
+            seq.output_text += seq.detokenizer.add_tokens(seq.output_token_ids) + seq.detokenizer.flush()
 
     def _completion(self, seq: Request, index: int, delta_from: tuple[int, int] | None) -> CompletionOutput:
         p = seq.sampling_params

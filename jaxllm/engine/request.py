@@ -59,6 +59,11 @@ class Request:
     num_preemptions: int = 0
     error: str | None = None
     block_hashes: list[int] = field(default_factory=list)  # prefix-cache names of the full pages so far
+    num_registered_blocks: int = 0  # leading pages already offered to the prefix cache
+    table_row: int = -1  # this sequence's row in the block manager's NumPy block table (-1: no pages)
+    step_static: Any = None  # per-step values that never change, cached by the runner's input builder
+    host_tokens_until: int | None = None  # the engine's cache: outputs below this count are needed on the host
+    detokenize_at_end: bool = False  # text decoded once when finished (no stop strings, final output only)
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at the first prefill
     beam: Any = None  # BeamState when this sequence is one beam of a beam search
     on_hold: bool = False  # running, but skipped by the scheduler until the engine releases it

@@ -25,6 +25,8 @@ class SchedulerOutput:
     preempted: list[Request] = field(default_factory=list)
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) pages, before the step
     num_new: list[int] = field(default_factory=list)  # tokens each sequence computes in this step
+    samples: list[bool] = field(default_factory=list)  # set at dispatch: the row's token is a new one
+    computed: list[int] = field(default_factory=list)  # set at dispatch: tokens computed once it is done
 
     @property
     def num_tokens(self) -> int:
@@ -67,18 +69,17 @@ class Scheduler:
     def _schedule(self, overlap: bool, exclude) -> SchedulerOutput:
         """The next step. With `overlap`, the step is planned while another is still in flight: it
         never preempts (an empty output means "wait for the step in flight first") and leaves out the
-        sequences in `exclude` (those that step is certain to finish)."""
-        if overlap:
-            if self.config.enable_chunked_prefill and (self.waiting or any(_prefilling(r) for r in self.running)):
-                return SchedulerOutput(is_prefill=False)  # mixed steps read their tokens from the host
-            out = SchedulerOutput(is_prefill=True) if self.config.enable_chunked_prefill else self._schedule_prefill()
-            return out if out else self._schedule_decode_overlapped(exclude)
+        sequences in `exclude` (those that step is certain to finish). A sequence whose newest token
+        is still being sampled takes part all the same: the device reads that token where the step in
+        flight leaves it."""
         if self.config.enable_chunked_prefill:
-            return self._schedule_chunked()
-        out = self._schedule_prefill()
-        return out if out else self._schedule_decode()
+            return self._schedule_chunked(overlap, exclude)
+        out = self._schedule_prefill(exclude)
+        if out:
+            return out
+        return self._schedule_decode_overlapped(exclude) if overlap else self._schedule_decode()
 
-    def _schedule_chunked(self) -> SchedulerOutput:
+    def _schedule_chunked(self, overlap: bool = False, exclude=frozenset()) -> SchedulerOutput:
         """One token budget: running sequences first (decodes, then prompts mid-prefill), then new prompts.
 
         A prompt that does not fit the remaining budget is split; its chunks run in later steps next to
@@ -88,35 +89,56 @@ class Scheduler:
         out = SchedulerOutput(is_prefill=True)
         budget = self.config.max_num_batched_tokens
         bm = self.block_manager
-        held = [r for r in self.running if r.on_hold]
-        queue = deque(sorted((r for r in self.running if not r.on_hold), key=_prefilling))  # decodes first
+        page = bm.block_size
+        held, skipped, decodes, prompts = [], [], [], []
+        for r in self.running:
+            if r.on_hold:
+                held.append(r)
+            elif r in exclude:
+                skipped.append(r)
+            else:
+                (prompts if r.num_computed_tokens < len(r.prompt_token_ids) else decodes).append(r)
+        queue = deque(decodes + prompts)  # decodes first
+        pure_decode = not prompts
         while queue and budget > 0:
             request = queue.popleft()
-            n_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            target = request.num_computed_tokens + n_new
-            while not self._fits(request, target):
-                if self._release_held_pages(held):
+            computed = request.num_computed_tokens
+            left = len(request.prompt_token_ids) + len(request.output_token_ids) + request.num_pending - computed
+            n_new = left if left < budget else budget
+            if n_new <= 0:  # nothing left to compute until its step in flight is read
+                skipped.append(request)
+                continue
+            if n_new != 1 or left != 1:
+                pure_decode = False
+            target = computed + n_new
+            if target > len(request.block_ids) * page or request.beam is not None:
+                while not self._fits(request, target):
+                    if overlap:
+                        return SchedulerOutput(is_prefill=False)  # never preempt under a step in flight
+                    if self._release_held_pages(held):
+                        continue
+                    victim = queue.pop() if queue else request
+                    self._preempt(victim, out)
+                    if victim is request:
+                        break
+                else:
+                    bm.allocate(request, target)
+                    copy = bm.make_writable(request, target - 1)  # a beam writing a shared page
+                    if copy:
+                        out.block_copies.append(copy)
+                if request.status is RequestStatus.PREEMPTED:
                     continue
-                victim = queue.pop() if queue else request
-                self._preempt(victim, out)
-                if victim is request:
-                    break
-            else:
-                bm.allocate(request, target)
-                copy = bm.make_writable(request, target - 1)  # a beam writing a shared page
-                if copy:
-                    out.block_copies.append(copy)
-                request.num_new_tokens = n_new
-                out.requests.append(request)
-                budget -= n_new
-        self.running = held + out.requests + list(queue)  # those past the budget wait for the next step
-        while self.waiting and budget > 0 and self._num_active() < self.config.max_num_seqs:
+            request.num_new_tokens = n_new
+            out.requests.append(request)
+            budget -= n_new
+        self.running = held + skipped + out.requests + list(queue)  # those past the budget wait
+        while self.waiting and budget > 0 and self._num_active(exclude) < self.config.max_num_seqs:
             request = self.waiting[0]
             cached = 0 if request.wants_prompt_logprobs else bm.match_prefix(request)
             n_new = min(request.num_tokens - cached, budget)
             target = cached + n_new
             whole = n_new == request.num_tokens - cached
-            while not bm.can_allocate(request, target) and self._release_held_pages(held):
+            while not overlap and not bm.can_allocate(request, target) and self._release_held_pages(held):
                 pass
             if (request.wants_prompt_logprobs and not whole) or not bm.can_allocate(request, target):
                 bm.free(request)  # give back the shared prefix pages
@@ -126,16 +148,15 @@ class Scheduler:
                 request.num_cached_tokens = cached
             bm.allocate(request, target)
             request.num_new_tokens = n_new
+            pure_decode = False
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             out.requests.append(request)
             budget -= n_new
-        # A pure decode step: every row computes exactly its newest token, which an earlier step sampled.
-        out.is_prefill = not all(
-            r.num_new_tokens == 1 and r.num_computed_tokens == r.num_tokens - 1 and not _prefilling(r)
-            for r in out.requests
-        )
+        # A pure decode step: every row computes exactly its newest token, which an earlier step sampled
+        # (or the step in flight is sampling).
+        out.is_prefill = bool(out.requests) and not pure_decode
         return out
 
     def _schedule_decode_overlapped(self, exclude) -> SchedulerOutput:
@@ -148,11 +169,11 @@ class Scheduler:
             request.num_new_tokens = 1
         return SchedulerOutput(is_prefill=False, requests=batch)
 
-    def _schedule_prefill(self) -> SchedulerOutput:
+    def _schedule_prefill(self, exclude=frozenset()) -> SchedulerOutput:
         out = SchedulerOutput(is_prefill=True)
         budget = self.config.max_num_batched_tokens
         bm = self.block_manager
-        while self.waiting and self._num_active() < self.config.max_num_seqs:
+        while self.waiting and self._num_active(exclude) < self.config.max_num_seqs:
             request = self.waiting[0]
             n = request.num_tokens
             cached = 0 if request.wants_prompt_logprobs else bm.match_prefix(request)
@@ -198,9 +219,10 @@ class Scheduler:
         self.running = held + out.requests
         return out
 
-    def _num_active(self) -> int:
-        """Running sequences that take part in steps (beams waiting for their round do not)."""
-        return sum(1 for r in self.running if not r.on_hold)
+    def _num_active(self, exclude=frozenset()) -> int:
+        """Running sequences that take part in steps (beams waiting for their round do not, nor those
+        the step in flight certainly finishes)."""
+        return sum(1 for r in self.running if not r.on_hold and r not in exclude)
 
     def _release_held_pages(self, held: list[Request]) -> bool:
         """Free the pages of one beam waiting for its round; its candidates are already recorded and
@@ -224,7 +246,3 @@ class Scheduler:
         self.waiting.appendleft(request)
         out.preempted.append(request)
 
-
-def _prefilling(request: Request) -> bool:
-    """The prompt is not fully computed yet (a chunk of it ran, or is running)."""
-    return request.num_computed_tokens < request.num_prompt_tokens

@@ -1,12 +1,21 @@
 """Turn a scheduler decision into fixed-shape NumPy arrays for one compiled step.
 
-Prefill packs the sequences' tokens back to back and pads to a token bucket T:
+Prefill packs the rows' tokens back to back and pads to a token bucket T (a row is a whole prompt, a
+chunk of one, or, in a mixed step, one decode token):
 
     tokens       [a0 a1 a2 a3 b0 b1 pad pad]   segment_ids [0 0 0 0 1 1 -1 -1]
     positions    [0  1  2  3  0  1  0   0  ]   logits_indices [3 5 0 0]  (last token of each)
 
 Decode has one token per sequence, padded to a batch bucket B; padding rows have context length 0
 and write their K/V into the null page.
+
+Every array is built with whole-array NumPy operations from a few per-row numbers: the block tables
+and slot mappings are gathers from the block manager's NumPy table, and the sampling parameters that
+never change are read once per sequence (`Request.step_static`).
+
+A row whose newest token is still being sampled by the step in flight (the engine plans step N+1
+before it reads step N) has no host value for it: `token_from_buffer` marks that token, and the
+device reads it from the token buffer at `token_src_slots`, where step N left it.
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from jaxllm.runner.buckets import bucket_for
+from pallas_kernels.ragged_paged_attention import query_blocks
+
+_PENALTIES, _FILTERS, _TOP_LOGPROBS, _MAY_BIAS, _BITMASK = 1, 2, 4, 8, 16
 
 
 @dataclass
@@ -44,12 +56,12 @@ class InputBatch:
     sampling: dict  # SamplingMetadata fields as NumPy arrays (None for unused features)
     flags: StepFlags
     # The device keeps each sequence's newest sampled token at the pool slot of the position that
-    # produced it, so a decode step reads its input tokens there and never waits for the host.
-    token_src_slots: np.ndarray | None = None  # [B] decode: where to read each row's input token
-    token_from_buffer: np.ndarray | None = None  # [B] bool decode: False = take `tokens` (beams choose on host)
+    # produced it, so a step reads a token still in flight there and never waits for the host.
+    token_src_slots: np.ndarray | None = None  # [T] where to read a token in flight
+    token_from_buffer: np.ndarray | None = None  # [T] bool: True = read it there, False = take `tokens`
     token_dst_slots: np.ndarray | None = None  # [B] where to store each row's sampled token
     segment_ids: np.ndarray | None = None  # [T] prefill
-    block_tables: np.ndarray | None = None  # [B, W] decode
+    block_tables: np.ndarray | None = None  # [B, W] decode, and prefill through the pool
     context_lens: np.ndarray | None = None  # [B] decode
     q_block_rows: np.ndarray | None = None  # [Qn] prefill after a cached prefix: the ragged kernel's plan
     q_block_starts: np.ndarray | None = None
@@ -57,52 +69,78 @@ class InputBatch:
     prompt_spans: list[tuple[int, int]] | None = None  # (start, length) in the packed prompt, prefill
 
 
-def _flags(requests, is_prefill: bool, bias_rows: list) -> StepFlags:
-    def any_(pred):
-        return any(pred(r.sampling_params) for r in requests)
+def _static(r) -> tuple[int, tuple]:
+    """(feature bits, sampling row) of a sequence, computed once."""
+    st = r.step_static
+    if st is None:
+        p = r.sampling_params
+        bits = 0
+        if p.presence_penalty != 0 or p.frequency_penalty != 0 or p.repetition_penalty != 1:
+            bits |= _PENALTIES
+        if p.temperature > 0 and (p.top_k > 0 or p.top_p < 1 or p.min_p > 0):
+            bits |= _FILTERS
+        if p.logprobs:
+            bits |= _TOP_LOGPROBS
+        if p.allowed_token_ids or p.logit_bias or p.min_tokens > 0 or getattr(r, "bad_words_ids", None):
+            bits |= _MAY_BIAS
+        if r.structured_output is not None:
+            bits |= _BITMASK
+        seed = r.seed
+        row = (p.temperature, max(0, p.top_k), p.top_p, p.min_p, seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)
+        st = r.step_static = (bits, row)
+    return st
 
-    return StepFlags(
-        penalties=any_(
-            lambda p: p.presence_penalty != 0 or p.frequency_penalty != 0 or p.repetition_penalty != 1
-        ),
-        bias=any(b is not None for b in bias_rows),
-        filters=any_(lambda p: p.temperature > 0 and (p.top_k > 0 or p.top_p < 1 or p.min_p > 0)),
-        top_logprobs=any_(lambda p: bool(p.logprobs)),
-        prompt_logprobs=is_prefill and any(r.wants_prompt_logprobs for r in requests),
-        bitmask=any(r.structured_output is not None for r in requests),
-    )
 
-
-def _sampling_arrays(requests, rows: int, flags: StepFlags, bias_rows, vocab: int, max_len: int) -> dict:
-    def col(fn, dtype, pad):
-        out = np.full(rows, pad, dtype)
-        out[: len(requests)] = [fn(r) for r in requests]
-        return out
-
+def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: int, max_len: int):
+    """(SamplingMetadata arrays, StepFlags) for the rows."""
+    n = len(requests)
+    bits = 0
+    for b, _ in statics:
+        bits |= b
+    table = np.zeros((rows, 6), np.float64)
+    table[:, 2] = 1.0  # top_p of padding rows
+    if n:
+        table[:n] = [row for _, row in statics]
+    step = np.zeros(rows, np.int32)
+    step[:n] = [len(r.output_token_ids) + r.num_pending for r in requests]
     arrays = {
-        "temperature": col(lambda r: r.sampling_params.temperature, np.float32, 0.0),
-        "top_k": col(lambda r: max(0, r.sampling_params.top_k), np.int32, 0),
-        "top_p": col(lambda r: r.sampling_params.top_p, np.float32, 1.0),
-        "min_p": col(lambda r: r.sampling_params.min_p, np.float32, 0.0),
-        "seed_lo": col(lambda r: r.seed & 0xFFFFFFFF, np.uint32, 0),
-        "seed_hi": col(lambda r: (r.seed >> 32) & 0xFFFFFFFF, np.uint32, 0),
-        "step": col(lambda r: len(r.output_token_ids) + r.num_pending, np.int32, 0),
+        "temperature": table[:, 0].astype(np.float32),
+        "top_k": table[:, 1].astype(np.int32),
+        "top_p": table[:, 2].astype(np.float32),
+        "min_p": table[:, 3].astype(np.float32),
+        "seed_lo": table[:, 4].astype(np.uint32),
+        "seed_hi": table[:, 5].astype(np.uint32),
+        "step": step,
     }
+    bias = None
+    if bits & _MAY_BIAS:
+        for i, (r, (b, _)) in enumerate(zip(requests, statics)):
+            row = bias_fn(r) if b & _MAY_BIAS else None
+            if row is not None:
+                if bias is None:
+                    bias = np.zeros((rows, vocab), np.float32)
+                bias[i] = row
+    flags = StepFlags(
+        penalties=bool(bits & _PENALTIES),
+        bias=bias is not None,
+        filters=bool(bits & _FILTERS),
+        top_logprobs=bool(bits & _TOP_LOGPROBS),
+        prompt_logprobs=is_prefill and any(r.wants_prompt_logprobs for r in requests),
+        bitmask=bool(bits & _BITMASK),
+    )
     if flags.penalties:
-        arrays["presence_penalty"] = col(lambda r: r.sampling_params.presence_penalty, np.float32, 0.0)
-        arrays["frequency_penalty"] = col(lambda r: r.sampling_params.frequency_penalty, np.float32, 0.0)
-        arrays["repetition_penalty"] = col(lambda r: r.sampling_params.repetition_penalty, np.float32, 1.0)
-        arrays["prompt_lens"] = col(lambda r: r.num_prompt_tokens, np.int32, 0)
+        arrays["presence_penalty"] = _column(requests, rows, lambda p: p.presence_penalty, np.float32, 0.0)
+        arrays["frequency_penalty"] = _column(requests, rows, lambda p: p.frequency_penalty, np.float32, 0.0)
+        arrays["repetition_penalty"] = _column(requests, rows, lambda p: p.repetition_penalty, np.float32, 1.0)
+        prompt_lens = np.zeros(rows, np.int32)
+        prompt_lens[:n] = [r.num_prompt_tokens for r in requests]
+        arrays["prompt_lens"] = prompt_lens
         ids = np.full((rows, max_len), -1, np.int32)
         for i, r in enumerate(requests):
             toks = r.all_token_ids
             ids[i, : len(toks)] = toks
         arrays["token_ids"] = ids
-    if flags.bias:
-        bias = np.zeros((rows, vocab), np.float32)
-        for i, row in enumerate(bias_rows):
-            if row is not None:
-                bias[i] = row
+    if bias is not None:
         arrays["logit_bias"] = bias
     if flags.bitmask:  # all bits set: unconstrained (and padding) rows keep every token
         mask = np.full((rows, (vocab + 31) // 32), -1, np.int32)
@@ -110,92 +148,133 @@ def _sampling_arrays(requests, rows: int, flags: StepFlags, bias_rows, vocab: in
             if r.structured_output is not None:
                 r.structured_output.fill_bitmask(mask, i)
         arrays["token_bitmask"] = mask
-    return arrays
+    return arrays, flags
+
+
+def _column(requests, rows: int, fn, dtype, pad) -> np.ndarray:
+    out = np.full(rows, pad, dtype)
+    out[: len(requests)] = [fn(r.sampling_params) for r in requests]
+    return out
+
+
+def _rows(requests, block_manager):
+    """Per-row (first position computed, tokens computed, tokens known on the host, block-table row)."""
+    data = np.array(
+        [(r.num_computed_tokens, r.num_new_tokens, len(r.prompt_token_ids) + len(r.output_token_ids)) for r in requests],
+        np.int64,
+    ).reshape(len(requests), 3)
+    return data[:, 0], data[:, 1], data[:, 2], block_manager.table_rows(requests)
+
+
+def _token(r, position: int) -> int:
+    prompt = r.prompt_token_ids
+    return prompt[position] if position < len(prompt) else r.output_token_ids[position - len(prompt)]
 
 
 RAGGED_QUERY_BLOCK = 16  # query tokens per program of the ragged kernel
 
 
-def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, max_len, bias_rows, table_width):
-    """Pack each sequence's uncomputed tokens (all of them, or the suffix after a cached prefix)."""
-    total = sum(r.num_new_tokens for r in requests)
+def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, max_len, bias_fn, table_width):
+    """Pack each row's uncomputed tokens (a whole prompt, the part after a cached prefix, a chunk, or
+    one decode token)."""
+    n = len(requests)
+    first, count, known, rows = _rows(requests, block_manager)
+    total = int(count.sum())
     t = bucket_for(total, token_buckets)
     b = min(max_num_seqs, t)
+    starts = np.cumsum(count) - count
+    token_row = np.repeat(np.arange(n), count)
+    pos = np.repeat(first - starts, count) + np.arange(total)
     tokens = np.zeros(t, np.int32)
     positions = np.zeros(t, np.int32)
+    positions[:total] = pos
     segment_ids = np.full(t, -1, np.int32)
+    segment_ids[:total] = token_row
     slot_mapping = np.zeros(t, np.int32)  # padding writes into the null page
+    slot_mapping[:total] = block_manager.slots(rows[token_row], pos)
     logits_indices = np.zeros(b, np.int32)
-    spans, start = [], 0
+    logits_indices[:n] = starts + count - 1
+    in_flight = first >= known  # the row's token is being sampled by the step in flight
     for i, r in enumerate(requests):
-        assert r.num_pending == 0, "a sequence with tokens in flight cannot be prefilled"
-        first = r.num_computed_tokens
-        n = r.num_new_tokens
-        tokens[start : start + n] = r.all_token_ids[first : first + n]
-        positions[start : start + n] = np.arange(first, first + n)
-        segment_ids[start : start + n] = i
-        slot_mapping[start : start + n] = [block_manager.slot(r, p) for p in range(first, first + n)]
-        logits_indices[i] = start + n - 1
-        spans.append((start, n))
-        start += n
-    flags = _flags(requests, True, bias_rows)
+        a, s = int(first[i]), int(starts[i])
+        e = min(a + int(count[i]), int(known[i]))
+        if e <= a:
+            continue
+        prompt = r.prompt_token_ids
+        if e <= len(prompt):
+            tokens[s : s + e - a] = prompt[a:e]
+        elif e - a == 1:
+            tokens[s] = _token(r, a)
+        else:
+            tokens[s : s + e - a] = r.all_token_ids[a:e]
+    from_buffer = np.zeros(t, np.bool_)
+    src_slots = np.zeros(t, np.int32)
+    if in_flight.any():
+        at = starts[in_flight]
+        from_buffer[at] = True
+        src_slots[at] = block_manager.slots(rows[in_flight], first[in_flight] - 1)
+    statics = [_static(r) for r in requests]
+    sampling, flags = _sampling(requests, statics, b, True, bias_fn, vocab, max_len)
+    spans = list(zip(starts.tolist(), count.tolist()))
     ragged = {}
-    if any(r.num_computed_tokens for r in requests):
-        # Some prompt continues after pages already in the pool: every token attends through the pool.
-        from pallas_kernels.ragged_paged_attention import query_blocks
-
+    if first.any():
+        # Some row continues after pages already in the pool: every token attends through the pool.
         tables = np.zeros((b, table_width), np.int32)
-        for i, r in enumerate(requests):
-            tables[i, : len(r.block_ids)] = r.block_ids
-        rows, starts, lens = query_blocks(
-            np.array([s for s, _ in spans]), np.array([n for _, n in spans]), RAGGED_QUERY_BLOCK,
-            -(-t // RAGGED_QUERY_BLOCK) + b,
-        )
-        ragged = dict(block_tables=tables, q_block_rows=rows, q_block_starts=starts, q_block_lens=lens)
+        tables[:n] = block_manager.block_table(rows, table_width)
+        q_rows, q_starts, q_lens = query_blocks(starts, count, RAGGED_QUERY_BLOCK, -(-t // RAGGED_QUERY_BLOCK) + b)
+        ragged = dict(block_tables=tables, q_block_rows=q_rows, q_block_starts=q_starts, q_block_lens=q_lens)
         segment_ids = None
+    dst = np.zeros(b, np.int32)
+    dst[:n] = slot_mapping[logits_indices[:n]]
     return InputBatch(
         is_prefill=True,
-        num_seqs=len(requests),
+        num_seqs=n,
         tokens=tokens,
         positions=positions,
         slot_mapping=slot_mapping,
         logits_indices=logits_indices,
-        sampling=_sampling_arrays(requests, b, flags, bias_rows, vocab, max_len),
+        sampling=sampling,
         flags=flags,
-        token_dst_slots=np.where(np.arange(b) < len(requests), slot_mapping[logits_indices], 0).astype(np.int32),
+        token_src_slots=src_slots,
+        token_from_buffer=from_buffer,
+        token_dst_slots=dst,
         segment_ids=segment_ids,
         prompt_spans=spans,
         **ragged,
     )
 
 
-def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max_len, bias_rows):
-    b = bucket_for(len(requests), batch_buckets)
+def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max_len, bias_fn):
+    """One token per row: each row's newest token at position `num_computed_tokens`."""
+    n = len(requests)
+    first, _, known, rows = _rows(requests, block_manager)
+    b = bucket_for(n, batch_buckets)
+    in_flight = first >= known
     tokens = np.zeros(b, np.int32)
+    if not in_flight.all():
+        tokens[:n] = [0 if f else _token(r, int(p)) for r, p, f in zip(requests, first, in_flight)]
     positions = np.zeros(b, np.int32)
+    positions[:n] = first
     slot_mapping = np.zeros(b, np.int32)
-    block_tables = np.zeros((b, table_width), np.int32)
-    context_lens = np.zeros(b, np.int32)
+    slot_mapping[:n] = block_manager.slots(rows, first)
     src_slots = np.zeros(b, np.int32)
-    from_buffer = np.ones(b, np.bool_)
-    for i, r in enumerate(requests):
-        if r.beam is not None:  # a beam's input token was chosen by the host, not sampled
-            tokens[i], from_buffer[i] = r.output_token_ids[-1], False
-        pos = r.num_tokens - 1
-        positions[i] = pos
-        slot_mapping[i] = block_manager.slot(r, pos)
-        src_slots[i] = block_manager.slot(r, pos - 1)  # the step at pos - 1 sampled this row's input
-        block_tables[i, : len(r.block_ids)] = r.block_ids
-        context_lens[i] = r.num_tokens
-    flags = _flags(requests, False, bias_rows)
+    src_slots[:n] = np.where(in_flight, block_manager.slots(rows, np.maximum(first - 1, 0)), 0)
+    from_buffer = np.zeros(b, np.bool_)
+    from_buffer[:n] = in_flight
+    block_tables = np.zeros((b, table_width), np.int32)
+    block_tables[:n] = block_manager.block_table(rows, table_width)
+    context_lens = np.zeros(b, np.int32)
+    context_lens[:n] = first + 1
+    statics = [_static(r) for r in requests]
+    sampling, flags = _sampling(requests, statics, b, False, bias_fn, vocab, max_len)
     return InputBatch(
         is_prefill=False,
-        num_seqs=len(requests),
+        num_seqs=n,
         tokens=tokens,
         positions=positions,
         slot_mapping=slot_mapping,
         logits_indices=np.arange(b, dtype=np.int32),
-        sampling=_sampling_arrays(requests, b, flags, bias_rows, vocab, max_len),
+        sampling=sampling,
         flags=flags,
         token_src_slots=src_slots,
         token_from_buffer=from_buffer,

@@ -90,8 +90,8 @@ def _step(
     params, kv_caches, token_buffer, tokens, positions, md, logits_indices, smd, next_tokens, src_slots, dst_slots,
     from_buffer, *, module, cfg, flags, top,
 ):
-    if src_slots is not None:  # decode: each row's input is the token its previous step left on device
-        tokens = jnp.where(from_buffer, token_buffer[src_slots], tokens)
+    # A token still being sampled when this step was planned is read where its step left it on device.
+    tokens = jnp.where(from_buffer, token_buffer[src_slots], tokens)
     hidden, kv_caches = module.forward(params, cfg, tokens, positions, kv_caches, md)  # [T, D]
     logits = module.compute_logits(params, cfg, hidden[logits_indices])  # [B, V]
     out = sample(
@@ -291,20 +291,17 @@ class ModelRunner:
     def prepare(self, sched_out, block_manager) -> InputBatch:
         requests = sched_out.requests
         vocab = self.model_config.vocab_size
-        bias_rows = [step_logit_bias(r, vocab) for r in requests]
         max_len = self.scheduler_config.max_model_len
+
+        def bias(r):
+            return step_logit_bias(r, vocab)
+
         if sched_out.is_prefill:
             return build_prefill(
-                requests,
-                block_manager,
-                self.prefill_buckets,
-                self.scheduler_config.max_num_seqs,
-                vocab,
-                max_len,
-                bias_rows,
-                self.table_width,
+                requests, block_manager, self.prefill_buckets, self.scheduler_config.max_num_seqs, vocab, max_len,
+                bias, self.table_width,
             )
-        return build_decode(requests, block_manager, self.decode_buckets, self.table_width, vocab, max_len, bias_rows)
+        return build_decode(requests, block_manager, self.decode_buckets, self.table_width, vocab, max_len, bias)
 
     def dispatch(self, sched_out, block_manager) -> PendingStep:
         """Start a step on the device and return without waiting for it."""

@@ -82,6 +82,15 @@ class _ShapeOnlyPool:
     def slot(self, request, position: int) -> int:
         return 0
 
+    def table_rows(self, requests) -> np.ndarray:
+        return np.zeros(len(requests), np.int64)
+
+    def block_table(self, rows, width: int) -> np.ndarray:
+        return np.zeros((len(rows), width), np.int32)
+
+    def slots(self, rows, positions) -> np.ndarray:
+        return np.zeros(len(positions), np.int32)
+
 
 def _requests(count: int, new: int, computed: int = 0) -> list[Request]:
     params = SamplingParams()

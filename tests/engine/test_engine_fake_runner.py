@@ -50,7 +50,10 @@ class FakeAsyncRunner(FakeRunner):
         self.steps.append((sched.is_prefill, [s.request_id for s in sched.requests]))
         ids = []
         for s in sched.requests:
-            last = s.all_token_ids[-1] if sched.is_prefill else self.device_tokens[s.request_id]
+            end = s.num_computed_tokens + s.num_new_tokens  # the row's last token is at end - 1
+            known = s.all_token_ids
+            # a token not on the host yet is the one the step in flight left on the "device"
+            last = known[end - 1] if end <= len(known) else self.device_tokens[s.request_id]
             self.device_tokens[s.request_id] = (last + 1) % VOCAB
             ids.append(self.device_tokens[s.request_id])
         n = len(ids)
