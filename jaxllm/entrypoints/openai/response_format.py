@@ -25,8 +25,6 @@ def structured_outputs_from_request(request: Any) -> StructuredOutputsParams | N
         value = getattr(request, field, None)
         if value is not None:
             spec[key], param = value, field
-    if getattr(request, "guided_decoding_backend", None) is not None:
-        spec.setdefault("backend", request.guided_decoding_backend)
     if not spec:
         return None
     try:
