@@ -30,8 +30,6 @@ from jaxllm.entrypoints.openai.chat_tool_calls import ChatToolCalls
 from jaxllm.langchain.base import JaxLLMFields
 from jaxllm.structured_output.params import StructuredOutputsParams
 
-_TOOL_KWARGS = ("tools", "tool_choice", "parallel_tool_calls")
-
 
 def _message_dict(message: BaseMessage) -> dict[str, Any]:
     """A LangChain message as the OpenAI-style dict chat templates read."""
@@ -57,6 +55,24 @@ def _message_dict(message: BaseMessage) -> dict[str, Any]:
     if isinstance(message, ToolMessage):
         out["tool_call_id"] = message.tool_call_id
     return out
+
+
+def _split_calls(calls: list[Any]) -> tuple[list[dict], list[dict]]:
+    """LangChain's `tool_calls` and `invalid_tool_calls` (arguments that are not a JSON object, e.g. cut
+    short by the token limit)."""
+    valid, invalid = [], []
+    for call in calls:
+        try:
+            args = json.loads(call.arguments, strict=False)
+        except ValueError as err:
+            args, error = None, f"arguments are not JSON: {err}"
+        else:
+            error = None if isinstance(args, dict) else "arguments are not a JSON object"
+        if error is None:
+            valid.append({"name": call.name, "args": args, "id": call.id})
+        else:
+            invalid.append({"name": call.name, "args": call.arguments, "id": call.id, "error": error})
+    return valid, invalid
 
 
 def _usage_metadata(usage: dict[str, int]) -> dict[str, int]:
@@ -120,10 +136,11 @@ class ChatJaxLLM(JaxLLMFields, BaseChatModel):
         for i, c in enumerate(result.completions[0]):
             content, calls = plan.calls(c.text)
             info = {**c.info, "finish_reason": plan.finish_reason(c.info.get("finish_reason"), bool(calls))}
+            valid, invalid = _split_calls(calls)
             message = AIMessage(
                 content=content or "",
-                tool_calls=[{"name": t.name, "args": json.loads(t.arguments, strict=False), "id": t.id}
-                            for t in calls],
+                tool_calls=valid,
+                invalid_tool_calls=invalid,
                 response_metadata={**info, "model_name": self.model},
                 usage_metadata=_usage_metadata(usage) if i == 0 else None,
             )
@@ -162,10 +179,11 @@ class ChatJaxLLM(JaxLLMFields, BaseChatModel):
     def _tool_plan(self, kwargs: dict[str, Any]) -> tuple[ChatToolCalls, dict[str, Any]]:
         """How this call's `tools` / `tool_choice` (from `bind_tools`) shape and read the output."""
         kwargs = dict(kwargs)
-        plan = ChatToolCalls.create(*(kwargs.pop(k, None) for k in _TOOL_KWARGS), self.tool_call_parser)
-        if plan.tools:
-            kwargs["tools"] = [{"type": "function", "function": {"name": name, "parameters": schema}}
-                               for name, schema in plan.tools.items()]
+        tools = kwargs.pop("tools", None)
+        plan = ChatToolCalls.create(tools, kwargs.pop("tool_choice", None), kwargs.pop("parallel_tool_calls", None),
+                                    self.tool_call_parser)
+        if tools:
+            kwargs["tools"] = tools  # as given (descriptions included): the chat template renders them
         forced = plan.structured_outputs()
         if forced is not None:
             kwargs["structured_outputs"] = forced

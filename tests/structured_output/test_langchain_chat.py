@@ -71,3 +71,10 @@ def test_auto_tool_choice_parses_the_models_calls(tiny_model_dir):
     assert msg.response_metadata["finish_reason"] == "tool_calls"
     plain = chat.invoke("Weather?", max_new_tokens=5)
     assert plain.tool_calls == []
+
+
+def test_a_call_cut_short_is_an_invalid_tool_call(chat):
+    msg = chat.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather?", max_new_tokens=3)
+    assert msg.tool_calls == [] and msg.response_metadata["finish_reason"] == "length"
+    [bad] = msg.invalid_tool_calls
+    assert bad["name"] == "get_weather" and "not JSON" in bad["error"]
