@@ -81,29 +81,19 @@ class RequestOutput:
 
         With `aggregate` (DELTA outputs) the texts, token ids and logprobs of each completion are
         appended; otherwise (CUMULATIVE outputs) each completion is replaced by its newer version.
+        Completions are matched by `index`; the merge takes time linear in the number of completions.
         """
         self.finished |= next_output.finished
+        position = {cur.index: i for i, cur in enumerate(self.outputs)}
         for nxt in next_output.outputs:
-            for i, cur in enumerate(self.outputs):
-                if cur.index != nxt.index:
-                    continue
-                if aggregate:
-                    cur.text += nxt.text
-                    if not isinstance(cur.token_ids, MutableSequence):
-                        cur.token_ids = list(cur.token_ids)
-                    cur.token_ids.extend(nxt.token_ids)
-                    if nxt.logprobs:
-                        if cur.logprobs is None:
-                            cur.logprobs = []
-                        cur.logprobs.extend(nxt.logprobs)
-                    cur.cumulative_logprob = nxt.cumulative_logprob
-                    cur.finish_reason = nxt.finish_reason
-                    cur.stop_reason = nxt.stop_reason
-                else:
-                    self.outputs[i] = nxt
-                break
-            else:
+            i = position.get(nxt.index)
+            if i is None:
+                position[nxt.index] = len(self.outputs)
                 self.outputs.append(nxt)
+            elif aggregate:
+                _append_delta(self.outputs[i], nxt)
+            else:
+                self.outputs[i] = nxt
 
     def __repr__(self) -> str:
         return (
@@ -120,6 +110,21 @@ class RequestOutput:
             f"num_cached_tokens={self.num_cached_tokens}, "
             f"kv_transfer_params={self.kv_transfer_params})"
         )
+
+
+def _append_delta(cur: CompletionOutput, nxt: CompletionOutput) -> None:
+    """Append the DELTA output `nxt` to the completion `cur` (same index)."""
+    cur.text += nxt.text
+    if not isinstance(cur.token_ids, MutableSequence):
+        cur.token_ids = list(cur.token_ids)
+    cur.token_ids.extend(nxt.token_ids)
+    if nxt.logprobs:
+        if cur.logprobs is None:
+            cur.logprobs = []
+        cur.logprobs.extend(nxt.logprobs)
+    cur.cumulative_logprob = nxt.cumulative_logprob
+    cur.finish_reason = nxt.finish_reason
+    cur.stop_reason = nxt.stop_reason
 
 
 @dataclass

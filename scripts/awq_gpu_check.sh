@@ -7,8 +7,10 @@
 #      activations, batch 1 and 32, in the same call;
 #   3. the GPU-only AWQ tests (`-m gpu`), when pytest is installed.
 # Usage: OUT=results bash scripts/awq_gpu_check.sh
-#   BENCH_ARGS="--tuned"   only the default kernel configurations (faster)
+#   BENCH_ARGS="--tuned"   only the default kernel configurations; the full launch-configuration sweep
+#                          takes about 165 s per shape on the H200 (four row counts, 24 configurations)
 #   LATENCY="awq bf16"     which latency runs (empty: none);  GPU_TESTS=0 skips 3
+#                          (bf16 batch 1 + 32 took 50 s; AWQ needs more than 100 s: LATENCY_TIMEOUT)
 set -u
 OUT=${OUT:-results}
 LOGS=${LOGS:-/tmp/jaxllm-awq-logs}
@@ -27,7 +29,7 @@ grep -E 'FAILED|Error' "$LOGS/bench.log" | cut -c1-400 | head -20
 for q in ${LATENCY-awq bf16}; do
   stamp "latency $q"
   extra=""; [ "$q" = awq ] && extra="-q awq"
-  JAXLLM_PRECOMPILE=off timeout "${LATENCY_TIMEOUT:-150}" python scripts/benchmark_latency.py --config llama-3-8b \
+  JAXLLM_PRECOMPILE=off timeout "${LATENCY_TIMEOUT:-240}" python scripts/benchmark_latency.py --config llama-3-8b \
     --batch-size 1,32 --input-len 128 --output-len 128 --iters 2 $extra --output-json "$OUT/latency_$q.json" \
     > "$LOGS/latency_$q.log" 2>&1
   stamp "rc=$?"

@@ -11,7 +11,8 @@ For each weight shape K x N and each number of rows M it times, on the same rand
 
 Time = best of 5 repeats of back-to-back calls after warm-up; each call multiplies by NS independent
 weight sets (at least --min-bytes of int4 weights, several times the 50 MB L2, and the dense sets
-four times that), every product with its own x, so no row is served from the cache. Reported: us per
+four times that), each used once, every product with its own x, so no row is served from the cache
+and no two products share a weight (XLA would merge them). Reported: us per
 matmul, weight bytes read per second (the stored bytes of each format), % of the device-to-device
 copy ceiling measured in the same run, the 4-bit floor (int4 bytes / copy ceiling), and the speed-up
 over dense. Every output is checked against x @ W in float32 (the exactly dequantized weight).
@@ -51,7 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--small", action="store_true", help="tiny shapes, Pallas in interpret mode (CPU smoke run)")
     p.add_argument("--tuned", action="store_true", help="only the default launch configuration of each kernel")
     p.add_argument("--impls", default="dense,xla_int4,awq_xla,awq_gemv,awq_dot")
-    p.add_argument("--min-bytes", type=float, default=200e6, help="int4 weight bytes per timed call")
+    p.add_argument("--min-bytes", type=float, default=400e6, help="int4 weight bytes per timed call")
+    p.add_argument("--copy-bw", type=float, default=None, help="copy ceiling in bytes/s measured earlier (skips it)")
     p.add_argument("--budget-s", type=float, default=400.0, help="start no new shape after this many seconds")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
@@ -59,17 +61,21 @@ def parse_args(argv=None):
 
 ARGS = parse_args()
 T0 = time.perf_counter()
-COPY_BW, COPY_METHOD = (None, "none") if ARGS.small else bench_common.copy_bandwidth()  # before JAX allocates
+if ARGS.small or ARGS.copy_bw:
+    COPY_BW, COPY_METHOD = (ARGS.copy_bw, "given") if ARGS.copy_bw else (None, "none")
+else:
+    COPY_BW, COPY_METHOD = bench_common.copy_bandwidth()  # before JAX allocates
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from jaxllm.quantization import awq_gemv, awq_kernel, awq_layout, awq_unpack  # noqa: E402
-from jaxllm.quantization.awq import awq_matmul_xla, dequantize_awq  # noqa: E402
-from jaxllm.quantization.weights import QuantizedWeight  # noqa: E402
+from jaxllm.quantization import awq_gemv, awq_kernel, awq_layout, awq_unpack
+from jaxllm.quantization.awq import awq_matmul_xla, dequantize_awq
+from jaxllm.quantization.weights import QuantizedWeight
 
 INTERPRET = jax.default_backend() != "gpu"
+FAILED_ONCE: set = set()
 
 
 def log(msg: str) -> None:
@@ -100,9 +106,21 @@ def xla_int4(x, w):
     return jnp.dot(x, wd, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
-def splits_for(programs: int, k: int, target: int) -> int:
-    options = awq_unpack.split_options(k // 128, 1)
+def splits_for(programs: int, k: int, target: int, nb: int) -> int:
+    """The fewest K splits giving at least `target` programs that leave every split whole steps of nb blocks."""
+    options = [s for s in awq_unpack.split_options(k // 128, 1) if (k // 128 // s) % nb == 0] or [1]
     return next((s for s in options if programs * s >= target), options[-1])
+
+
+# Swept launch configurations: (bw, nb, programs per SM the K split aims at (0: no split), warps, stages,
+# prefetch). Bytes in flight per SM ~ programs per SM x nb x 2 KB (x2 with prefetch) is what they vary.
+GEMV_SWEEP = ((32, 2, 2, 4, 3, False), (32, 4, 4, 4, 3, False), (32, 4, 8, 4, 3, False), (32, 8, 8, 4, 3, False),
+              (32, 4, 2, 4, 3, True), (32, 4, 4, 4, 1, True), (32, 2, 4, 4, 4, False), (128, 1, 4, 4, 3, False),
+              (128, 1, 8, 8, 3, False), (64, 4, 4, 8, 3, False), (64, 1, 4, 4, 3, False), (32, 4, 16, 4, 3, False),
+              (128, 1, 8, 4, 3, False), (128, 2, 4, 8, 3, False))
+DOT_SWEEP = ((32, 2, 2, 4, 3, False), (32, 4, 4, 4, 3, False), (32, 4, 8, 4, 3, False), (32, 2, 4, 4, 3, True),
+             (64, 4, 4, 4, 3, False), (64, 2, 2, 8, 3, True), (16, 4, 8, 4, 3, False), (32, 8, 4, 4, 2, False),
+             (32, 4, 4, 4, 1, True), (64, 4, 2, 4, 4, False))
 
 
 def gemv_configs(m: int, k: int, n: int) -> list:
@@ -111,12 +129,11 @@ def gemv_configs(m: int, k: int, n: int) -> list:
     if ARGS.tuned or ARGS.small:
         return [awq_gemv.default_config(m, k, n, GROUP)]
     out = []
-    for bw, nb, per_sm, warps, stages in ((32, 2, 2, 4, 3), (32, 2, 0, 4, 3), (32, 4, 1, 4, 3), (16, 2, 2, 4, 3),
-                                          (64, 2, 2, 4, 3), (32, 2, 4, 4, 3), (32, 1, 2, 4, 4), (64, 2, 1, 8, 3)):
+    for bw, nb, per_sm, warps, stages, prefetch in GEMV_SWEEP:
         if (n // 8) % bw:
             continue
-        s = splits_for(8 * n // 8 // bw, k, per_sm * NUM_SMS) if per_sm else 1
-        cfg = awq_gemv.AwqGemvConfig(bw, nb, s, warps, stages)
+        s = splits_for(8 * n // 8 // bw, k, per_sm * NUM_SMS, nb) if per_sm else 1
+        cfg = awq_gemv.AwqGemvConfig(bw, nb, s, warps, stages, prefetch)
         if awq_gemv.valid(cfg, k, n, GROUP) and cfg not in out:
             out.append(cfg)
     return out
@@ -127,15 +144,14 @@ def dot_configs(m: int, k: int, n: int) -> list:
         return []
     if ARGS.tuned or ARGS.small:
         return [awq_kernel.default_config(m, k, n, GROUP)]
-    bm = min(awq_unpack.rows_pow2(m, 16), 128)
+    bm = min(awq_unpack.rows_pow2(m, 16), 64)
     out = []
-    for bw, nb, per_sm, warps, bm_ in ((32, 2, 2, 4, bm), (64, 2, 1, 4, bm), (32, 1, 1, 4, bm), (32, 2, 0, 4, bm),
-                                        (64, 2, 2, 8, bm), (32, 2, 2, 4, min(bm, 64))):
-        if (n // 8) % bw:
+    for bw, nb, per_sm, warps, stages, prefetch in DOT_SWEEP:
+        if (n // 8) % bw or (bm >= 64 and nb * bw * stages > 384):  # over the shared memory (H200)
             continue
-        tiles = -(-m // bm_) * 8 * (n // 8 // bw)
-        s = splits_for(tiles, k, per_sm * NUM_SMS) if per_sm else 1
-        cfg = awq_kernel.AwqKernelConfig(bm_, bw, nb, s, warps, 3)
+        tiles = -(-m // bm) * 8 * (n // 8 // bw)
+        s = splits_for(tiles, k, per_sm * NUM_SMS, nb) if per_sm else 1
+        cfg = awq_kernel.AwqKernelConfig(bm, bw, nb, s, warps if bm <= 32 else 8, stages, prefetch)
         if awq_kernel.valid(cfg, k, n, GROUP) and cfg not in out:
             out.append(cfg)
     return out
@@ -195,8 +211,10 @@ def nbytes(w) -> int:
 
 def run_shape(si: int, k: int, n: int, rows: list[int], impls: list[str], records: list) -> None:
     int4_b = k * n // 2
-    ns = 2 if ARGS.small else int(min(32, max(4, math.ceil(ARGS.min_bytes / int4_b))))
-    passes = 1 if ARGS.small else max(1, math.ceil(2 * ARGS.min_bytes / (ns * int4_b)))
+    # Every weight set is used once per call: XLA merges dots that share an operand, so a set used
+    # twice would be read once for two products and the dense rows would beat the copy ceiling.
+    ns = 2 if ARGS.small else int(min(64, max(4, math.ceil(ARGS.min_bytes / int4_b))))
+    passes = 1
     key = jax.random.key(si)
     awq = [random_awq(jax.random.fold_in(key, i), k, n) for i in range(ns)]
     formats = {"awq": awq, "dense": [dequantize_awq(w, jnp.bfloat16) for w in awq],
@@ -205,6 +223,9 @@ def run_shape(si: int, k: int, n: int, rows: list[int], impls: list[str], record
     floor_us = int4_b / COPY_BW * 1e6 if COPY_BW else None
     log(f"== {k}x{n}: {ns} weight sets x {passes} passes per call")
     for m in rows:
+        if time.perf_counter() - T0 > ARGS.budget_s:
+            log(f"budget reached: {k}x{n} m={m} skipped")
+            continue
         xs = [jax.random.normal(jax.random.fold_in(key, 1000 + j), (m, k), jnp.float32).astype(jnp.bfloat16)
               for j in range(ns * passes)]
         ref = np.asarray(xs[0], np.float32) @ ref_w
@@ -221,6 +242,9 @@ def run_shape(si: int, k: int, n: int, rows: list[int], impls: list[str], record
             except Exception as e:  # report and go on
                 rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 log(f"{k}x{n} m={m} {impl} {cfg} FAILED {rec['error']}")
+                if impl not in FAILED_ONCE:  # the whole message once per formulation
+                    FAILED_ONCE.add(impl)
+                    print(str(e)[-4000:], flush=True)
                 records.append(rec)
                 continue
             b = nbytes(formats[fmt][0])

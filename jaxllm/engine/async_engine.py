@@ -142,7 +142,7 @@ class AsyncLLMEngine:
             if params.structured_outputs is not None and hasattr(self.engine, "compile_grammar"):
                 # a grammar can take seconds to compile: here, not on the engine thread (which then finds it cached)
                 await loop.run_in_executor(None, self.engine.compile_grammar, params.structured_outputs)
-        stream = RequestStream(request_id, self, loop)
+        stream = RequestStream(request_id, self._abort_soon, loop)
         accepted: asyncio.Future[None] = loop.create_future()
         with self._lock:
             self.check_health()
@@ -214,6 +214,8 @@ class AsyncLLMEngine:
                 self._abort(cmd[1])
 
     def _add(self, request_id, prompt, params, stream, accepted, arrival) -> None:
+        if accepted.cancelled():  # the caller gave up waiting (it left, or the server is shutting down)
+            return
         try:
             if request_id in self._live:
                 raise ValueError(f"Request id {request_id!r} is already in use.")

@@ -6,24 +6,22 @@ Plain Python: no jax import.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from jaxllm.outputs import RequestOutput
-
-if TYPE_CHECKING:
-    from jaxllm.engine.async_engine import AsyncLLMEngine
 
 
 class RequestStream:
     """The outputs of one request, as an async iterator of DELTA `RequestOutput`s.
 
     Iteration ends after the finished output. Leaving the iteration early (an exception, a cancelled
-    task, a `break` followed by `close()`) aborts the request, which frees its KV blocks.
+    task, a `break` followed by `close()`) aborts the request, which frees its KV blocks: `abort` is
+    called with the request id (the engine's `_abort_soon`, callable from any thread).
     """
 
-    def __init__(self, request_id: str, engine: AsyncLLMEngine, loop: asyncio.AbstractEventLoop):
+    def __init__(self, request_id: str, abort: Callable[[str], None], loop: asyncio.AbstractEventLoop):
         self.request_id = request_id
-        self._engine = engine
+        self._abort = abort
         self._loop = loop
         self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._pending_error: BaseException | None = None
@@ -60,7 +58,7 @@ class RequestStream:
         """Abort the request unless it has finished (idempotent)."""
         if not self.finished:
             self.finished = True
-            self._engine._abort_soon(self.request_id)
+            self._abort(self.request_id)
 
     async def aclose(self) -> None:
         self.close()

@@ -6,51 +6,7 @@ import argparse
 import json
 import sys
 
-
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """Engine flags shared by every subcommand, spelled as vLLM spells them."""
-    parser.add_argument("--model", default=None, help="local folder or hub id (default: the embedded model)")
-    parser.add_argument("--tokenizer", default=None)
-    parser.add_argument("--revision", default=None)
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (half)")
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--max-num-seqs", type=int, default=None)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
-    parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--kv-cache-memory-bytes", type=int, default=None)
-    parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
-    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
-    parser.add_argument("--quantization", "-q", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--download-dir", default=None)
-    parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
-                        help="share KV pages of equal prompt prefixes (default on)")
-    parser.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
-                        help="split long prompts and mix them with decodes (default on)")
-    parser.add_argument("--precompile", default=None, choices=["auto", "background", "wait", "off"],
-                        help="compile every step bucket at start, on background threads while the weights load: "
-                             "background (serve at once; a step waits only for its own bucket), wait (start when "
-                             "all are compiled), off (compile each when first needed). Default auto: "
-                             "$JAXLLM_PRECOMPILE, else background on GPU/TPU, off on CPU")
-    parser.add_argument("--enforce-eager", action="store_true", help="as vLLM: no ahead-of-time work (--precompile off)")
-
-
-def engine_kwargs(args: argparse.Namespace) -> dict:
-    """LLM(...) keyword arguments from parsed engine flags."""
-    names = [
-        "tokenizer", "revision", "dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
-        "block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
-        "tensor_parallel_size", "quantization", "seed", "download_dir", "trust_remote_code",
-    ]
-    kwargs = {n: getattr(args, n) for n in names if hasattr(args, n)}
-    for flag in ("enable_prefix_caching", "enable_chunked_prefill", "precompile"):
-        if getattr(args, flag, None) is not None:
-            kwargs[flag] = getattr(args, flag)
-    if getattr(args, "enforce_eager", False):
-        kwargs["enforce_eager"] = True
-    return kwargs
+from jaxllm.engine.arg_utils import add_engine_arguments, engine_kwargs
 
 
 def _generate(args: argparse.Namespace) -> int:

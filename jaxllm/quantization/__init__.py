@@ -3,7 +3,10 @@
     config.py       which quantization to use (the argument, the checkpoint's quantization_config)
     weights.py      QuantizedWeight (a pytree), per-channel int8 / fp8 quantization
     awq.py          the AutoAWQ GEMM format: packing, checkpoint -> QuantizedWeight, XLA dequantizer
-    awq_kernel.py   the AWQ matmul in Pallas (Triton lowering)
+    awq_layout.py   the device layout AWQ weights are repacked into at load time
+    awq_unpack.py   nibbles -> float32 weights inside the kernels, launch plumbing they share
+    awq_gemv.py     the AWQ matrix-vector kernel in Pallas (Triton lowering), a few rows
+    awq_kernel.py   the AWQ tensor-core kernel in Pallas (Triton lowering), more rows
     matmul.py       matmul(x, w): the one entry point the models call
 
 See docs/quantization.md.

@@ -13,8 +13,9 @@ the slice `nb` blocks of PB input rows per loop step:
 
 All eight nibbles of a word belong to the same output column, so they feed the same accumulator,
 and the loop has no reduction across threads: the [nb, R, bw] accumulators are summed once, after
-the loop. The loop body is all loads and multiply-adds, which Triton software-pipelines
-(`num_stages` steps of loads in flight). The program writes its bw columns (stride 8) straight into
+the loop. Triton does not software-pipeline a loop without a dot, so the loads in flight are one
+step's (nb blocks) per resident program, plus the next step's with `prefetch` (held in registers,
+which bounds how many programs fit an SM). The program writes its bw columns (stride 8) straight into
 the [splits, M, N/8, 8] output, in the activation dtype when K is not split.
 """
 
@@ -33,6 +34,7 @@ from jaxllm.quantization.awq_layout import pack_block
 from jaxllm.quantization.awq_unpack import NUM_SMS
 from jaxllm.quantization.weights import QuantizedWeight
 
+PROGRAMS_PER_SM = 4  # programs per SM the K split aims at (the H200 sweep)
 MAX_ROWS = 8  # above this many rows the multiply-adds per weight outgrow the bytes saved
 
 
@@ -42,6 +44,7 @@ class AwqGemvConfig(NamedTuple):
     splits: int  # K slices, each a whole number of groups; summed by a small XLA epilogue
     num_warps: int = 4
     num_stages: int = 3
+    prefetch: bool = False  # load step t + 1's words while step t computes (register double-buffering)
 
 
 def supported(m: int, k: int, n: int, group: int) -> bool:
@@ -58,32 +61,52 @@ def valid(cfg: AwqGemvConfig, k: int, n: int, group: int) -> bool:
 
 
 def default_config(m: int, k: int, n: int, group: int) -> AwqGemvConfig:
-    """128-byte rows (bw 32) where N allows, two blocks a step, K split until there are at least two
-    programs per SM (measured on the H200: docs/quantization.md)."""
-    del m
+    """128-byte rows (bw 32) where N allows, four blocks a step, K split until there are at least
+    PROGRAMS_PER_SM programs per SM, the float32 partial sums kept small (the fastest of the H200
+    sweep on 4096 x 28672: docs/quantization.md)."""
     pb = pack_block(group)
     n8 = n // 8
     bw = 32 if n8 % 32 == 0 else 16
     programs = 8 * n8 // bw
     blocks, gpb = k // pb, group // pb
-    options = awq_unpack.split_options(blocks, gpb)
-    splits = next((s for s in options if programs * s >= 2 * NUM_SMS), options[-1])
-    nb = 2 if (blocks // splits) % 2 == 0 and (gpb == 1 or gpb % 2 == 0) else 1
+    target = PROGRAMS_PER_SM * NUM_SMS
+    cap = max(1, k // (64 * awq_unpack.rows_pow2(m)))  # float32 partial sums at most 1/8 of the int4 bytes
+    choice = None
+    for nb in (4, 2, 1):  # four blocks a step unless that leaves too few programs
+        options = [s for s in awq_unpack.split_options(blocks, gpb)
+                   if (blocks // s) % nb == 0 and (gpb == 1 or gpb % nb == 0)]
+        options = [s for s in options if s <= cap] or options[:1]
+        if not options:
+            continue
+        reach = [s for s in options if programs * s >= target]
+        if reach:
+            choice = (nb, reach[0])
+            break
+        choice = choice or (nb, options[-1])  # the target is out of reach: the most blocks a step
+    nb, splits = choice
     return AwqGemvConfig(bw=bw, nb=nb, splits=splits)
 
 
-def _kernel(x_ref, qw_ref, z_ref, s_ref, o_ref, *, nb, rows, gpb):
+def _kernel(x_ref, qw_ref, z_ref, s_ref, o_ref, *, nb, rows, gpb, prefetch):
     """x_ref [Mp, Bs, 8, R], qw_ref [Bs, R, bw], z_ref/s_ref [Bs / gpb, bw], o_ref [Mp, bw]."""
     bs, r, bw = qw_ref.shape
+    steps = bs // nb
     j = pl.program_id(1)
 
-    def body(t, accs):
-        b0 = pl.multiple_of(t * nb, nb)
+    def first(t):  # the first block of step t (a Python int when there is one step)
+        return t * nb if isinstance(t, int) else pl.multiple_of(t * nb, nb)
+
+    def load(t):
+        b0 = first(t)
         words = qw_ref[pl.ds(b0, nb), :, :]  # [nb, R, bw]
         if gpb == 1:
-            s, zw = s_ref[pl.ds(b0, nb), :], z_ref[pl.ds(b0, nb), :]  # [nb, bw]
-        else:  # the nb blocks lie in one group
-            s, zw = s_ref[pl.ds(b0 // gpb, 1), :], z_ref[pl.ds(b0 // gpb, 1), :]  # [1, bw]
+            return words, s_ref[pl.ds(b0, nb), :], z_ref[pl.ds(b0, nb), :]  # [nb, bw]
+        g = b0 // gpb  # the nb blocks lie in one group
+        return words, s_ref[pl.ds(g, 1), :], z_ref[pl.ds(g, 1), :]  # [1, bw]
+
+    def step(t, tile, accs):
+        words, s, zw = tile
+        b0 = first(t)
         consts = tuple(c[:, None, :] for c in awq_unpack.group_constants(s, awq_unpack.zero_nibble(zw, j)))
         accs = list(accs)
         for i, w in awq_unpack.nibbles(words, consts):
@@ -93,7 +116,17 @@ def _kernel(x_ref, qw_ref, z_ref, s_ref, o_ref, *, nb, rows, gpb):
         return tuple(accs)
 
     init = tuple(jnp.zeros((nb, r, bw), jnp.float32) for _ in range(rows))
-    accs = lax.fori_loop(0, bs // nb, body, init)
+    if steps == 1:
+        accs = step(0, load(0), init)
+    elif prefetch:
+        def body(t, carry):
+            tile, accs = carry
+            nxt = load(jnp.minimum(t + 1, steps - 1))  # issued before this step's arithmetic
+            return nxt, step(t, tile, accs)
+
+        _, accs = lax.fori_loop(0, steps, body, (load(0), init))
+    else:
+        accs = lax.fori_loop(0, steps, lambda t, accs: step(t, load(t), accs), init)
     for row in range(rows):
         o_ref[row, :] = jnp.sum(jnp.sum(accs[row], axis=0), axis=0).astype(o_ref.dtype)
 
@@ -123,7 +156,7 @@ def awq_gemv_pallas(
     bs = k // pb // cfg.splits
     gs = bs // gpb
     out = pl.pallas_call(
-        functools.partial(_kernel, nb=cfg.nb, rows=m, gpb=gpb),
+        functools.partial(_kernel, nb=cfg.nb, rows=m, gpb=gpb, prefetch=cfg.prefetch),
         grid=(n8 // cfg.bw, 8, cfg.splits),
         in_specs=[
             pl.BlockSpec((mp, bs, 8, r), lambda c, j, s: (0, s, 0, 0)),

@@ -25,9 +25,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jaxllm.quantization import awq_unpack
-from jaxllm.quantization.awq_layout import pack_block
 from jaxllm.quantization.awq_unpack import NUM_SMS
 from jaxllm.quantization.weights import QuantizedWeight
+
+PROGRAMS_PER_SM = 6  # programs per SM the K split aims at (the H200 sweep)
 
 
 class AwqKernelConfig(NamedTuple):
@@ -37,6 +38,7 @@ class AwqKernelConfig(NamedTuple):
     splits: int  # K slices, each a whole number of groups; summed by a small XLA epilogue
     num_warps: int = 4
     num_stages: int = 3
+    prefetch: bool = False  # load step t + 1's words while step t computes (register double-buffering)
 
 
 def supported(m: int, k: int, n: int, group: int) -> bool:
@@ -53,37 +55,69 @@ def valid(cfg: AwqKernelConfig, k: int, n: int, group: int) -> bool:
 
 
 def default_config(m: int, k: int, n: int, group: int) -> AwqKernelConfig:
-    """A row tile covering M up to 64, 128-byte word rows, K split to about two programs per SM."""
+    """A row tile covering M up to 64, 256-byte word rows (bw 64) where N allows, four blocks a step
+    (two for 64-row tiles, whose staged tiles would outgrow shared memory), K split until there are
+    PROGRAMS_PER_SM programs per SM, the float32 partial sums kept small (the fastest of the H200
+    sweep on 4096 x 28672: docs/quantization.md)."""
     bm = min(awq_unpack.rows_pow2(m, 16), 64)
     n8 = n // 8
-    bw = 32 if n8 % 32 == 0 else 16
+    bw = next(b for b in (64, 32, 16) if n8 % b == 0)
     programs = (-(-m // bm)) * 8 * (n8 // bw)
-    options = awq_unpack.split_options(k // 128, group // 128)
-    splits = next((s for s in options if programs * s >= 2 * NUM_SMS), options[-1])
-    nb = 2 if (k // 128 // splits) % 2 == 0 else 1
+    blocks = k // 128
+    target = PROGRAMS_PER_SM * NUM_SMS
+    cap = max(1, k // (64 * -(-m // bm) * bm))  # float32 partial sums at most 1/8 of the int4 bytes
+    choice = None
+    for nb in (4, 2, 1) if bm < 64 else (2, 1):  # fewer blocks a step only if too few programs
+        options = [s for s in awq_unpack.split_options(blocks, group // 128) if (blocks // s) % nb == 0]
+        options = [s for s in options if s <= cap] or options[:1]
+        if not options:
+            continue
+        reach = [s for s in options if programs * s >= target]
+        if reach:
+            choice = (nb, reach[0])
+            break
+        choice = choice or (nb, options[-1])  # the target is out of reach: the most blocks a step
+    nb, splits = choice
     return AwqKernelConfig(bm=bm, bw=bw, nb=nb, splits=splits, num_warps=4 if bm <= 32 else 8)
 
 
-def _kernel(x_ref, qw_ref, z_ref, s_ref, o_ref, *, nb, gpb):
+def _kernel(x_ref, qw_ref, z_ref, s_ref, o_ref, *, nb, gpb, prefetch):
     """x_ref [bm, Bs, 8, 16], qw_ref [Bs, 16, bw], z_ref/s_ref [Bs / gpb, bw], o_ref [bm, bw]."""
     bm = x_ref.shape[0]
     bs, _, bw = qw_ref.shape
+    steps = bs // nb
     j = pl.program_id(2)
     wdtype = x_ref.dtype
 
-    def body(t, acc):
+    def load(t):
+        tiles = []
         for bb in range(nb):
             b = t * nb + bb
-            words = qw_ref[b, :, :]  # [16, bw]
             g = b // gpb if gpb > 1 else b
-            s, zw = s_ref[pl.ds(g, 1), :], z_ref[pl.ds(g, 1), :]  # [1, bw]
+            tiles.append((qw_ref[b, :, :], s_ref[pl.ds(g, 1), :], z_ref[pl.ds(g, 1), :]))  # [16, bw], [1, bw]
+        return tuple(tiles)
+
+    def step(t, tiles, acc):
+        for bb, (words, s, zw) in enumerate(tiles):
+            b = t * nb + bb
             consts = awq_unpack.group_constants(s, awq_unpack.zero_nibble(zw, j))
             for i, w in awq_unpack.nibbles(words, consts):
                 xi = x_ref[:, b, i, :]  # [bm, 16]
                 acc = acc + jnp.dot(xi, w.astype(wdtype), preferred_element_type=jnp.float32)
         return acc
 
-    acc = lax.fori_loop(0, bs // nb, body, jnp.zeros((bm, bw), jnp.float32))
+    init = jnp.zeros((bm, bw), jnp.float32)
+    if steps == 1:
+        acc = step(0, load(0), init)
+    elif prefetch:
+        def body(t, carry):
+            tiles, acc = carry
+            nxt = load(jnp.minimum(t + 1, steps - 1))  # issued before this step's arithmetic
+            return nxt, step(t, tiles, acc)
+
+        _, acc = lax.fori_loop(0, steps, body, (load(0), init))
+    else:
+        acc = lax.fori_loop(0, steps, lambda t, acc: step(t, load(t), acc), init)
     o_ref[...] = acc.astype(o_ref.dtype)
 
 
@@ -111,7 +145,7 @@ def awq_matmul_pallas(
     bs = k // 128 // cfg.splits
     gs = bs // gpb
     out = pl.pallas_call(
-        functools.partial(_kernel, nb=cfg.nb, gpb=gpb),
+        functools.partial(_kernel, nb=cfg.nb, gpb=gpb, prefetch=cfg.prefetch),
         grid=(mp // cfg.bm, n8 // cfg.bw, 8, cfg.splits),
         in_specs=[
             pl.BlockSpec((cfg.bm, bs, 8, 16), lambda i, c, j, s: (i, s, 0, 0)),

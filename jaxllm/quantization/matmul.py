@@ -31,10 +31,12 @@ from jaxllm.quantization.weights import QuantizedWeight, after_input
 
 logger = logging.getLogger(__name__)
 
-# Row thresholds on the GPU, from the H200 layer table in docs/quantization.md: the matrix-vector
-# kernel up to GEMV_MAX_ROWS rows, the tensor-core kernel up to DOT_MAX_ROWS, XLA above.
-GEMV_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_GEMV_MAX_ROWS", "4"))
-DOT_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_PALLAS_MAX_ROWS", "64"))
+# Row thresholds on the GPU, from the H200 layer table in docs/quantization.md (4096 x 28672): the
+# matrix-vector kernel up to GEMV_MAX_ROWS rows (44 us at M = 1, growing about 15 us a row; the
+# tensor-core kernel 72 us at M = 1-8), the tensor-core kernel up to DOT_MAX_ROWS (107 vs 214 us for
+# XLA at M = 32; 397 vs 219 at M = 128), XLA above.
+GEMV_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_GEMV_MAX_ROWS", "2"))
+DOT_MAX_ROWS = int(os.environ.get("JAXLLM_AWQ_PALLAS_MAX_ROWS", "32"))
 
 # (K, N, group, dtype, launch config) -> whether the Pallas kernel compiled and matched XLA here.
 _PALLAS_CHECKED: dict[tuple, bool] = {}

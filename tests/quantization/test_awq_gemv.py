@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from jaxllm.quantization.awq import awq_matmul_xla
-from jaxllm.quantization.awq_gemv import AwqGemvConfig, awq_gemv_pallas, default_config, supported, valid
+from jaxllm.quantization.awq_gemv import (
+    PROGRAMS_PER_SM,
+    AwqGemvConfig,
+    awq_gemv_pallas,
+    default_config,
+    supported,
+    valid,
+)
 from jaxllm.quantization.awq_unpack import NUM_SMS
 from tests.quantization.awq_cases import abstract_weight, checkpoint_weight, on_gpu, rel_err
 from tests.triton_export import export_for_cuda, triton_backend_available
@@ -23,6 +30,7 @@ from tests.triton_export import export_for_cuda, triton_backend_available
         (7, 256, 384, 32, AwqGemvConfig(bw=16, nb=2, splits=2)),  # four-row blocks, N not a power of two
         (5, 512, 256, 128, AwqGemvConfig(bw=32, nb=2, splits=1)),  # one program walks four groups
         (2, 512, 128, 512, AwqGemvConfig(bw=16, nb=2, splits=1)),  # one group over many blocks
+        (1, 256, 1024, 128, AwqGemvConfig(bw=128, nb=1, splits=1, prefetch=True)),  # 512-byte rows, prefetch
     ],
 )
 def test_gemv_matches_float64_and_xla(m, k, n, group, config):
@@ -51,7 +59,7 @@ def test_gemv_limits_and_default_config():
     for k, n in ((4096, 4096), (4096, 14336), (14336, 4096), (4096, 6144), (4096, 1024)):
         cfg = default_config(1, k, n, 128)
         assert valid(cfg, k, n, 128), (k, n, cfg)
-        assert 8 * (n // 8 // cfg.bw) * cfg.splits >= min(2 * NUM_SMS, 8 * (n // 8 // cfg.bw) * k // 128)
+        assert 8 * (n // 8 // cfg.bw) * cfg.splits >= min(PROGRAMS_PER_SM * NUM_SMS, 8 * (n // 8 // cfg.bw) * k // 128)
     rng = np.random.default_rng(0)
     w, _ = checkpoint_weight(rng, 256, 128, 64)
     with pytest.raises(ValueError, match="not supported"):

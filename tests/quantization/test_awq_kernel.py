@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from jaxllm.quantization.awq import awq_matmul_xla
-from jaxllm.quantization.awq_kernel import AwqKernelConfig, awq_matmul_pallas, default_config, supported, valid
+from jaxllm.quantization.awq_kernel import (
+    AwqKernelConfig,
+    awq_matmul_pallas,
+    default_config,
+    supported,
+    valid,
+)
 from tests.quantization.awq_cases import abstract_weight, checkpoint_weight, on_gpu, rel_err
 from tests.triton_export import export_for_cuda, triton_backend_available
 
@@ -21,6 +27,7 @@ from tests.triton_export import export_for_cuda, triton_backend_available
         (20, 384, 128, 128, AwqKernelConfig(bm=16, bw=16, nb=1, splits=3)),  # two row tiles, three K slices
         (33, 512, 384, 256, AwqKernelConfig(bm=32, bw=16, nb=2, splits=2)),  # padded rows, two blocks a group
         (32, 256, 256, 128, AwqKernelConfig(bm=32, bw=32, nb=2, splits=1)),  # no padding, no split
+        (20, 512, 128, 128, AwqKernelConfig(bm=16, bw=16, nb=1, splits=2, prefetch=True)),  # next step preloaded
     ],
 )
 def test_kernel_matches_float64_and_xla(m, k, n, group, config):

@@ -9,7 +9,13 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxllm.quantization import QuantizedWeight, matmul, quantize_per_channel, resolve_quantization
+from jaxllm.quantization import (
+    QuantizedWeight,
+    awq_layout,
+    matmul,
+    quantize_per_channel,
+    resolve_quantization,
+)
 from jaxllm.quantization.awq import (
     dequantize_awq,
     dequantize_awq_numpy,
@@ -17,7 +23,6 @@ from jaxllm.quantization.awq import (
     pack_awq,
     unpack_awq,
 )
-from jaxllm.quantization import awq_layout
 from jaxllm.quantization.weights import quantize_per_channel_numpy
 from tests.quantization.awq_writer import pack_columns, quantize_linear
 

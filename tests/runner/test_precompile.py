@@ -136,7 +136,8 @@ def test_resolve_mode(monkeypatch):
 
 
 def test_command_line_flags():
-    from jaxllm.entrypoints.cli import build_parser, engine_kwargs
+    from jaxllm.engine.arg_utils import engine_kwargs
+    from jaxllm.entrypoints.cli import build_parser
 
     kwargs = engine_kwargs(build_parser().parse_args(["generate", "hi", "--precompile", "wait"]))
     assert kwargs["precompile"] == "wait" and "enforce_eager" not in kwargs

@@ -147,7 +147,7 @@ def fake_server(tiny_model_dir):
     import uvicorn
     from transformers import AutoTokenizer
 
-    from jaxllm.entrypoints.openai.api_server import build_app, serving_config
+    from jaxllm.entrypoints.openai.app import build_app, serving_config
     from jaxllm.entrypoints.openai.cli_args import add_frontend_arguments
 
     parser = argparse.ArgumentParser()

@@ -44,6 +44,45 @@ def test_api_key_precedence(monkeypatch):
     monkeypatch.setenv("JAXLLM_API_KEY", "from-jaxllm")
     assert resolve_api_keys(None) == ["from-jaxllm"]
     assert resolve_api_keys(["cli"]) == ["cli"]
+    assert resolve_api_keys(["k1", "k2"]) == ["k1", "k2"]
+
+
+@pytest.mark.parametrize("keys, env", [
+    ([""], {}),                                          # --api-key ""
+    ([""], {"JAXLLM_API_KEY": "secret"}),                # an empty flag does not fall back to the variable
+    (["k1", ""], {}),
+    (["  "], {}),
+    ([" padded "], {}),
+    (None, {"JAXLLM_API_KEY": ""}),
+    (None, {"JAXLLM_API_KEY": "", "VLLM_API_KEY": "secret"}),  # the first variable set wins, even empty
+    (None, {"VLLM_API_KEY": ""}),
+])
+def test_empty_api_key_is_an_error(monkeypatch, keys, env):
+    monkeypatch.delenv("JAXLLM_API_KEY", raising=False)
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="empty|whitespace"):
+        resolve_api_keys(keys)
+
+
+@pytest.mark.parametrize("flags, env, message", [
+    (["--api-key", ""], {}, "--api-key is empty"),
+    ([], {"JAXLLM_API_KEY": ""}, "$JAXLLM_API_KEY is empty"),
+])
+def test_empty_api_key_fails_at_startup(tmp_path, flags, env, message):
+    import os
+    import subprocess
+    import sys
+
+    full_env = {k: v for k, v in os.environ.items() if k not in ("JAXLLM_API_KEY", "VLLM_API_KEY")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxllm.entrypoints.cli", "serve", str(tmp_path / "missing"), *flags],
+        check=False, capture_output=True, text=True, timeout=120, env={**full_env, **env},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Loading model" not in proc.stderr  # refused before the model load
 
 
 def test_load_chat_template(tmp_path):

@@ -101,3 +101,9 @@ def test_max_logprobs_flag(server):
     assert client.completions.create(model=NAME, prompt="Hello", max_tokens=2, logprobs=5).choices[0].logprobs
     with pytest.raises(openai.BadRequestError, match="max allowed: 5"):
         client.completions.create(model=NAME, prompt="Hello", max_tokens=2, logprobs=6)
+
+
+def test_startup_log_says_whether_auth_is_on(server, default_server):
+    assert "(API key required on /v1)" in server.log()
+    assert "API key authentication is off" not in server.log()
+    assert "API key authentication is off" in default_server.log()

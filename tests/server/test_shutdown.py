@@ -101,3 +101,48 @@ def test_sigterm_aborts_what_outlasts_the_shutdown_timeout(timed_server, tiny_mo
             assert last["choices"][0]["finish_reason"] == "length"
     assert aborted > 0, "every stream finished within 0.2 s of SIGTERM"
     assert "Shutdown timeout (0.2s) reached: aborted" in server.log_path.read_text()
+
+
+def test_sigterm_while_the_first_step_compiles(start_server, tiny_model_dir, tmp_path):
+    """A fresh server (no compilation cache) compiles in its first step while requests wait to be admitted:
+    SIGTERM with --shutdown-timeout 1 answers every one with a 503 and the process exits promptly."""
+    from jaxllm.entrypoints.openai.api_server import SHUTDOWN_GRACE_SECONDS
+    from jaxllm.entrypoints.openai.app import ENGINE_STOP_SECONDS
+
+    command = [sys.executable, "-m", "jaxllm.entrypoints.cli", "serve", tiny_model_dir]
+    server = start_server(["--shutdown-timeout", "1", "--enable-log-requests"], command=command,
+                          env={"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla"), "JAXLLM_COMPILATION_CACHE": "0"})
+    results: list[tuple[int, str, str]] = []
+
+    def request(i: int) -> None:
+        body = {"model": tiny_model_dir, "prompt": f"Request {i} waits", "max_tokens": 200, "ignore_eos": True,
+                "stream": i % 2 == 0}
+        with httpx.stream("POST", server.url_for("v1/completions"), json=body, timeout=120) as r:
+            results.append((r.status_code, r.headers.get("content-type", ""), r.read().decode()))
+
+    clients = [threading.Thread(target=request, args=(i,)) for i in range(10)]
+    for client in clients:
+        client.start()
+    deadline = time.monotonic() + 60
+    while server.log().count("Received request") < len(clients):
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    server.terminate()
+    for client in clients:
+        client.join(60)
+    assert server.proc.wait(60) == 0, server.log()
+    exit_time = time.monotonic() - t0
+    print(f"exit {exit_time:.1f}s after SIGTERM; {server.log().count('Added request')} of 10 admitted")
+    assert exit_time < 1 + SHUTDOWN_GRACE_SECONDS + ENGINE_STOP_SECONDS + 2, (exit_time, server.log())
+    assert "Server stopped." in server.log()  # the logs were flushed before the fast exit
+    assert len(results) == len(clients)
+    for status, content_type, text in results:
+        if content_type.startswith("text/event-stream"):
+            events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+            assert status == 200 and events[-1] == "[DONE]"
+            error = json.loads(events[-2])["error"]
+        else:
+            assert status == 503 and content_type.startswith("application/json"), (status, text)
+            error = json.loads(text)["error"]
+        assert error["code"] == 503 and "--shutdown-timeout" in error["message"]

@@ -2,30 +2,31 @@
 `python -m jaxllm.entrypoints.openai.api_server --model MODEL` (FastAPI + uvicorn).
 
 This module is the command line and the running server. The app and its routes are built in app.py
-(`build_app`), its middleware is in middleware.py; both are re-exported here.
+(`build_app`), its middleware is in middleware.py.
 
 FastAPI and uvicorn are imported inside functions, so `jaxllm generate` works without the server extra.
 
 Shutdown (SIGTERM, SIGINT): the listening socket closes, requests that still arrive on open connections
-get a 503 (so does /health), in-flight requests run on; after `--shutdown-timeout` seconds the ones still
-running are aborted with a 503 (an error event in a stream), then the engine stops.
+get a 503 (so does /health), in-flight requests run on; after `--shutdown-timeout` seconds every request
+still open is answered with a 503 (an error event in a stream), whatever state it is in: generating,
+waiting for the engine to admit it (e.g. while it compiles) or being tokenized. Then the engine stops and
+the process exits at once (`os._exit`, after flushing the logs: no slow teardown of the heap): at most
+`SHUTDOWN_GRACE_SECONDS` + `app.ENGINE_STOP_SECONDS` after the timeout.
 """
 
 import argparse
 import asyncio
+import gc
 import logging
+import os
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
-from jaxllm.entrypoints.openai.app import build_app, run_until_disconnected, serving_config  # noqa: F401
+from jaxllm.engine.arg_utils import add_engine_arguments, engine_kwargs
+from jaxllm.entrypoints.openai.app import build_app, serving_config
+from jaxllm.entrypoints.openai.auth import API_KEY_VARIABLES, resolve_api_keys
 from jaxllm.entrypoints.openai.cli_args import add_frontend_arguments, validate_args
-from jaxllm.entrypoints.openai.middleware import (  # noqa: F401
-    BodySizeLimitMiddleware,
-    DrainMiddleware,
-    RequestIdHeaderMiddleware,
-    body_too_large_message,
-)
 
 logger = logging.getLogger("jaxllm.entrypoints.openai.api_server")
 
@@ -35,8 +36,6 @@ logger = logging.getLogger("jaxllm.entrypoints.openai.api_server")
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """The `serve` subcommand of `jaxllm` (`jaxllm serve [MODEL] [flags]`)."""
-    from jaxllm.entrypoints.cli import add_engine_arguments
-
     parser = subparsers.add_parser(
         "serve", help="start the OpenAI-compatible API server",
         description="Serve a model over vLLM's OpenAI-compatible HTTP API.",
@@ -50,8 +49,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def make_arg_parser() -> argparse.ArgumentParser:
     """The parser of `python -m jaxllm.entrypoints.openai.api_server`."""
-    from jaxllm.entrypoints.cli import add_engine_arguments
-
     parser = argparse.ArgumentParser(
         prog="python -m jaxllm.entrypoints.openai.api_server",
         description="Serve a model over vLLM's OpenAI-compatible HTTP API.",
@@ -61,10 +58,10 @@ def make_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve_command(args: argparse.Namespace) -> int:
+def serve_command(args: argparse.Namespace) -> NoReturn:
     if getattr(args, "model_tag", None):
         args.model = args.model_tag
-    return run_server(args)
+    exit_now(run_server(args))
 
 
 # ---- running it ----------------------------------------------------------------------------------
@@ -93,7 +90,9 @@ def _check_port_free(host: str, port: int) -> None:
             raise ValueError(f"Cannot listen on {host}:{port}: {err.strerror}. Is another server running there?") from err
 
 
-SHUTDOWN_GRACE_SECONDS = 5.0  # after --shutdown-timeout aborts requests, how long their answers may take
+# After --shutdown-timeout answers the open requests with 503s: how long those answers may take to go out
+# before uvicorn cancels what is left; then the engine thread gets app.ENGINE_STOP_SECONDS to stop.
+SHUTDOWN_GRACE_SECONDS = 2.0
 
 
 def create_server(args: argparse.Namespace, llm_engine: Any, tokenizer: Any, host: str | None = None) -> Any:
@@ -104,7 +103,6 @@ def create_server(args: argparse.Namespace, llm_engine: Any, tokenizer: Any, hos
     import uvicorn
 
     from jaxllm.engine.async_engine import AsyncLLMEngine
-    from jaxllm.entrypoints.openai.auth import resolve_api_keys
     from jaxllm.entrypoints.openai.request_tracker import ShutdownAbortError
 
     config = serving_config(args, llm_engine)
@@ -128,6 +126,9 @@ def create_server(args: argparse.Namespace, llm_engine: Any, tokenizer: Any, hos
 
     logger.info("Serving %s as %s%s", config.model_root, ", ".join(config.served_model_names),
                 " (API key required on /v1)" if api_keys else "")
+    if not api_keys:
+        logger.warning("API key authentication is off: /v1 routes answer anyone who can reach this server "
+                       "(set --api-key or $%s to require a key).", API_KEY_VARIABLES[0])
     return Server(
         uvicorn.Config(
             app,
@@ -148,7 +149,6 @@ def create_server(args: argparse.Namespace, llm_engine: Any, tokenizer: Any, hos
 def load_llm(args: argparse.Namespace) -> Any:
     """The `LLM` that `jaxllm serve` builds from its flags."""
     from jaxllm import LLM
-    from jaxllm.entrypoints.cli import engine_kwargs
     from jaxllm.sampling_params import set_max_logprobs_limit
 
     set_max_logprobs_limit(args.max_logprobs)
@@ -163,6 +163,7 @@ def run_server(args: argparse.Namespace) -> int:
     host = args.host or "0.0.0.0"
     try:
         validate_args(args)
+        resolve_api_keys(args.api_key)  # an empty key is an error before the (long) model load
         _check_port_free(host, args.port)
         llm = load_llm(args)
         server = create_server(args, llm.llm_engine, llm.tokenizer, host)
@@ -173,15 +174,39 @@ def run_server(args: argparse.Namespace) -> int:
     # a clean exit (status 0) instead of a kill by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    freeze_startup_heap()
     server.run()
     logger.info("Server stopped.")
     return 0 if server.started else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def freeze_startup_heap() -> None:
+    """Keep the garbage collector off what startup built (the model, jax, the tokenizer: millions of
+    objects that live until exit). Otherwise every full collection walks all of it, stopping the event
+    loop and the engine for seconds at a time under load."""
+    gc.collect()
+    gc.freeze()
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with `code` once the server has stopped: logs and stdio are flushed, then `os._exit`.
+
+    Skips the interpreter's teardown, which on a large heap (a loaded model, compiled programs) spends
+    seconds in garbage collection, and which could wait on an engine thread still inside a compilation.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more to say
+            pass
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
     args = make_arg_parser().parse_args(argv)
-    return run_server(args)
+    exit_now(run_server(args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

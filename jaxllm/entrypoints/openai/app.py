@@ -20,6 +20,9 @@ from jaxllm.entrypoints.openai.middleware import (
 )
 
 _JSON_ONLY = "Unsupported Media Type: Only 'application/json' is allowed"
+# When the server stops, how long the engine thread gets to finish its step (the process exits after,
+# even if it is still inside a compilation).
+ENGINE_STOP_SECONDS = 5.0
 
 
 def serving_config(args: argparse.Namespace, llm_engine: Any) -> Any:
@@ -132,7 +135,7 @@ def build_app(engine: Any, tokenizer: Any, config: Any, args: argparse.Namespace
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, engine.shutdown)
+            await asyncio.get_running_loop().run_in_executor(None, engine.shutdown, ENGINE_STOP_SECONDS)
 
     docs = {} if not args.disable_fastapi_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="jaxllm OpenAI-compatible API", version=jaxllm.__version__, lifespan=lifespan, **docs)
@@ -182,12 +185,16 @@ def build_app(engine: Any, tokenizer: Any, config: Any, args: argparse.Namespace
         return JSONResponse(models.show_available_models().model_dump())
 
     @app.post("/tokenize", responses={200: {"model": TokenizeResponse}, **errors}, **post)
-    async def tokenize(request: TokenizeRequest) -> JSONResponse:
-        return JSONResponse(tokenization.create_tokenize(request).model_dump())
+    async def tokenize(request: TokenizeRequest) -> Response:
+        response = await tokenization.create_tokenize(request)
+        body = await tokenization.off_loop(response.model_dump_json, size=response.count)
+        return Response(body, media_type="application/json")
 
     @app.post("/detokenize", responses={200: {"model": DetokenizeResponse}, **errors}, **post)
-    async def detokenize(request: DetokenizeRequest) -> JSONResponse:
-        return JSONResponse(tokenization.create_detokenize(request).model_dump())
+    async def detokenize(request: DetokenizeRequest) -> Response:
+        response = await tokenization.create_detokenize(request)
+        body = await tokenization.off_loop(response.model_dump_json, size=len(response.prompt))
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/completions", **post, responses={
         200: {"model": CompletionResponse, "description": "the completion, or a stream of chunks",

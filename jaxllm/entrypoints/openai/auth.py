@@ -1,7 +1,11 @@
 """The API-key check: `Authorization: Bearer <key>` on every `/v1` route, as vLLM does.
 
 `/health`, `/metrics`, `/version`, `/ping`, `/tokenize` and `/detokenize` stay open (load balancers and
-Prometheus scrape them without a key). CORS preflights (`OPTIONS`) pass so the CORS layer can answer
+Prometheus scrape them without a key).
+
+Where the keys come from, first match wins: `--api-key` (one or more), else `$JAXLLM_API_KEY`, else
+`$VLLM_API_KEY`. An empty key (`--api-key ""`, or a variable set to "") is refused at startup rather than
+read as "no authentication"; with no key at all the server logs a warning that /v1 is open. CORS preflights (`OPTIONS`) pass so the CORS layer can answer
 them. Keys are compared as SHA-256 digests with `hmac.compare_digest`, so the time taken does not depend
 on how much of a guess was right.
 """
@@ -19,13 +23,29 @@ GUARDED_PREFIXES = ("/v1",)
 _UNAUTHORIZED = json.dumps({"error": "Unauthorized"}).encode()
 
 
+API_KEY_VARIABLES = ("JAXLLM_API_KEY", "VLLM_API_KEY")  # in order of precedence, after --api-key
+
+
+def _check_key(key: str, source: str) -> str:
+    if not key.strip():
+        raise ValueError(f"{source} is empty. Give a non-empty key to require authentication, or leave "
+                         f"--api-key out and unset {' and '.join(API_KEY_VARIABLES)} to serve without one.")
+    if key != key.strip():
+        raise ValueError(f"{source} starts or ends with whitespace, which a client's `Authorization: Bearer` "
+                         "header can never match. Remove it.")
+    return key
+
+
 def resolve_api_keys(cli_keys: Sequence[str] | None) -> list[str]:
-    """`--api-key` values, else `JAXLLM_API_KEY`, else `VLLM_API_KEY` (for drop-in use); [] = no auth."""
-    if cli_keys:
-        return [k for k in cli_keys if k]
-    for var in ("JAXLLM_API_KEY", "VLLM_API_KEY"):
-        if os.environ.get(var):
-            return [os.environ[var]]
+    """The API keys: `--api-key` values, else `$JAXLLM_API_KEY`, else `$VLLM_API_KEY`; [] = no auth.
+
+    Raises ValueError for an empty key (or one with surrounding whitespace) from whichever source wins.
+    """
+    if cli_keys is not None:
+        return [_check_key(k, "--api-key") for k in cli_keys]
+    for var in API_KEY_VARIABLES:
+        if var in os.environ:
+            return [_check_key(os.environ[var], f"${var}")]
     return []
 
 

@@ -13,6 +13,7 @@ from jaxllm.entrypoints.openai.tool_parsers.registry import TOOL_PARSERS
 
 DEFAULT_SERVED_NAME = "jaxllm-default"  # the name of the embedded default model when no model is given
 DEFAULT_MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_N = 128  # OpenAI's own limit on `n`
 
 
 def _json_list(value: str) -> list[str]:
@@ -27,8 +28,8 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
     srv.add_argument("--host", default=None, help="address to bind (default: all interfaces)")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key", nargs="+", default=None,
-                     help="require `Authorization: Bearer <key>` on /v1 routes; one or more keys "
-                          "(default: $JAXLLM_API_KEY, then $VLLM_API_KEY)")
+                     help="require `Authorization: Bearer <key>` on /v1 routes; one or more keys, none empty "
+                          "(default: $JAXLLM_API_KEY, else $VLLM_API_KEY; none: no authentication)")
     srv.add_argument("--served-model-name", nargs="+", default=None,
                      help="names clients use in `model` (the first is reported in responses); default: --model")
     srv.add_argument("--chat-template", default=None, help="a Jinja chat template: a file path or the template")
@@ -64,8 +65,9 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
                      help='logprob tokens as "token_id:<id>" strings')
     srv.add_argument("--disable-fastapi-docs", action="store_true", help="no /docs, /redoc, /openapi.json")
     srv.add_argument("--shutdown-timeout", type=float, default=None,
-                     help="on SIGTERM, seconds to let in-flight requests finish; then the rest are aborted "
-                          "(503) (default: wait for all)")
+                     help="on SIGTERM, seconds to let in-flight requests finish; then every request still "
+                          "open, admitted or not, is answered with a 503 and the process exits within a few "
+                          "seconds more (default: wait for all)")
     tools = parser.add_argument_group("tool calling")
     tools.add_argument("--enable-auto-tool-choice", action="store_true",
                        help='let the model decide when to call tools (tool_choice "auto"); needs --tool-call-parser')
@@ -75,8 +77,9 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
     lim.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                      help="largest request body accepted; larger bodies get a 413 (0: no limit; "
                           "default: %(default)s = 16 MiB)")
-    lim.add_argument("--max-n", type=int, default=None,
-                     help="largest `n` / `best_of` (and beam width) per prompt; more is a 400 (default: no limit)")
+    lim.add_argument("--max-n", type=int, default=DEFAULT_MAX_N,
+                     help="largest `n` / `best_of` (and beam width) per prompt; more is a 400 "
+                          "(default: %(default)s, as OpenAI)")
     lim.add_argument("--max-prompt-tokens", type=int, default=None,
                      help="largest prompt, in tokens, after truncation; longer prompts get a 400 "
                           "(default: max_model_len - 1)")

@@ -6,7 +6,7 @@
     404 NotFoundError        an unknown model (or route)
     408 RequestTimeoutError  the request ran past --request-timeout (it was aborted)
     413 RequestTooLargeError the body is over --max-request-body-bytes
-    500 InternalServerError  a failed generation step
+    500 InternalServerError  a failed generation step, or a bug (still in this shape, never plain text)
     503 ServiceUnavailable   the engine is dead, or the server is shutting down
 """
 
@@ -79,7 +79,7 @@ def format_validation_errors(errors: list[dict[str, Any]]) -> str:
             parts.append(f"JSON decode error: {err.get('ctx', {}).get('error', 'invalid JSON')} (json_invalid)")
             continue
         parts.append(f"{loc}: {err.get('msg', '')} ({kind})" if loc != "body" else f"{err.get('msg', '')} ({kind})")
-    return "; ".join(parts) or "Invalid request."
+    return "; ".join(dict.fromkeys(parts)) or "Invalid request."  # a union's members repeat a message
 
 
 def install_exception_handlers(app: Any) -> None:
@@ -96,7 +96,9 @@ def install_exception_handlers(app: Any) -> None:
     async def on_http_error(_request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         code = exc.status_code
-        return reply(OpenAIError(detail, code, _TYPES[code] if code == 413 else HTTPStatus(code).phrase))
+        if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI could not decode the JSON body
+            detail = f"The request body is not valid UTF-8: {exc.__cause__}."
+        return reply(OpenAIError(detail, code, _TYPES[code] if code in (400, 413) else HTTPStatus(code).phrase))
 
     async def on_openai_error(_request, exc: OpenAIError) -> JSONResponse:
         return reply(exc)
@@ -107,8 +109,12 @@ def install_exception_handlers(app: Any) -> None:
     async def on_value_error(_request, exc: ValueError) -> JSONResponse:
         return reply(to_openai_error(exc))
 
+    async def on_unexpected_error(_request, exc: Exception) -> JSONResponse:
+        return reply(to_openai_error(exc))
+
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(OpenAIError, on_openai_error)
     app.add_exception_handler(EngineDeadError, on_engine_dead)
     app.add_exception_handler(ValueError, on_value_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

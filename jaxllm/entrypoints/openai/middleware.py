@@ -3,6 +3,7 @@
 Starlette is imported inside functions, so importing this module works without the server extra.
 """
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -55,19 +56,39 @@ class BodySizeLimitMiddleware:
 
 
 class DrainMiddleware:
-    """While the server shuts down, requests that still arrive on open connections get a 503."""
+    """While the server shuts down, requests that still arrive on open connections get a 503.
+
+    Also the backstop's answer: a request that uvicorn cancels at the end of the graceful shutdown before it
+    has answered gets a 503 in OpenAI's shape instead of uvicorn's plain-text 500.
+    """
 
     def __init__(self, app: Any, tracker: Any):
         self.app = app
         self.tracker = tracker
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.tracker.draining and scope.get("method") == "POST":
-            from jaxllm.entrypoints.openai.errors import OpenAIError
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from jaxllm.entrypoints.openai.errors import OpenAIError
 
+        if self.tracker.draining and scope.get("method") == "POST":
             await _send_error(send, OpenAIError("The server is shutting down.", 503))
             return
-        await self.app(scope, receive, send)
+        started = False
+
+        async def send_tracking(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except asyncio.CancelledError:
+            if started or not self.tracker.draining:
+                raise
+            await _send_error(send, OpenAIError("The server is shutting down; the request was cancelled.", 503))
 
 
 class RequestIdHeaderMiddleware:

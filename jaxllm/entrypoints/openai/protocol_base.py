@@ -4,6 +4,10 @@ usage, and the sampling fields of completion and chat requests.
 Requests accept unknown fields (`extra="allow"`), as vLLM does, so clients that send newer OpenAI fields
 keep working. Nullable fields accept JSON `null` (LangChain sends `"logit_bias": null`, `"seed": null`).
 
+Every text in a request, however deeply nested (a prompt, chat content parts, `stop`, `bad_words`), must be
+valid Unicode: JSON can spell an unpaired surrogate (`"\\ud800"`), which no tokenizer accepts, so such a
+request is refused with a 400 naming the field.
+
 `_doc(...)` puts a field's valid range into /openapi.json only: the server checks it later, with vLLM's
 error messages (a 400 naming the field), rather than pydantic's.
 """
@@ -42,8 +46,46 @@ def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def _unpaired_surrogate(text: str) -> int | None:
+    """The position of the first character that UTF-8 cannot encode (an unpaired surrogate), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start
+    return None
+
+
+def check_unicode(value: Any, path: str = "") -> None:
+    """Raise ValueError if a string anywhere in `value` (dicts, lists, their keys) is not valid Unicode."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            pos = _unpaired_surrogate(item)
+            if pos is not None:
+                name = f"`{where}`" if where else "The request"
+                raise ValueError(f"{name} is not valid Unicode: it has an unpaired surrogate "
+                                 f"(U+{ord(item[pos]):04X}) at character {pos}. Text must be encodable as UTF-8.")
+        elif isinstance(item, dict):
+            for key, val in item.items():
+                stack.append((key, where))
+                stack.append((val, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, (list, tuple)):
+            if item and isinstance(item[0], int) and isinstance(item[-1], int):
+                continue  # token ids: no text
+            stack.extend((v, f"{where}.{i}" if where else str(i)) for i, v in enumerate(item))
+
+
 class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_unicode(cls, data: Any) -> Any:
+        check_unicode(data)
+        return data
 
 
 # ---- errors ------------------------------------------------------------------------------------

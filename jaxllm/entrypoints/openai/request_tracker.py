@@ -1,6 +1,8 @@
 """RequestTracker: `--request-timeout` (408) and the abort at the end of `--shutdown-timeout` (503).
 
-Both fail the request's streams, which aborts their engine requests and frees their KV blocks.
+Both fail the request's streams, which aborts their engine requests and frees their KV blocks. A request
+that has no stream yet (its prompt is being tokenized, or the engine has not admitted it, e.g. while it
+compiles) waits through `guard`, which gives up with the shutdown error as soon as the abort comes.
 """
 
 from __future__ import annotations
@@ -8,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from jaxllm.engine.request_stream import RequestStream
 from jaxllm.entrypoints.openai.errors import OpenAIError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class RequestTimeoutError(OpenAIError):
@@ -50,6 +56,8 @@ class RequestTracker:
         self._streams: weakref.WeakSet[RequestStream] = weakref.WeakSet()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._abort_error: BaseException | None = None
+        self._abort_signal: asyncio.Future[None] | None = None  # resolved by abort_all
+        self._guarded = 0  # requests waiting in `guard`
 
     def track(self, streams: list[RequestStream]) -> None:
         """Watch the streams of one HTTP request (until `untrack`); its timeout runs from now."""
@@ -64,6 +72,29 @@ class RequestTracker:
             loop = asyncio.get_running_loop()
             key = id(streams[0])
             self._timers[key] = loop.call_later(self.timeout, self._expire, key, list(streams))
+
+    async def guard(self, awaitable: Awaitable[T]) -> T:
+        """Await `awaitable` unless `abort_all` comes first: then cancel it and raise the abort's error."""
+        if self._abort_error is not None:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise self._abort_error
+        task = asyncio.ensure_future(awaitable)
+        loop = asyncio.get_running_loop()
+        if self._abort_signal is None or self._abort_signal.get_loop() is not loop:
+            self._abort_signal = loop.create_future()
+        self._guarded += 1
+        try:
+            await asyncio.wait({task, self._abort_signal}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            self._guarded -= 1
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise self._abort_error
 
     def untrack(self, streams: list[RequestStream]) -> None:
         for stream in streams:
@@ -81,12 +112,15 @@ class RequestTracker:
             fail_stream(stream, RequestTimeoutError(self.timeout))
 
     def abort_all(self, err: BaseException) -> int:
-        """Fail every tracked request (and any tracked later) with `err`; returns how many were running."""
+        """Fail every tracked or guarded request (and any later) with `err`; returns how many there were."""
         self._abort_error = err
+        waiting = self._guarded
+        if self._abort_signal is not None and not self._abort_signal.done():
+            self._abort_signal.set_result(None)
         live = [s for s in list(self._streams) if not s.finished]
         for stream in live:
             fail_stream(stream, err)
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        return len(live)
+        return len(live) + waiting

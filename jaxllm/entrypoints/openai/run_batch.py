@@ -43,7 +43,7 @@ _DESCRIPTION = "Run an OpenAI batch file (JSONL of /v1/completions and /v1/chat/
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `jaxllm run-batch`: files, engine flags, and the server's frontend flags that shape bodies."""
-    from jaxllm.entrypoints.cli import add_engine_arguments
+    from jaxllm.engine.arg_utils import add_engine_arguments
 
     io = parser.add_argument_group("batch")
     io.add_argument("-i", "--input-file", required=True,
@@ -109,6 +109,7 @@ def frontend_namespace(args: argparse.Namespace) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False)
     add_frontend_arguments(parser)
     merged = parser.parse_args([])
+    merged.max_n = None  # the server's default cap on `n` protects other clients; a batch has none
     for name, value in vars(args).items():
         setattr(merged, name, value)
     return merged
@@ -260,8 +261,8 @@ def _setup_logging() -> None:
 def load_engine(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(AsyncLLMEngine, tokenizer, ServingConfig) as `jaxllm serve` builds them from the same flags."""
     from jaxllm import LLM
+    from jaxllm.engine.arg_utils import engine_kwargs
     from jaxllm.engine.async_engine import AsyncLLMEngine
-    from jaxllm.entrypoints.cli import engine_kwargs
     from jaxllm.entrypoints.openai.app import serving_config
     from jaxllm.entrypoints.openai.cli_args import validate_args
     from jaxllm.sampling_params import set_max_logprobs_limit

@@ -26,6 +26,8 @@ from jaxllm.entrypoints.openai.serving_engine import (
     SSE_DONE,
     GenerationError,
     OpenAIServing,
+    cooperative,
+    input_size,
     sse,
 )
 from jaxllm.entrypoints.openai.stream_merge import merge_streams
@@ -41,11 +43,7 @@ class OpenAIServingChat(OpenAIServing):
             tools = ChatToolCalls.for_request(request, self.config.tool_call_parser)
         except ToolChoiceError as err:
             raise OpenAIError(str(err), param=err.param) from err
-        prompt = self.render_chat(request)
-        ids = self.tokenize(prompt, request.add_special_tokens, request.truncate_prompt_tokens)
-        if not ids:
-            raise OpenAIError("The decoder prompt cannot be empty.")
-        self.check_prompt_tokens(len(ids), param="messages")
+        prompt, ids = await self.off_loop(self._prompt, request, size=input_size(request.messages))
         requested = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         top = request.top_logprobs or 0
         params = self.sampling_params(
@@ -62,11 +60,20 @@ class OpenAIServingChat(OpenAIServing):
         created = int(time.time())
         streams = await self.add_requests(request_id, [(prompt, ids)], [params])
         if request.stream:
-            return StreamingResponse(self._stream(request, request_id, created, ids, streams, tools),
+            return StreamingResponse(cooperative(self._stream(request, request_id, created, ids, streams, tools)),
                                      media_type="text/event-stream")
         (final,) = await self.collect(streams)
-        body = self._response(request, request_id, created, ids, final, tools)
-        return Response(content=body.model_dump_json(), media_type="application/json")
+        body = await self.off_loop(self._response_json, request, request_id, created, ids, final, tools)
+        return Response(content=body, media_type="application/json")
+
+    def _prompt(self, request: ChatCompletionRequest) -> tuple[str, list[int]]:
+        """(prompt text, token ids) of the conversation; blocking (run via `off_loop`)."""
+        prompt = self.render_chat(request)
+        ids = self.tokenize(prompt, request.add_special_tokens, request.truncate_prompt_tokens)
+        if not ids:
+            raise OpenAIError("The decoder prompt cannot be empty.")
+        self.check_prompt_tokens(len(ids), param="messages")
+        return prompt, ids
 
     def _role(self, request: ChatCompletionRequest) -> str:
         if request.add_generation_prompt:
@@ -90,6 +97,9 @@ class OpenAIServingChat(OpenAIServing):
             return None
         return self.chat_logprobs(list(out.token_ids), list(out.logprobs or []), request.top_logprobs or 0,
                                   bool(request.return_tokens_as_token_ids))
+
+    def _response_json(self, request, request_id, created, ids, final: RequestOutput, tools: ChatToolCalls) -> str:
+        return self._response(request, request_id, created, ids, final, tools).model_dump_json()
 
     def _response(self, request, request_id, created, ids, final: RequestOutput,
                   tools: ChatToolCalls) -> ChatCompletionResponse:

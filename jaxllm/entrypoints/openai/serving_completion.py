@@ -20,6 +20,8 @@ from jaxllm.entrypoints.openai.serving_engine import (
     SSE_DONE,
     GenerationError,
     OpenAIServing,
+    cooperative,
+    input_size,
     sse,
 )
 from jaxllm.entrypoints.openai.stream_merge import merge_streams
@@ -36,7 +38,7 @@ class OpenAIServingCompletion(OpenAIServing):
             raise OpenAIError("suffix is not currently supported")
         if request.prompt_embeds is not None:
             raise OpenAIError("prompt_embeds is not supported.")
-        prompts = self._prompts(request)
+        prompts = await self.off_loop(self._prompts, request, size=input_size(request.prompt))
         logprobs = request.logprobs
         prompt_logprobs = request.prompt_logprobs
         if request.echo and logprobs is not None:
@@ -51,11 +53,11 @@ class OpenAIServingCompletion(OpenAIServing):
         streams = await self.add_requests(request_id, prompts, params)
         if request.stream:
             return StreamingResponse(
-                self._stream(request, request_id, created, prompts, streams), media_type="text/event-stream"
+                cooperative(self._stream(request, request_id, created, prompts, streams)), media_type="text/event-stream"
             )
         finals = await self.collect(streams)
-        body = self._response(request, request_id, created, prompts, finals)
-        return Response(content=body.model_dump_json(), media_type="application/json")
+        body = await self.off_loop(self._response_json, request, request_id, created, prompts, finals)
+        return Response(content=body, media_type="application/json")
 
     def _prompts(self, request: CompletionRequest) -> list[tuple[str | None, list[int]]]:
         """[(text or None, token ids)] for every prompt in the request."""
@@ -94,6 +96,9 @@ class OpenAIServingCompletion(OpenAIServing):
             prompt_steps = list(res.prompt_logprobs or [None] * len(prompt_ids))
             ids, steps = prompt_ids + ids, prompt_steps + steps
         return self.completion_logprobs(ids, steps, offset, bool(request.return_tokens_as_token_ids))
+
+    def _response_json(self, request, request_id, created, prompts, finals: list[RequestOutput]) -> str:
+        return self._response(request, request_id, created, prompts, finals).model_dump_json()
 
     def _response(self, request, request_id, created, prompts, finals: list[RequestOutput]) -> CompletionResponse:
         choices = []

@@ -1,7 +1,9 @@
 """OpenAIServing: what every endpoint shares (model check, prompt checks, sampling params, logprobs, SSE).
 
-Prompts are tokenized here, on the event loop, so that context-length errors are 400s with vLLM's
-messages before anything reaches the engine; the engine gets `{"prompt", "prompt_token_ids"}`.
+Prompts are tokenized here, so that context-length errors are 400s with vLLM's messages before anything
+reaches the engine; the engine gets `{"prompt", "prompt_token_ids"}`. Work that grows with the input
+(chat templates, tokenizing, detokenizing, building a response) runs on worker threads (`off_loop`), so
+the event loop keeps answering every other request, /health and /metrics whatever one request costs.
 
 `use_beam_search=true` turns a request into a beam search with `n` beams (`BeamSearchParams`): its one
 engine output holds the n best beams, best first, which the endpoints answer like n ordinary choices.
@@ -10,40 +12,36 @@ Operator limits (`--max-n`, `--max-prompt-tokens`) are 400s here; `RequestTracke
 `--request-timeout` (408) and aborts what is still running when a shutdown outlasts `--shutdown-timeout`
 (503): it fails the request's streams, which aborts their engine requests and frees their KV blocks.
 
-Split out of this module (and re-exported from it): `ServingConfig` (serving_config.py), `RequestTracker`
-and its errors (request_tracker.py), the logprobs formatting (serving_logprobs.py), `merge_streams` /
-`collect_final` (stream_merge.py).
+See also: `ServingConfig` (serving_config.py), `RequestTracker` and its errors (request_tracker.py), the
+logprobs formatting (serving_logprobs.py), `merge_streams` / `collect_final` (stream_merge.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import logging
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from jaxllm.chat_utils import apply_chat_template
-from jaxllm.engine.async_engine import AsyncLLMEngine, RequestStream
+from jaxllm.engine.async_engine import AsyncLLMEngine
+from jaxllm.engine.request_stream import RequestStream
 from jaxllm.entrypoints.openai.errors import OpenAIError
 from jaxllm.entrypoints.openai.protocol import PromptTokenUsageInfo, UsageInfo, random_id
-
-# Moved to their own modules; re-exported here, where the endpoints and tests import them from.
-from jaxllm.entrypoints.openai.request_tracker import (  # noqa: F401
-    RequestTimeoutError,
-    RequestTracker,
-    ShutdownAbortError,
-    fail_stream,
-)
+from jaxllm.entrypoints.openai.request_tracker import RequestTracker
 from jaxllm.entrypoints.openai.response_format import structured_outputs_from_request
 from jaxllm.entrypoints.openai.serving_config import ServingConfig
-from jaxllm.entrypoints.openai.serving_logprobs import (  # noqa: F401
-    MIN_LOGPROB,
-    OpenAIServingLogprobs,
-    clamp_logprob,
-)
-from jaxllm.entrypoints.openai.stream_merge import collect_final, merge_streams  # noqa: F401
+from jaxllm.entrypoints.openai.serving_logprobs import OpenAIServingLogprobs
+from jaxllm.entrypoints.openai.stream_merge import collect_final
 from jaxllm.outputs import RequestOutput
 from jaxllm.sampling_params import BeamSearchParams, SamplingParams
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SSE_DONE = "data: [DONE]\n\n"
 # A beam's score divides by len ** length_penalty; past this bound the length term swamps the
@@ -51,8 +49,60 @@ SSE_DONE = "data: [DONE]\n\n"
 MAX_ABS_LENGTH_PENALTY = 10.0
 
 
+# A stream lets the event loop run other work after this many events (a step of an n=5000 request makes
+# 5000 of them).
+EVENTS_PER_YIELD = 32
+
+
 def sse(payload: str) -> str:
     return f"data: {payload}\n\n"
+
+
+async def cooperative(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """`events`, giving the event loop a turn every `EVENTS_PER_YIELD` events."""
+    count = 0
+    try:
+        async for event in events:
+            yield event
+            count += 1
+            if count % EVENTS_PER_YIELD == 0:
+                await asyncio.sleep(0)
+    finally:
+        await events.aclose()
+
+
+# Requests with at least this much text (or this many token ids) are prepared on a pool of their own with
+# LARGE_INPUT_WORKERS threads: a few huge bodies cannot take every worker thread from the small requests.
+LARGE_INPUT_SIZE = 256 * 1024
+LARGE_INPUT_WORKERS = 2
+_large_input_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_large_input_pool_lock = threading.Lock()
+
+
+def _large_input_executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _large_input_pool
+    with _large_input_pool_lock:
+        if _large_input_pool is None:
+            _large_input_pool = concurrent.futures.ThreadPoolExecutor(
+                LARGE_INPUT_WORKERS, thread_name_prefix="jaxllm-large-input")
+        return _large_input_pool
+
+
+def input_size(value: Any) -> int:
+    """Characters of text plus token ids in a request field (strings, lists and dicts, however nested)."""
+    size, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            if item and isinstance(item[0], int):
+                size += len(item)
+            else:
+                stack.extend(item)
+    return size
 
 
 class OpenAIServing(OpenAIServingLogprobs):
@@ -67,6 +117,15 @@ class OpenAIServing(OpenAIServingLogprobs):
     @property
     def model_name(self) -> str:
         return self.config.served_model_names[0]
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any, size: int = 0) -> T:
+        """`fn(*args)` on a worker thread; the shutdown abort (`--shutdown-timeout`) ends the wait with a 503.
+
+        `size` (see `input_size`) at or over `LARGE_INPUT_SIZE` sends the work to the large-input pool.
+        """
+        loop = asyncio.get_running_loop()
+        executor = _large_input_executor() if size >= LARGE_INPUT_SIZE else None
+        return await self.tracker.guard(loop.run_in_executor(executor, functools.partial(fn, *args)))
 
     # ---- checks ------------------------------------------------------------------------------
 
@@ -113,7 +172,11 @@ class OpenAIServing(OpenAIServingLogprobs):
     # ---- prompts -----------------------------------------------------------------------------
 
     def tokenize(self, text: str, add_special_tokens: bool, truncate: int | None = None) -> list[int]:
-        ids = list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+        """The token ids of `text`; text the tokenizer refuses is a 400. Blocking: call it via `off_loop`."""
+        try:
+            ids = list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+        except (TypeError, UnicodeError) as err:  # e.g. an unpaired surrogate that slipped past validation
+            raise OpenAIError(f"The text could not be tokenized: {err}") from err
         return self.truncate(ids, truncate)
 
     def truncate(self, ids: list[int], truncate: int | None) -> list[int]:
@@ -263,7 +326,7 @@ class OpenAIServing(OpenAIServingLogprobs):
                 prompt = {"prompt_token_ids": ids} if text is None else {"prompt": text, "prompt_token_ids": ids}
                 if self.config.log_requests:
                     self._log_request(f"{request_id}-{i}", text, ids, sp)
-                streams.append(await self.engine.add_request(f"{request_id}-{i}", prompt, sp))
+                streams.append(await self.tracker.guard(self.engine.add_request(f"{request_id}-{i}", prompt, sp)))
         except BaseException as err:
             for stream in streams:
                 stream.close()
