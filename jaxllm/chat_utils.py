@@ -7,6 +7,7 @@ content it cannot read, no template at all) is a `ValueError` with the template'
 from __future__ import annotations
 
 import codecs
+import json
 import os
 from typing import Any
 
@@ -61,8 +62,23 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise ValueError(f"messages[{i}] must be a dict with a string 'role'.")
-        out.append({**message, "content": content_text(message.get("content"))})
+        normalized = {**message, "content": content_text(message.get("content"))}
+        if isinstance(message.get("tool_calls"), list):
+            normalized["tool_calls"] = [_template_tool_call(c) for c in message["tool_calls"]]
+        out.append(normalized)
     return out
+
+
+def _template_tool_call(call: Any) -> Any:
+    """A tool call as chat templates read it: `function.arguments` a dict, not OpenAI's JSON string."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(fn["arguments"])
+    except ValueError:
+        return call
+    return {**call, "function": {**fn, "arguments": arguments}}
 
 
 def apply_chat_template(

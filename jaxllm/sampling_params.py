@@ -29,6 +29,7 @@ from jaxllm.params_validation import (
     _str_list_field,
     _verify_num_sequences,
 )
+from jaxllm.structured_output.params import GuidedDecodingParams, StructuredOutputsParams
 
 _SAMPLING_EPS = 1e-5  # temperatures below this mean greedy sampling
 _MIN_TEMP = 1e-2  # smaller positive temperatures are raised to this (numerical safety)
@@ -73,7 +74,7 @@ _REPR_FIELDS = (
     "n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k",
     "min_p", "seed", "stop", "stop_token_ids", "bad_words", "include_stop_str_in_output", "ignore_eos",
     "max_tokens", "min_tokens", "logprobs", "prompt_logprobs", "skip_special_tokens",
-    "spaces_between_special_tokens", "truncate_prompt_tokens", "extra_args",
+    "spaces_between_special_tokens", "truncate_prompt_tokens", "structured_outputs", "extra_args",
 )
 
 
@@ -117,6 +118,8 @@ class SamplingParams:
     bad_words: list[str] | None = None
     use_beam_search: bool = False
     length_penalty: float = 1.0
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_decoding: GuidedDecodingParams | None = None  # the older name of `structured_outputs`
 
     def __post_init__(self) -> None:
         self._coerce_types()
@@ -168,8 +171,21 @@ class SamplingParams:
                      "include_stop_str_in_output", "use_beam_search"):
             setattr(self, name, _bool_field(name, getattr(self, name)))
         self.output_kind = _output_kind_field(self.output_kind)
+        self._structured_outputs_field()
         if self.extra_args is not None and not isinstance(self.extra_args, dict):
             raise ValueError(f"extra_args must be a dict, got {type(self.extra_args).__name__}.")
+
+    def _structured_outputs_field(self) -> None:
+        for name in ("structured_outputs", "guided_decoding"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, StructuredOutputsParams.from_dict(value))
+            elif value is not None and not isinstance(value, StructuredOutputsParams):
+                raise ValueError(f"{name} must be StructuredOutputsParams, got {type(value).__name__}.")
+        if self.structured_outputs is None:
+            self.structured_outputs = self.guided_decoding
+        elif self.guided_decoding is not None and self.guided_decoding != self.structured_outputs:
+            raise ValueError("Set structured_outputs or guided_decoding, not both.")
 
     def _verify_args(self) -> None:
         if self.best_of is not None and self.best_of < self.n:

@@ -9,6 +9,10 @@ is longer than the device step, the GPU waits for Python (small models at large 
 milliseconds per decode step, how much of it is input building, and how many steps waited for the host
 (planned only after the previous step's results were read back, instead of while it ran), for
 `--batch-size` sequences of `--input-len` prompt and `--output-len` generated tokens.
+
+`--constrained N` puts a JSON schema on N of the sequences (structured outputs, with the embedded
+model's tokenizer): their token bitmasks are filled on the host every step, and the stub returns a
+random token each mask allows (that pick stands in for the device and is not counted).
 """
 
 from __future__ import annotations
@@ -29,23 +33,35 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--constrained", type=int, default=0, help="sequences that follow a JSON schema")
     args = p.parse_args()
 
-    from jaxllm import LLM, SamplingParams
+    from jaxllm import LLM, SamplingParams, default_model_path
+    from jaxllm.sampling_params import StructuredOutputsParams
 
     folder, load_format = model_folder(SimpleNamespace(model=None, config=args.config))
     llm = LLM(folder, load_format=load_format, max_model_len=args.input_len + args.output_len,
-              max_num_seqs=args.batch_size, skip_tokenizer_init=True, precompile="off")
+              max_num_seqs=args.batch_size, skip_tokenizer_init=not args.constrained, precompile="off",
+              tokenizer=default_model_path() if args.constrained else None)
     runner = llm.runner
-    counters = {"steps": 0, "prepare_s": 0.0}
+    counters = {"steps": 0, "prepare_s": 0.0, "stub_s": 0.0}
+
+    pick = np.random.default_rng(1)
 
     def dispatch(sched, block_manager):
         started = time.perf_counter()
-        runner.prepare(sched, block_manager)
+        batch = runner.prepare(sched, block_manager)
         counters["prepare_s"] += time.perf_counter() - started
         counters["steps"] += 1
         n = len(sched.requests)
-        return SimpleNamespace(sampled_token_ids=[7] * n, logprobs=np.zeros(n, np.float32), ranks=np.ones(n, np.int64),
+        ids = [7] * n
+        if batch.flags.bitmask:  # what the device's masked sampling would do: draw an allowed token
+            picked = time.perf_counter()
+            bits = np.unpackbits(batch.sampling["token_bitmask"][:n].view(np.uint8), axis=1, bitorder="little")
+            ids = [int(pick.choice(np.flatnonzero(row))) if r.structured_output is not None else 7
+                   for row, r in zip(bits, sched.requests)]
+            counters["stub_s"] += time.perf_counter() - picked
+        return SimpleNamespace(sampled_token_ids=ids, logprobs=np.zeros(n, np.float32), ranks=np.ones(n, np.int64),
                                top_ids=None, top_logprobs=None, prompt_logprobs={}, finite=np.ones(n, bool))
 
     runner.dispatch, runner.collect = dispatch, (lambda handle: handle)
@@ -53,19 +69,28 @@ def main() -> None:
     prompts = [{"prompt_token_ids": rng.integers(1, llm.model_config.vocab_size, args.input_len).tolist()}
                for _ in range(args.batch_size)]
     params = SamplingParams(temperature=0.8, top_p=0.95, ignore_eos=True, max_tokens=args.output_len, detokenize=False)
-    llm.generate(prompts[:2], params, use_tqdm=False)  # warm-up
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {
+        "type": "object", "properties": {"id": {"type": "integer"}, "label": {"type": "string"}},
+        "required": ["id", "label"]}}}, "required": ["items"]}
+    constrained = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=args.output_len, detokenize=False,
+                                 structured_outputs=StructuredOutputsParams(json=schema))
+    params = [constrained if i < args.constrained else params for i in range(args.batch_size)]
+    llm.generate(prompts[:2], params[-2:], use_tqdm=False)  # warm-up
     stats = llm.llm_engine.stats
-    best = None
+    best, constrained_tokens = None, 0
     for _ in range(args.repeats):
-        counters.update(steps=0, prepare_s=0.0)
+        counters.update(steps=0, prepare_s=0.0, stub_s=0.0)
         waited = stats["steps_waited"]
         started = time.perf_counter()
-        llm.generate(prompts, params, use_tqdm=False)
-        per_step = (time.perf_counter() - started) / counters["steps"]
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        per_step = (time.perf_counter() - started - counters["stub_s"]) / counters["steps"]
         if best is None or per_step < best[0]:
             best = (per_step, counters["prepare_s"] / counters["steps"], counters["steps"], stats["steps_waited"] - waited)
-    print(json.dumps({"batch_size": args.batch_size, "steps": best[2], "host_ms_per_step": round(best[0] * 1e3, 3),
-                      "input_building_ms_per_step": round(best[1] * 1e3, 3), "steps_waited_for_host": best[3]}))
+            constrained_tokens = sum(len(o.outputs[0].token_ids) for o in outs[: args.constrained])
+    print(json.dumps({"batch_size": args.batch_size, "constrained": args.constrained, "steps": best[2],
+                      "host_ms_per_step": round(best[0] * 1e3, 3),
+                      "input_building_ms_per_step": round(best[1] * 1e3, 3), "steps_waited_for_host": best[3],
+                      "constrained_tokens": constrained_tokens}))
 
 
 if __name__ == "__main__":

@@ -139,6 +139,9 @@ class AsyncLLMEngine:
         else:
             params = params.clone()
             params.output_kind = RequestOutputKind.DELTA
+            if params.structured_outputs is not None and hasattr(self.engine, "compile_grammar"):
+                # a grammar can take seconds to compile: here, not on the engine thread (which then finds it cached)
+                await loop.run_in_executor(None, self.engine.compile_grammar, params.structured_outputs)
         stream = RequestStream(request_id, self._abort_soon, loop)
         accepted: asyncio.Future[None] = loop.create_future()
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import threading
 from typing import Any
 
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
@@ -60,6 +61,8 @@ class LLMEngine:
         )
         self._inflight: tuple[SchedulerOutput, Any] | None = None
         self._busy = False  # a step ran and more work remained: a step that cannot overlap it waited
+        self._grammars: Any = None  # GrammarCompiler, built at the first constrained request
+        self._grammars_lock = threading.Lock()
 
     # ---- requests in ---------------------------------------------------------------------------
 
@@ -112,6 +115,7 @@ class LLMEngine:
         budget = max_len - len(ids)
         max_tokens = budget if params.max_tokens is None else min(params.max_tokens, max(1, budget))
         bad_words_ids = self._bad_words_ids(params.bad_words)
+        grammar = self.compile_grammar(params.structured_outputs) if params.structured_outputs else None
         group = RequestGroup(request_id, text, ids, params)
         for i in range(params.best_of or params.n):
             seed = params.seed + i if params.seed is not None else self._rng.getrandbits(63)
@@ -128,6 +132,8 @@ class LLMEngine:
                 logprobs=[] if params.logprobs is not None else None,
             )
             seq.bad_words_ids = bad_words_ids
+            if grammar is not None:
+                seq.structured_output = self._grammars.matcher_for(grammar)
             if params.detokenize and self.tokenizer is not None:
                 seq.detokenizer = IncrementalDetokenizer(
                     self.tokenizer, ids, params.skip_special_tokens, params.spaces_between_special_tokens
@@ -177,6 +183,18 @@ class LLMEngine:
         self.scheduler.remove(seq)
         if seq.beam is not None and not seq.beam.done:
             fail_beam_group(self._groups.get(seq.parent_id), self.scheduler, error)
+
+    def compile_grammar(self, structured_outputs: Any) -> Any:
+        """Compile (and cache) a request's grammar; ValueError if it is invalid. Safe from any thread."""
+        return self._grammar_compiler().compile(structured_outputs)
+
+    def _grammar_compiler(self) -> Any:
+        with self._grammars_lock:
+            if self._grammars is None:
+                from jaxllm.structured_output.grammar_compiler import GrammarCompiler
+
+                self._grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, list(self.eos_token_ids))
+            return self._grammars
 
     def _bad_words_ids(self, words) -> list[list[int]]:
         if not words or self.tokenizer is None:
@@ -388,14 +406,14 @@ class LLMEngine:
 
 
 def _needs_host_tokens(seq: Request) -> bool:
-    """Sampling that reads the sequence's own outputs on the host (beams, penalties, bad words; min_tokens
-    until reached), so its next step cannot be planned before its newest token is read back."""
+    """Sampling that reads the sequence's own outputs on the host (beams, penalties, bad words, a grammar;
+    min_tokens until reached), so its next step cannot be planned before its newest token is read back."""
     until = seq.host_tokens_until
     if until is None:
         p = seq.sampling_params
         always = (
-            seq.beam is not None or p.presence_penalty != 0 or p.frequency_penalty != 0
-            or p.repetition_penalty != 1 or bool(p.bad_words)
+            seq.beam is not None or seq.structured_output is not None or p.presence_penalty != 0
+            or p.frequency_penalty != 0 or p.repetition_penalty != 1 or bool(p.bad_words)
         )
         until = seq.host_tokens_until = _ALWAYS if always else p.min_tokens
     return until > 0 and len(seq.output_token_ids) < until

@@ -85,6 +85,9 @@ class OutputProcessor:
                 if matched is not None:
                     seq.output_text = text
                     seq.status, seq.stop_reason = RequestStatus.FINISHED_STOPPED, matched
+        grammar = seq.structured_output
+        if grammar is not None and not seq.is_finished and (not grammar.accept(token) or grammar.is_terminated):
+            seq.status = RequestStatus.FINISHED_STOPPED  # the grammar ended (its end token even with ignore_eos)
         if not seq.is_finished and (n_out >= seq.max_tokens or seq.num_prompt_tokens + n_out >= self.max_model_len):
             seq.status = RequestStatus.FINISHED_LENGTH
         if seq.is_finished and seq.detokenize_at_end:

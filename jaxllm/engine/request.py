@@ -67,6 +67,7 @@ class Request:
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at the first prefill
     beam: Any = None  # BeamState when this sequence is one beam of a beam search
     on_hold: bool = False  # running, but skipped by the scheduler until the engine releases it
+    structured_output: Any = None  # StructuredOutputMatcher when the output follows a grammar
 
     @property
     def num_prompt_tokens(self) -> int:

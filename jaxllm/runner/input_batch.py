@@ -27,7 +27,7 @@ import numpy as np
 from jaxllm.runner.buckets import bucket_for
 from pallas_kernels.ragged_paged_attention import query_blocks
 
-_PENALTIES, _FILTERS, _TOP_LOGPROBS, _MAY_BIAS = 1, 2, 4, 8
+_PENALTIES, _FILTERS, _TOP_LOGPROBS, _MAY_BIAS, _BITMASK = 1, 2, 4, 8, 16
 
 
 @dataclass
@@ -39,9 +39,10 @@ class StepFlags:
     filters: bool = False
     top_logprobs: bool = False
     prompt_logprobs: bool = False
+    bitmask: bool = False  # some row follows a grammar: token_bitmask masks the logits
 
     def key(self) -> tuple[bool, ...]:
-        return (self.penalties, self.bias, self.filters, self.top_logprobs, self.prompt_logprobs)
+        return (self.penalties, self.bias, self.filters, self.top_logprobs, self.prompt_logprobs, self.bitmask)
 
 
 @dataclass
@@ -82,6 +83,8 @@ def _static(r) -> tuple[int, tuple]:
             bits |= _TOP_LOGPROBS
         if p.allowed_token_ids or p.logit_bias or p.min_tokens > 0 or getattr(r, "bad_words_ids", None):
             bits |= _MAY_BIAS
+        if r.structured_output is not None:
+            bits |= _BITMASK
         seed = r.seed
         row = (p.temperature, max(0, p.top_k), p.top_p, p.min_p, seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)
         st = r.step_static = (bits, row)
@@ -123,6 +126,7 @@ def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: in
         filters=bool(bits & _FILTERS),
         top_logprobs=bool(bits & _TOP_LOGPROBS),
         prompt_logprobs=is_prefill and any(r.wants_prompt_logprobs for r in requests),
+        bitmask=bool(bits & _BITMASK),
     )
     if flags.penalties:
         arrays["presence_penalty"] = _column(requests, rows, lambda p: p.presence_penalty, np.float32, 0.0)
@@ -138,6 +142,12 @@ def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: in
         arrays["token_ids"] = ids
     if bias is not None:
         arrays["logit_bias"] = bias
+    if flags.bitmask:  # all bits set: unconstrained (and padding) rows keep every token
+        mask = np.full((rows, (vocab + 31) // 32), -1, np.int32)
+        for i, r in enumerate(requests):
+            if r.structured_output is not None:
+                r.structured_output.fill_bitmask(mask, i)
+        arrays["token_bitmask"] = mask
     return arrays, flags
 
 

@@ -110,6 +110,7 @@ def _step(
         use_filters=flags.filters,
         use_top_logprobs=flags.top_logprobs,
         num_top_logprobs=top,
+        use_bitmask=flags.bitmask,
     )
     prompt = None
     if flags.prompt_logprobs:

@@ -30,6 +30,7 @@ class SamplingMetadata(NamedTuple):
     token_ids: jax.Array | None = None  # [B, L] int32, prompt then output, -1 padded
     prompt_lens: jax.Array | None = None  # int32
     logit_bias: jax.Array | None = None  # [B, V] float32 (logit_bias, min_tokens, allowed_token_ids)
+    token_bitmask: jax.Array | None = None  # [B, ceil(V/32)] int32: bit j of word i allows token 32i+j
 
 
 class SamplerOutput(NamedTuple):
@@ -54,6 +55,14 @@ def apply_penalties(logits: jax.Array, md: SamplingMetadata) -> jax.Array:
     logits = jnp.where(seen, jnp.where(logits > 0, logits / rep, logits * rep), logits)
     logits = logits - md.frequency_penalty[:, None] * out_counts
     return logits - md.presence_penalty[:, None] * (out_counts > 0)
+
+
+def apply_token_bitmask(logits: jax.Array, bitmask: jax.Array) -> jax.Array:
+    """-inf at every token whose bit is clear in its row's packed bitmask (structured outputs)."""
+    b, v = logits.shape
+    bits = jnp.right_shift(bitmask[:, :, None], jnp.arange(32, dtype=jnp.int32)) & 1  # [B, V/32, 32]
+    allowed = bits.reshape(b, -1)[:, :v].astype(jnp.bool_)  # [B, V]
+    return jnp.where(allowed, logits, -jnp.inf)
 
 
 def filter_top_k_top_p_min_p(scaled: jax.Array, md: SamplingMetadata) -> jax.Array:
@@ -88,6 +97,7 @@ def sample(
     use_filters: bool,
     use_top_logprobs: bool,
     num_top_logprobs: int = 20,
+    use_bitmask: bool = False,
 ) -> SamplerOutput:
     raw_logprobs = jax.nn.log_softmax(logits, axis=-1)
     x = logits
@@ -95,6 +105,8 @@ def sample(
         x = apply_penalties(x, md)
     if use_bias:
         x = x + md.logit_bias
+    if use_bitmask:
+        x = apply_token_bitmask(x, md.token_bitmask)
     greedy_ids = jnp.argmax(x, axis=-1).astype(jnp.int32)
     is_greedy = md.temperature <= 0.0
     scaled = x / jnp.where(is_greedy, 1.0, md.temperature)[:, None]

@@ -14,7 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams, SamplingType
+from jaxllm.sampling_params import (
+    BeamSearchParams,
+    GuidedDecodingParams,
+    RequestOutputKind,
+    SamplingParams,
+    SamplingType,
+    StructuredOutputsParams,
+)
 from tests.hardening.conftest import examples
 
 VOCAB = 400
@@ -72,6 +79,9 @@ plausible = {
     "bad_words": st.one_of(st.none(), st.lists(st.text(max_size=3), max_size=3)),
     "use_beam_search": st.booleans(),
     "length_penalty": st.one_of(st.just(1.0), st.floats(allow_nan=True, allow_infinity=True)),
+    "structured_outputs": st.one_of(st.none(), st.builds(StructuredOutputsParams, regex=st.text(max_size=4)),
+                                    st.fixed_dictionaries({"choice": st.lists(st.text(max_size=3), max_size=2)})),
+    "guided_decoding": st.one_of(st.none(), st.builds(GuidedDecodingParams, json_object=st.just(True))),
 }
 FIELDS = [f.name for f in fields(SamplingParams)]
 assert set(plausible) == set(FIELDS), set(FIELDS) ^ set(plausible)

@@ -51,6 +51,7 @@ def serving_config(args: argparse.Namespace, llm_engine: Any) -> Any:
         max_n=getattr(args, "max_n", None),
         max_prompt_tokens=getattr(args, "max_prompt_tokens", None),
         request_timeout=getattr(args, "request_timeout", None),
+        tool_call_parser=args.tool_call_parser if getattr(args, "enable_auto_tool_choice", False) else None,
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from jaxllm.entrypoints.openai.tool_parsers.registry import TOOL_PARSERS
+
 DEFAULT_SERVED_NAME = "jaxllm-default"  # the name of the embedded default model when no model is given
 DEFAULT_MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_N = 128  # OpenAI's own limit on `n`
@@ -66,6 +68,11 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
                      help="on SIGTERM, seconds to let in-flight requests finish; then every request still "
                           "open, admitted or not, is answered with a 503 and the process exits within a few "
                           "seconds more (default: wait for all)")
+    tools = parser.add_argument_group("tool calling")
+    tools.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help='let the model decide when to call tools (tool_choice "auto"); needs --tool-call-parser')
+    tools.add_argument("--tool-call-parser", default=None, choices=sorted(TOOL_PARSERS),
+                       help="how the model writes tool calls")
     lim = parser.add_argument_group("limits")
     lim.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                      help="largest request body accepted; larger bodies get a 413 (0: no limit; "
@@ -105,6 +112,8 @@ def validate_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1.")
+    if getattr(args, "enable_auto_tool_choice", False) and not getattr(args, "tool_call_parser", None):
+        raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
     timeout = getattr(args, "request_timeout", None)
     if timeout is not None and not timeout > 0:
         raise ValueError("--request-timeout must be a positive number of seconds.")

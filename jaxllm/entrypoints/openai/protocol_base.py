@@ -164,7 +164,7 @@ class _SamplingFields(OpenAIBaseModel):
     request_id: str | None = None
     return_tokens_as_token_ids: bool | None = None
     return_token_ids: bool | None = None
-    # structured outputs: accepted in the schema, refused with a 400 (this build has no guided decoding)
+    # structured outputs (response_format.py merges them into one StructuredOutputsParams)
     structured_outputs: dict[str, Any] | None = None
     guided_json: Any = None
     guided_regex: str | None = None
@@ -193,12 +193,3 @@ class _SamplingFields(OpenAIBaseModel):
             if isinstance(value, int) and value < 0 and value != -1:
                 raise ValueError("`prompt_logprobs` must be a positive value or -1.")
         return data
-
-    def wants_structured_output(self) -> bool:
-        fmt = self.response_format
-        return bool(
-            (fmt is not None and fmt.type != "text")
-            or self.structured_outputs
-            or any(v is not None for v in (self.guided_json, self.guided_regex, self.guided_choice,
-                                           self.guided_grammar))
-        )

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
 
+from jaxllm.entrypoints.openai.chat_tool_calls import ChatToolCalls, ToolChoiceError
 from jaxllm.entrypoints.openai.errors import OpenAIError, stream_error_event
 from jaxllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
@@ -31,13 +32,17 @@ from jaxllm.entrypoints.openai.serving_engine import (
 )
 from jaxllm.entrypoints.openai.stream_merge import merge_streams
 from jaxllm.outputs import CompletionOutput, RequestOutput
+from jaxllm.sampling_params import SamplingParams
 
 
 class OpenAIServingChat(OpenAIServing):
     async def create_chat_completion(self, request: ChatCompletionRequest, raw_request: Any = None) -> Response:
         self.check_model(request.model)
         self.check_engine()
-        self._check_tools(request)
+        try:
+            tools = ChatToolCalls.for_request(request, self.config.tool_call_parser)
+        except ToolChoiceError as err:
+            raise OpenAIError(str(err), param=err.param) from err
         prompt, ids = await self.off_loop(self._prompt, request, size=input_size(request.messages))
         requested = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         top = request.top_logprobs or 0
@@ -45,14 +50,20 @@ class OpenAIServingChat(OpenAIServing):
             request, self.resolve_max_tokens(len(ids), requested), top if request.logprobs else None,
             request.prompt_logprobs,
         )
+        forced = tools.structured_outputs()
+        if forced is not None:
+            if not isinstance(params, SamplingParams):
+                raise OpenAIError("tool_choice `required` or a named function is not available with "
+                                  "`use_beam_search`.")
+            params.structured_outputs = forced
         request_id = self.request_id("chatcmpl", raw_request, request)
         created = int(time.time())
         streams = await self.add_requests(request_id, [(prompt, ids)], [params])
         if request.stream:
-            return StreamingResponse(cooperative(self._stream(request, request_id, created, ids, streams)),
+            return StreamingResponse(cooperative(self._stream(request, request_id, created, ids, streams, tools)),
                                      media_type="text/event-stream")
         (final,) = await self.collect(streams)
-        body = await self.off_loop(self._response_json, request, request_id, created, ids, final)
+        body = await self.off_loop(self._response_json, request, request_id, created, ids, final, tools)
         return Response(content=body, media_type="application/json")
 
     def _prompt(self, request: ChatCompletionRequest) -> tuple[str, list[int]]:
@@ -63,16 +74,6 @@ class OpenAIServingChat(OpenAIServing):
             raise OpenAIError("The decoder prompt cannot be empty.")
         self.check_prompt_tokens(len(ids), param="messages")
         return prompt, ids
-
-    @staticmethod
-    def _check_tools(request: ChatCompletionRequest) -> None:
-        choice = request.tool_choice
-        if choice in (None, "none"):
-            return
-        if choice == "auto":
-            raise OpenAIError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set')
-        raise OpenAIError("Forced tool choice (`required` or a named function) needs structured outputs, "
-                          "which are not supported yet.")
 
     def _role(self, request: ChatCompletionRequest) -> str:
         if request.add_generation_prompt:
@@ -97,22 +98,25 @@ class OpenAIServingChat(OpenAIServing):
         return self.chat_logprobs(list(out.token_ids), list(out.logprobs or []), request.top_logprobs or 0,
                                   bool(request.return_tokens_as_token_ids))
 
-    def _response_json(self, request, request_id, created, ids, final: RequestOutput) -> str:
-        return self._response(request, request_id, created, ids, final).model_dump_json()
+    def _response_json(self, request, request_id, created, ids, final: RequestOutput, tools: ChatToolCalls) -> str:
+        return self._response(request, request_id, created, ids, final, tools).model_dump_json()
 
-    def _response(self, request, request_id, created, ids, final: RequestOutput) -> ChatCompletionResponse:
+    def _response(self, request, request_id, created, ids, final: RequestOutput,
+                  tools: ChatToolCalls) -> ChatCompletionResponse:
         role = self._role(request)
         echo = self._echo_text(request, role)
         choices = []
         for out in sorted(final.outputs, key=lambda o: o.index):
             if out.finish_reason == "error":
                 raise GenerationError()
+            content, calls = tools.calls(out.text)
+            content = echo + content if content is not None else (echo or None)
             choices.append(
                 ChatCompletionResponseChoice(
                     index=out.index,
-                    message=ChatMessage(role=role, content=echo + out.text),
+                    message=ChatMessage(role=role, content=content, tool_calls=[c.to_dict() for c in calls]),
                     logprobs=self._logprobs(request, out),
-                    finish_reason=out.finish_reason,
+                    finish_reason=tools.finish_reason(out.finish_reason, bool(calls)),
                     stop_reason=out.stop_reason,
                     token_ids=list(out.token_ids) if request.return_token_ids else None,
                 )
@@ -138,11 +142,12 @@ class OpenAIServingChat(OpenAIServing):
             body["usage"] = usage.model_dump()
         return sse(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
 
-    async def _stream(self, request, request_id, created, ids, streams) -> AsyncIterator[str]:
+    async def _stream(self, request, request_id, created, ids, streams, tools: ChatToolCalls) -> AsyncIterator[str]:
         include_usage, continuous = self.stream_usage_flags(request)
         role = self._role(request)
         num_tokens = [0] * request.n
         finished: set[int] = set()
+        texts, calls = [""] * request.n, [tools.stream() for _ in range(request.n)]
         first = True
         try:
             async for _, res in merge_streams(streams):
@@ -168,15 +173,20 @@ class OpenAIServingChat(OpenAIServing):
                         continue
                     num_tokens[i] += len(out.token_ids)
                     lps = self._logprobs(request, out)
+                    texts[i] += out.text
+                    content, tool_deltas = calls[i].feed(texts[i], out.finish_reason is not None)
+                    delta: dict[str, Any] = {"content": content}
+                    if tool_deltas:  # as OpenAI streams calls: no content beside them
+                        delta = {"content": content or None, "tool_calls": tool_deltas}
                     choice: dict[str, Any] = {
-                        "index": i, "delta": {"content": out.text},
+                        "index": i, "delta": delta,
                         "logprobs": lps.model_dump() if lps is not None else None, "finish_reason": None,
                     }
                     if request.return_token_ids:
                         choice["token_ids"] = list(out.token_ids)
                     if out.finish_reason is not None:
                         finished.add(i)
-                        choice["finish_reason"] = out.finish_reason
+                        choice["finish_reason"] = tools.finish_reason(out.finish_reason, calls[i].called)
                         choice["stop_reason"] = out.stop_reason
                     usage = self.usage(len(ids), num_tokens[i]) if continuous else None
                     yield self._chunk(request_id, created, [choice], usage)

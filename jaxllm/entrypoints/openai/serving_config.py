@@ -30,6 +30,7 @@ class ServingConfig:
     max_n: int | None = None  # --max-n: the largest n / best_of / beam width a request may ask for
     max_prompt_tokens: int | None = None  # --max-prompt-tokens
     request_timeout: float | None = None  # --request-timeout, seconds
+    tool_call_parser: str | None = None  # --tool-call-parser, when --enable-auto-tool-choice is set
 
     @staticmethod
     def sampling_defaults(generation_config: dict[str, Any] | None) -> tuple[dict[str, Any], int | None]:

@@ -32,6 +32,7 @@ from jaxllm.engine.request_stream import RequestStream
 from jaxllm.entrypoints.openai.errors import OpenAIError
 from jaxllm.entrypoints.openai.protocol import PromptTokenUsageInfo, UsageInfo, random_id
 from jaxllm.entrypoints.openai.request_tracker import RequestTracker
+from jaxllm.entrypoints.openai.response_format import structured_outputs_from_request
 from jaxllm.entrypoints.openai.serving_config import ServingConfig
 from jaxllm.entrypoints.openai.serving_logprobs import OpenAIServingLogprobs
 from jaxllm.entrypoints.openai.stream_merge import collect_final
@@ -233,13 +234,11 @@ class OpenAIServing(OpenAIServingLogprobs):
 
         `SamplingParams`, or `BeamSearchParams` when the request sets `use_beam_search`.
         """
-        if request.wants_structured_output():
-            raise OpenAIError(
-                "Structured outputs (response_format json_object/json_schema, structured_outputs, guided_*) "
-                "are not supported yet."
-            )
+        structured = structured_outputs_from_request(request)
         self.check_n(request)
         if request.use_beam_search:
+            if structured is not None:
+                raise OpenAIError("Structured outputs are not available with `use_beam_search`.")
             return self.beam_search_params(request, max_tokens, logprobs, prompt_logprobs)
         defaults = self.config.default_sampling
 
@@ -272,6 +271,7 @@ class OpenAIServing(OpenAIServingLogprobs):
             logit_bias=request.logit_bias,
             allowed_token_ids=request.allowed_token_ids,
             length_penalty=request.length_penalty,
+            structured_outputs=structured,
         )
         params.verify(max_logprobs=self.config.max_logprobs, vocab_size=self.config.vocab_size)
         return params

@@ -1,0 +1,1 @@
+"""Tool-call parsers (`--tool-call-parser NAME`): a model's tool-call text -> OpenAI `tool_calls`."""

@@ -1,0 +1,1 @@
+"""Structured outputs: grammars compiled with xgrammar, one matcher per constrained sequence."""
