@@ -17,6 +17,7 @@ from typing import Any
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.engine.beam_search import BeamState, advance_beams, fail_beam_group
 from jaxllm.engine.block_manager import BlockManager
+from jaxllm.engine.input_processor import InputProcessor
 from jaxllm.engine.output_processor import OutputProcessor, RequestGroup
 from jaxllm.engine.request import Request, RequestStatus
 from jaxllm.engine.scheduler import Scheduler, SchedulerOutput
@@ -42,6 +43,7 @@ class LLMEngine:
         self.model_config = model_config
         self.scheduler_config = scheduler_config
         self.tokenizer = tokenizer
+        self.input_processor = InputProcessor(tokenizer, model_config.vocab_size)
         self.runner = runner
         self.generation_config = generation_config or {}
         self.block_manager = BlockManager(
@@ -66,32 +68,6 @@ class LLMEngine:
 
     # ---- requests in ---------------------------------------------------------------------------
 
-    def tokenize_prompt(self, prompt: Any) -> tuple[str | None, list[int]]:
-        """(prompt text or None, token ids) from a str, {"prompt": str} or {"prompt_token_ids": [...]}."""
-        if isinstance(prompt, str):
-            text, ids = prompt, None
-        elif isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-            text, ids = prompt.get("prompt"), prompt["prompt_token_ids"]
-        elif isinstance(prompt, dict) and "prompt" in prompt:
-            text, ids = prompt["prompt"], None
-            if not isinstance(text, str):
-                raise ValueError(f"prompt must be a string, got {type(text).__name__}.")
-        else:
-            raise ValueError(
-                "Each prompt must be a str, {'prompt': str} or {'prompt_token_ids': list[int]}; "
-                f"got {type(prompt).__name__}."
-            )
-        if ids is None:
-            if self.tokenizer is None:
-                raise ValueError("Text prompts need a tokenizer; pass prompt_token_ids instead.")
-            ids = self.tokenizer(text).input_ids
-        ids = list(ids)
-        vocab = self.model_config.vocab_size
-        for t in ids:
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
-                raise ValueError(f"Token id {t!r} in prompt_token_ids is out of vocabulary (size {vocab}).")
-        return text, ids
-
     def add_request(self, request_id: str, prompt: Any, params: SamplingParams | None = None) -> None:
         """Queue a request. Raises ValueError (and queues nothing) if the prompt or params are invalid."""
         if request_id in self._groups:
@@ -99,7 +75,7 @@ class LLMEngine:
         params = (params or SamplingParams()).clone()
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}.")
-        text, ids = self.tokenize_prompt(prompt)
+        text, ids = self.input_processor.tokenize_prompt(prompt)
         if params.truncate_prompt_tokens is not None and params.truncate_prompt_tokens > 0:
             ids = ids[-params.truncate_prompt_tokens :]
         max_len = self.scheduler_config.max_model_len
@@ -114,7 +90,7 @@ class LLMEngine:
         params.update_from_generation_config(self.generation_config, next(iter(self.eos_token_ids), None))
         budget = max_len - len(ids)
         max_tokens = budget if params.max_tokens is None else min(params.max_tokens, max(1, budget))
-        bad_words_ids = self._bad_words_ids(params.bad_words)
+        bad_words_ids = self.input_processor.bad_words_ids(params.bad_words)
         grammar = self.compile_grammar(params.structured_outputs) if params.structured_outputs else None
         group = RequestGroup(request_id, text, ids, params)
         for i in range(params.best_of or params.n):
@@ -156,7 +132,7 @@ class LLMEngine:
                 f"beam_width ({params.beam_width}) needs {2 * params.beam_width} log-probabilities per step, "
                 f"more than max_logprobs ({self.max_logprobs}); raise max_logprobs or lower beam_width."
             )
-        text, ids = self.tokenize_prompt(prompt)
+        text, ids = self.input_processor.tokenize_prompt(prompt)
         max_len = self.scheduler_config.max_model_len
         if not ids or len(ids) >= max_len:
             raise ValueError(
@@ -195,17 +171,6 @@ class LLMEngine:
 
                 self._grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, list(self.eos_token_ids))
             return self._grammars
-
-    def _bad_words_ids(self, words) -> list[list[int]]:
-        if not words or self.tokenizer is None:
-            return []
-        out = []
-        for word in words:
-            for variant in (word, " " + word.lstrip()):
-                ids = self.tokenizer(variant, add_special_tokens=False).input_ids
-                if ids and ids not in out:
-                    out.append(ids)
-        return out
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
