@@ -8,6 +8,8 @@
 #   serving     the online benchmark (scripts/benchmark_serving.py) against `jaxllm serve --load-format
 #               dummy`, 8B shape, 1024/1024, max concurrency 1, 16, 64, 256 (needs the .whl folder carried:
 #               fastapi, uvicorn and their dependencies)
+#   fp8         the paged-attention kernel table with float8 pages beside bf16 pages of the same values,
+#               and the 8B 1024/1024 throughput with --kv-cache-dtype fp8 (compare with 8b_defaults)
 #   awq         scripts/awq_gpu_check.sh (AWQ layer table and 8B decode, AWQ vs bf16)
 #   startup     scripts/benchmark_startup.py: 8B shape from real safetensors and a converted checkpoint
 #   tests       the GPU-only tests (kernels against their references)
@@ -18,7 +20,7 @@ OUT=${OUT:-results}
 CONFIG=${CONFIG:-llama-3-8b}
 SMALL=${SMALL:-qwen2.5-1.5b}
 NUM_PROMPTS=${NUM_PROMPTS:-1000}
-SECTIONS=${SECTIONS:-throughput serving awq startup tests}
+SECTIONS=${SECTIONS:-throughput serving fp8 awq startup tests}
 LOGS=${LOGS:-/tmp/jaxllm-gpu-check-logs}  # full logs stay here; $OUT gets the results (at most 8 files)
 mkdir -p "$OUT" "$LOGS"
 export PYTHONPATH=.:scripts${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -66,6 +68,13 @@ for section in $SECTIONS; do
         --max-concurrency 1,16,64,256 --ignore-eos --save-result --result-dir "$OUT" > "$LOGS/serving.log" 2>&1
       stamp "rc=$?"
       grep -vE '^\s*$' "$LOGS/serving.log" | grep -E 'concurrency|tok/s|TTFT|TPOT|ITL|Error|error' | cut -c1-200 | tail -60
+      ;;
+    fp8)
+      stamp "fp8 kernel table"
+      timeout 240 python scripts/bench_paged_attention.py --kv-cache-dtype fp8 --out "$OUT" --tag bench_fp8 \
+        > "$LOGS/bench_fp8.log" 2>&1; stamp "rc=$?"
+      grep -E '^\||Error' "$LOGS/bench_fp8.log" | cut -c1-300 | tail -30
+      throughput 8b_fp8 --config "$CONFIG" --input-len 1024 --output-len 1024 --kv-cache-dtype fp8
       ;;
     awq)
       stamp "awq"; OUT="$OUT" LOGS="$LOGS/awq" bash scripts/awq_gpu_check.sh 2>&1 | tail -40
