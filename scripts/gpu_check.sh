@@ -81,8 +81,10 @@ for section in $SECTIONS; do
       ;;
     startup)
       stamp "startup"
-      timeout 500 python scripts/benchmark_startup.py --config "$CONFIG" --work-dir /tmp/jaxllm-startup \
-        --from safetensors,converted --out "$OUT" > "$LOGS/startup.log" 2>&1; stamp "rc=$?"
+      timeout 300 python scripts/benchmark_startup.py --config "$CONFIG" --work-dir /tmp/jaxllm-startup \
+        --from safetensors,converted --prepare-only > "$LOGS/startup_prepare.log" 2>&1; stamp "prepared rc=$?"
+      timeout 400 python scripts/benchmark_startup.py --config "$CONFIG" --work-dir /tmp/jaxllm-startup \
+        --from safetensors,converted --precompile background --out "$OUT" > "$LOGS/startup.log" 2>&1; stamp "rc=$?"
       grep -E '^\{|Error|^phase|^\|' "$LOGS/startup.log" | cut -c1-300 | tail -40
       ;;
     tests)
