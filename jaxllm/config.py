@@ -182,9 +182,15 @@ class CacheConfig:
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 2:
             raise ValueError("num_gpu_blocks_override must be at least 2 (block 0 is the null block).")
 
-    def kv_dtype(self, model_dtype: str) -> str:
-        """The pool's element type (a NumPy/JAX dtype name) for a model computing in `model_dtype`."""
-        return KV_CACHE_DTYPES[self.cache_dtype] or model_dtype
+    def kv_dtype(self, model_dtype: str, backend: str | None = None) -> str:
+        """The pool's element type (a NumPy/JAX dtype name) for a model computing in `model_dtype` on
+        `backend`. On the CPU a bfloat16 model keeps a float32 pool (the same values): XLA's CPU backend
+        widens a whole bfloat16 pool to float32 and back around every write, so a step's time would grow
+        with the pool's size."""
+        chosen = KV_CACHE_DTYPES[self.cache_dtype]
+        if chosen is None and backend == "cpu" and model_dtype == "bfloat16":
+            return "float32"
+        return chosen or model_dtype
 
     @property
     def is_fp8(self) -> bool:

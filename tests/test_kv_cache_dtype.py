@@ -73,9 +73,11 @@ def test_planner_counts_pages_in_the_element_size(tiny_model_dir):
     budget = 1 << 20
     plan = lambda dtype: kv_cache.plan_num_blocks(
         model, CacheConfig(kv_cache_memory_bytes=budget, cache_dtype=dtype), sched)
-    per_page_bf16 = model.kv_bytes_per_token() * 16
-    assert plan("auto") == budget // per_page_bf16
-    assert plan("fp8") == plan("fp8_e5m2") == budget // (per_page_bf16 // 2)
+    import jax
+
+    auto_itemsize = np.dtype(CacheConfig().kv_dtype(model.dtype, jax.default_backend())).itemsize  # 4 on CPU
+    assert plan("auto") == budget // (model.kv_bytes_per_token(auto_itemsize) * 16)
+    assert plan("fp8") == plan("fp8_e5m2") == budget // (model.kv_bytes_per_token(1) * 16)
 
 
 def _with_scale_tensors(src: str, dst: str, tensors: dict[str, np.ndarray]) -> str:

@@ -294,4 +294,4 @@ def attention(
         out = prefill_attention(q, k, v, positions, md.segment_ids, scale, alibi_slopes)
     else:
         out = decode(q, k_pages, v_pages, md.block_tables, md.context_lens, alibi_slopes, k_scale, v_scale)
-    return out, (k_pages, v_pages) + (() if k_scale is None else (k_scale, v_scale))
+    return out.astype(q.dtype), (k_pages, v_pages) + (() if k_scale is None else (k_scale, v_scale))

@@ -39,7 +39,8 @@ def plan_num_blocks(
     `weights_to_come`: bytes of parameters each device will receive after this call (planning before the
     weights are loaded, so the pool's shape is known to the steps compiled meanwhile).
     """
-    itemsize = jnp.dtype(cache.kv_dtype(model.dtype)).itemsize  # 1 for float8 pages: twice the pages
+    # 1 for float8 pages: twice the pages
+    itemsize = jnp.dtype(cache.kv_dtype(model.dtype, jax.default_backend())).itemsize
     per_token = model.kv_bytes_per_token(itemsize) * pool_head_dim(model.head_dim) // model.head_dim
     per_block = per_token * cache.block_size // tp
     pages_per_seq = -(-sched.max_model_len // cache.block_size)
@@ -71,7 +72,7 @@ def plan_num_blocks(
             "decreasing `max_model_len` when initializing the engine."
         )
     logger.info("KV pool: %d blocks of %d tokens in %s (%s)", num_blocks, cache.block_size,
-                cache.kv_dtype(model.dtype), source)
+                cache.kv_dtype(model.dtype, jax.default_backend()), source)
     return int(num_blocks)
 
 
@@ -116,7 +117,7 @@ def allocate_kv_caches(
     float8 pools carry each layer's scales, `scales[layer] = (k_scale, v_scale)` (0: calibrate on the
     first step), replicated with `scale_sharding`.
     """
-    shape, dtype = _pool_shape(model, cache), jnp.dtype(cache.kv_dtype(model.dtype))
+    shape, dtype = _pool_shape(model, cache), jnp.dtype(cache.kv_dtype(model.dtype, jax.default_backend()))
     zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
     if not cache.is_fp8:
         return [(zeros(), zeros()) for _ in range(model.num_layers)]
@@ -127,7 +128,8 @@ def allocate_kv_caches(
 
 def abstract_kv_caches(model: ModelConfig, cache: CacheConfig, sharding, scale_sharding) -> list[tuple]:
     """The pools as `ShapeDtypeStruct`s (the steps compile from them before the pool exists)."""
-    page = jax.ShapeDtypeStruct(_pool_shape(model, cache), jnp.dtype(cache.kv_dtype(model.dtype)), sharding=sharding)
+    dtype = jnp.dtype(cache.kv_dtype(model.dtype, jax.default_backend()))
+    page = jax.ShapeDtypeStruct(_pool_shape(model, cache), dtype, sharding=sharding)
     if not cache.is_fp8:
         return [(page, page) for _ in range(model.num_layers)]
     scale = jax.ShapeDtypeStruct((), jnp.float32, sharding=scale_sharding)
