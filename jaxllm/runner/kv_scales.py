@@ -16,8 +16,8 @@ import re
 
 import numpy as np
 
-from jaxllm.config import CacheConfig, ModelConfig
 from jaxllm.checkpoint_reader import read_safetensors_header
+from jaxllm.config import CacheConfig, ModelConfig
 from jaxllm.model_loader import safetensors_files
 
 logger = logging.getLogger(__name__)
