@@ -33,6 +33,16 @@ def bitmask_width(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
 
 
+def _as_transformers(tokenizer: Any) -> Any:
+    """xgrammar reads vocabularies from transformers tokenizers: jaxllm's own fast tokenizer is wrapped
+    around the same `tokenizers` backend (xgrammar imports transformers itself, so this costs nothing)."""
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+    if isinstance(tokenizer, PreTrainedTokenizerBase) or not hasattr(tokenizer, "backend_tokenizer"):
+        return tokenizer
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer)
+
+
 class GrammarCompiler:
     """Compiles and caches grammars for one tokenizer and one model vocabulary size."""
 
@@ -44,7 +54,7 @@ class GrammarCompiler:
         self._xgr = xgrammar
         self.vocab_size = vocab_size
         info = xgrammar.TokenizerInfo.from_huggingface(
-            tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids)
+            _as_transformers(tokenizer), vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids)
         )
         self._compiler = xgrammar.GrammarCompiler(info, max_threads=max_threads)
         self._cache: OrderedDict[tuple, Any] = OrderedDict()
