@@ -217,17 +217,17 @@ def test_ragged_kernel_matches_reference(fmt, groups, qb):
                                            jnp.asarray(c["segment_rows"]), c["block_tables"], **scales)
     real = c["segment_rows"] >= 0
     assert np.isfinite(np.asarray(out)[real]).all()
-    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=1e-4, rtol=1e-4)
     # The XLA formulation (the CPU's engine path) too.
     xla = ragged_paged_attention_xla(c["q"], c["k_pages"], c["v_pages"], c["positions"], c["block_tables"],
                                      jnp.asarray(rows), jnp.asarray(starts), jnp.asarray(lens), qb=qb, **scales)
-    np.testing.assert_allclose(np.asarray(xla)[real], np.asarray(ref)[real], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(xla)[real], np.asarray(ref)[real], atol=1e-4, rtol=1e-4)
     # The reference itself: decode attention of each token over its own prefix, in float64.
     for i in np.flatnonzero(real):
         one = {"q": c["q"][i : i + 1], "k_pages": c["k_pages"], "v_pages": c["v_pages"],
                "block_tables": c["block_tables"][c["segment_rows"][i]][None],
                "lengths": c["positions"][i : i + 1] + 1, **scales}
-        np.testing.assert_allclose(np.asarray(ref)[i], _numpy_decode(**one)[0], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(ref)[i], _numpy_decode(**one)[0], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.skipif(not triton_backend_available(), reason="jax has no Pallas Triton backend")
