@@ -104,7 +104,7 @@ class Scheduler:
             request = queue.popleft()
             computed = request.num_computed_tokens
             left = len(request.prompt_token_ids) + len(request.output_token_ids) + request.num_pending - computed
-            n_new = left if left < budget else budget
+            n_new = min(budget, left)
             if n_new <= 0:  # nothing left to compute until its step in flight is read
                 skipped.append(request)
                 continue
@@ -112,21 +112,9 @@ class Scheduler:
                 pure_decode = False
             target = computed + n_new
             if target > len(request.block_ids) * page or request.beam is not None:
-                while not self._fits(request, target):
-                    if overlap:
-                        return SchedulerOutput(is_prefill=False)  # never preempt under a step in flight
-                    if self._release_held_pages(held):
-                        continue
-                    victim = queue.pop() if queue else request
-                    self._preempt(victim, out)
-                    if victim is request:
-                        break
-                else:
-                    bm.allocate(request, target)
-                    copy = bm.make_writable(request, target - 1)  # a beam writing a shared page
-                    if copy:
-                        out.block_copies.append(copy)
-                if request.status is RequestStatus.PREEMPTED:
+                if overlap and not self._fits(request, target):
+                    return SchedulerOutput(is_prefill=False)  # never preempt under a step in flight
+                if not self._reserve(request, target, queue, held, out):
                     continue
             request.num_new_tokens = n_new
             out.requests.append(request)
@@ -199,25 +187,29 @@ class Scheduler:
         out = SchedulerOutput(is_prefill=False)
         held = [r for r in self.running if r.on_hold]
         queue = deque(r for r in self.running if not r.on_hold)
-        bm = self.block_manager
         while queue:
             request = queue.popleft()
-            while not self._fits(request, request.num_tokens):
-                if self._release_held_pages(held):
-                    continue
-                victim = queue.pop() if queue else request
-                self._preempt(victim, out)
-                if victim is request:
-                    break
-            else:
-                bm.allocate(request, request.num_tokens)
-                copy = bm.make_writable(request, request.num_tokens - 1)  # a beam writing a shared page
-                if copy:
-                    out.block_copies.append(copy)
+            if self._reserve(request, request.num_tokens, queue, held, out):
                 request.num_new_tokens = 1
                 out.requests.append(request)
         self.running = held + out.requests
         return out
+
+    def _reserve(self, request: Request, target: int, queue: deque, held: list, out: SchedulerOutput) -> bool:
+        """Pages for `request` to hold `target` tokens: free held beams' pages, then preempt the youngest
+        sequence of `queue` (or `request` itself) until they fit. False when `request` was preempted."""
+        while not self._fits(request, target):
+            if self._release_held_pages(held):
+                continue
+            victim = queue.pop() if queue else request
+            self._preempt(victim, out)
+            if victim is request:
+                return False
+        self.block_manager.allocate(request, target)
+        copy = self.block_manager.make_writable(request, target - 1)  # a beam writing a shared page
+        if copy:
+            out.block_copies.append(copy)
+        return True
 
     def _num_active(self, exclude=frozenset()) -> int:
         """Running sequences that take part in steps (beams waiting for their round do not, nor those
