@@ -8,6 +8,7 @@ name, then one with its arguments, the shapes OpenAI streams.
 
 from __future__ import annotations
 
+import abc
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ def call_from_json(obj: Any, arguments_keys: tuple[str, ...] = ("arguments", "pa
     return ToolCall(obj["name"], args if isinstance(args, str) else json.dumps(args, ensure_ascii=False))
 
 
-class ToolParser:
+class ToolParser(abc.ABC):
     """Base class; subclasses set `name`, `start` and implement `split_calls`."""
 
     name: ClassVar[str]
@@ -59,12 +60,12 @@ class ToolParser:
         self._streamed_text = 0  # characters of content already sent
         self._calls_sent = 0
 
+    @abc.abstractmethod
     def split_calls(self, text: str, final: bool) -> tuple[list[ToolCall], bool]:
         """The complete calls in `text` (which begins at `start`); and whether all of it parsed.
 
         With `final` False, a call still being written is not an error: it is simply not returned.
         """
-        raise NotImplementedError
 
     def _start_index(self, text: str) -> int:
         return text.find(self.start)
