@@ -20,6 +20,9 @@ _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), ("
             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
+_LONG_TEXT = 8192  # characters (or token ids) from which (de)tokenizing goes through the batch calls
+
+
 class Encoding(dict):
     """What calling the tokenizer returns: `input_ids` and `attention_mask`, as keys and as attributes."""
 
@@ -137,8 +140,15 @@ class FastTokenizer:
 
     # ---- text -> ids -----------------------------------------------------------------------------
 
+    def _encoding(self, text: str, add_special_tokens: bool):
+        # `encode_batch` lets other Python threads run while it works; `encode` may hold the GIL throughout,
+        # which would stall a server's event loop for seconds on a long text.
+        if len(text) < _LONG_TEXT:
+            return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return self._tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0]
+
     def _ids(self, text: str, add_special_tokens: bool, truncation: bool, max_length: int | None) -> list[int]:
-        ids = self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        ids = self._encoding(text, add_special_tokens).ids
         limit = max_length if max_length is not None else (self.model_max_length if truncation else None)
         if truncation and limit is not None and len(ids) > limit:
             ids = ids[len(ids) - limit:] if self.truncation_side == "left" else ids[:limit]
@@ -157,7 +167,7 @@ class FastTokenizer:
         return self._ids(text, add_special_tokens, truncation, max_length)
 
     def tokenize(self, text: str, add_special_tokens: bool = False, **kwargs: Any) -> list[str]:
-        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).tokens
+        return self._encoding(text, add_special_tokens).tokens
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]):
         if isinstance(tokens, str):
@@ -170,7 +180,10 @@ class FastTokenizer:
     def decode(self, token_ids: int | Sequence[int], skip_special_tokens: bool = False,
                clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> str:
         ids = [int(token_ids)] if isinstance(token_ids, int) else [int(t) for t in token_ids]
-        text = self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        if len(ids) < _LONG_TEXT:
+            text = self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        else:  # as for encoding: the batch call lets other threads run
+            text = self._tokenizer.decode_batch([ids], skip_special_tokens=skip_special_tokens)[0]
         clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
         if clean:
             for before, after in _CLEANUP:

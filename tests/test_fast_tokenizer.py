@@ -72,6 +72,11 @@ def test_encode_and_decode(pair):
                 assert ours.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip)
         assert ours.convert_ids_to_tokens(ours.encode(text)) == ref.convert_ids_to_tokens(ref.encode(text))
     assert ours(TEXTS[:3]).input_ids == ref(TEXTS[:3]).input_ids
+    long_text = " ".join(TEXTS) * 400  # tens of thousands of characters: the path that frees the GIL
+    ids = ours(long_text).input_ids
+    assert len(long_text) > 20_000 and ids == ref(long_text).input_ids
+    assert ours.tokenize(long_text) == ref.tokenize(long_text)
+    assert ours.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)
     rng = random.Random(0)
     for _ in range(20):
         ids = [rng.randrange(len(ref)) for _ in range(rng.randrange(1, 30))]

@@ -16,6 +16,7 @@ _TRACE = "/jax/core/compile/jaxpr_trace_duration"  # every function traced to a 
 _lock = threading.Lock()
 _counts = {"built": 0, "hits": 0, "seconds": 0.0}
 _traces: Counter = Counter()  # function name -> times traced
+_builds: Counter = Counter()  # function name -> executables built
 _installed = False
 
 
@@ -24,6 +25,7 @@ def _on_duration(event: str, duration: float, **kwargs) -> None:
         with _lock:
             _counts["built"] += 1
             _counts["seconds"] += duration
+            _builds[str(kwargs.get("fun_name", ""))] += 1
     elif event == _TRACE:
         with _lock:
             _traces[str(kwargs.get("fun_name", ""))] += 1
@@ -47,6 +49,12 @@ def install() -> None:
 def num_executables() -> int:
     """Executables built since `install()`, whether compiled or loaded from the persistent cache."""
     return _counts["built"]
+
+
+def executables_by_name() -> Counter:
+    """A copy of {function name: executables built} since `install()` (the model step is `_step`)."""
+    with _lock:
+        return Counter(_builds)
 
 
 def num_compilations() -> int:

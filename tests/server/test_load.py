@@ -99,15 +99,18 @@ def test_disconnected_clients_free_their_kv_blocks(server):
                     if seen == 2:
                         return  # leaving the block closes the connection mid-stream
 
-    async def hang_up_waiting(http: httpx.AsyncClient) -> None:
-        with pytest.raises(httpx.ReadTimeout):
-            await http.post("/v1/completions", json={**long_body, "max_tokens": 240}, timeout=0.5)
-
     async def run():
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as http:
-            await asyncio.gather(*(hang_up_streaming(http) for _ in range(45)),
-                                 *(hang_up_waiting(http) for _ in range(5)))
+            # Five clients wait for whole (non-streamed) answers of 240 tokens ...
+            waiting = [asyncio.create_task(http.post("/v1/completions", json={**long_body, "max_tokens": 240}))
+                       for _ in range(5)]
+            await asyncio.gather(*(hang_up_streaming(http) for _ in range(45)))
+            # ... and hang up once the streams have shown that generation is under way.
+            assert not any(t.done() for t in waiting), "a 240-token answer came before two streamed chunks"
+            for t in waiting:
+                t.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
             # the server answers while the aborted requests are being cleaned up
             r = await http.post("/v1/completions", json={"model": SERVED_NAME, "prompt": "Still there?",
                                                          "max_tokens": 3, "temperature": 0})

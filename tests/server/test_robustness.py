@@ -59,7 +59,7 @@ def test_health_and_small_requests_answer_while_big_requests_run(server):
         # Within 1 s (nine probes in ten: a machine loaded by other work may delay any process now and
         # then), and never a stall: before the engine left the event loop these waited minutes.
         assert sorted(seen)[int(0.9 * (len(seen) - 1))] < 1.0, f"{path}: {sorted(seen)} s under load"
-        assert max(seen) < 3.0, f"{path} took {max(seen):.2f}s under load"
+        assert max(seen) < 2.0, f"{path} took {max(seen):.2f}s under load"
     assert results["small"].status_code == 200
     assert results["small"].json()["usage"]["completion_tokens"] == 2
     assert results["n"].status_code == 200 and len(results["n"].json()["choices"]) == BIG_N
@@ -73,21 +73,34 @@ def test_4mb_tokenize_does_not_stall_other_requests(server):
         server.url + "/tokenize", json={"model": SERVED_NAME, "prompt": BIG_PROMPT}, timeout=600)))
     worker.start()
     health: list[float] = []
-    answered = 0
+    small: list[float] = []
+
+    def probe_health() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            while worker.is_alive():
+                t0 = time.monotonic()
+                assert http.get("/health").status_code == 200
+                health.append(time.monotonic() - t0)
+                time.sleep(0.02)
+
+    prober = threading.Thread(target=probe_health)
+    prober.start()
     with httpx.Client(base_url=server.url, timeout=30) as http:
         while worker.is_alive():
+            t0 = time.monotonic()
             r = http.post("/tokenize", json={"prompt": "small"})
             assert r.status_code == 200 and r.json()["count"] > 0
-            answered += 1
-            t0 = time.monotonic()
-            assert http.get("/health").status_code == 200
-            health.append(time.monotonic() - t0)
+            small.append(time.monotonic() - t0)
             time.sleep(0.05)
     worker.join()
+    prober.join()
     r = result["r"]
     assert r.status_code == 200 and r.json()["count"] == len(r.json()["tokens"]) > 1_000_000
-    assert answered >= 3, "small /tokenize requests did not get through while the big one ran"
-    assert max(health) < 1.0, f"/health took {max(health):.2f}s while a 4 MB body was tokenized"
+    assert small and health, "no small request was sent while the big one ran"
+    # Small requests never queue behind the big one (tokenizing it takes seconds): /health nine times in ten
+    # within 1 s, and none over 2 s (a machine loaded by other work may delay any process for a moment).
+    assert sorted(health)[int(0.9 * (len(health) - 1))] < 1.0, f"/health: {sorted(health)} s"
+    assert max(health) < 2.0 and max(small) < 2.0, f"/health {max(health):.2f}s, /tokenize {max(small):.2f}s"
 
 
 def test_n_over_the_default_cap_is_400(default_server):
