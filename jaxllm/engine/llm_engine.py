@@ -219,9 +219,7 @@ class LLMEngine:
     def _dispatch(self, sched: SchedulerOutput) -> tuple[SchedulerOutput, Any]:
         """Start `sched` and advance its rows as if it had run: the tokens it computes count as
         computed, and each row that reaches its newest token has one more token pending."""
-        for seq, n in zip(sched.requests, sched.num_new):
-            seq.num_new_tokens = n  # what the runner reads
-        try:
+        try:  # the runner reads each sequence's num_new_tokens, set by the scheduler (or `_recover`)
             if self._can_overlap:
                 handle = self.runner.dispatch(sched, self.block_manager)
             else:
@@ -255,7 +253,7 @@ class LLMEngine:
         if not self._can_overlap:
             return None
         # Sampling that reads a sequence's own outputs on the host waits for them.
-        if any(_needs_host_tokens(s) for s in self.scheduler.running):
+        if any(s.host_tokens_until != 0 and _needs_host_tokens(s) for s in self.scheduler.running):
             return None
         max_len = self.scheduler_config.max_model_len
         certain = set()
@@ -308,9 +306,21 @@ class LLMEngine:
                 continue
             if prompt_lps and seq.request_id in prompt_lps:
                 op.set_prompt_logprobs(self._groups[seq.parent_id], prompt_lps[seq.request_id])
+            token = sampled[i]
+            plain = seq.plain_checks
+            if plain is None:
+                plain = seq.plain_checks = op.plain_checks(seq)
+            if plain and token not in plain[0] and len(seq.output_token_ids) + 1 < plain[1]:
+                # The common case, inline: no stop rule can fire on this token.
+                seq.output_token_ids.append(token)
+                seq.cumulative_logprob += lps[i]
+                generated += 1
+                if plain[2]:
+                    reported.append(seq)
+                continue
             top_ids = result.top_ids[i] if result.top_ids is not None else None
             top_lps = result.top_logprobs[i] if result.top_logprobs is not None else None
-            op.append_token(seq, sampled[i], lps[i], ranks[i], top_ids, top_lps)
+            op.append_token(seq, token, lps[i], ranks[i], top_ids, top_lps)
             generated += 1
             if seq.status is not running:
                 self.scheduler.remove(seq)
@@ -343,6 +353,7 @@ class LLMEngine:
                 if not seq.is_finished:
                     copies = [c for c in sched.block_copies if c[1] in seq.block_ids]
                     single = SchedulerOutput(sched.is_prefill, [seq], block_copies=copies, num_new=[n])
+                    seq.num_new_tokens = n
                     outputs += self._process(*self._dispatch(single), cursors)
             return outputs
         logger.error("Model step failed (%s); finishing its %d sequences with an error", error, len(sched.requests))

@@ -91,27 +91,42 @@ def _static(r) -> tuple[int, tuple]:
     return st
 
 
-def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: int, max_len: int):
-    """(SamplingMetadata arrays, StepFlags) for the rows."""
-    n = len(requests)
+_last_columns: tuple = (None, 0, 0, None)  # (statics, rows, feature bits, columns) of the latest step
+
+
+def _static_columns(statics: list, rows: int) -> tuple[int, dict]:
+    """(feature bits, the per-row sampling columns that never change) for these rows. Consecutive steps
+    usually run the same sequences: the columns are then the previous step's (never written after)."""
+    global _last_columns
+    last = _last_columns  # one read: another engine's thread may replace it meanwhile
+    if last[1] == rows and last[0] == statics:  # the same cached tuples: a fast identity comparison
+        return last[2], last[3]
     bits = 0
     for b, _ in statics:
         bits |= b
     table = np.zeros((rows, 6), np.float64)
     table[:, 2] = 1.0  # top_p of padding rows
-    if n:
-        table[:n] = [row for _, row in statics]
-    step = np.zeros(rows, np.int32)
-    step[:n] = [len(r.output_token_ids) + r.num_pending for r in requests]
-    arrays = {
+    if statics:
+        table[: len(statics)] = [row for _, row in statics]
+    columns = {
         "temperature": table[:, 0].astype(np.float32),
         "top_k": table[:, 1].astype(np.int32),
         "top_p": table[:, 2].astype(np.float32),
         "min_p": table[:, 3].astype(np.float32),
         "seed_lo": table[:, 4].astype(np.uint32),
         "seed_hi": table[:, 5].astype(np.uint32),
-        "step": step,
     }
+    _last_columns = (statics, rows, bits, columns)
+    return bits, columns
+
+
+def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: int, max_len: int):
+    """(SamplingMetadata arrays, StepFlags) for the rows."""
+    n = len(requests)
+    bits, columns = _static_columns(statics, rows)
+    step = np.zeros(rows, np.int32)
+    step[:n] = [len(r.output_token_ids) + r.num_pending for r in requests]
+    arrays = {**columns, "step": step}
     bias = None
     if bits & _MAY_BIAS:
         for i, (r, (b, _)) in enumerate(zip(requests, statics)):
@@ -157,13 +172,14 @@ def _column(requests, rows: int, fn, dtype, pad) -> np.ndarray:
     return out
 
 
-def _rows(requests, block_manager):
+def _rows(requests):
     """Per-row (first position computed, tokens computed, tokens known on the host, block-table row)."""
-    data = np.array(
-        [(r.num_computed_tokens, r.num_new_tokens, len(r.prompt_token_ids) + len(r.output_token_ids)) for r in requests],
-        np.int64,
-    ).reshape(len(requests), 3)
-    return data[:, 0], data[:, 1], data[:, 2], block_manager.table_rows(requests)
+    data = np.fromiter(
+        (v for r in requests for v in (r.num_computed_tokens, r.num_new_tokens,
+                                       len(r.prompt_token_ids) + len(r.output_token_ids), r.table_row)),
+        np.int64, 4 * len(requests),
+    ).reshape(len(requests), 4)
+    return data[:, 0], data[:, 1], data[:, 2], data[:, 3]
 
 
 def _token(r, position: int) -> int:
@@ -178,7 +194,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
     """Pack each row's uncomputed tokens (a whole prompt, the part after a cached prefix, a chunk, or
     one decode token)."""
     n = len(requests)
-    first, count, known, rows = _rows(requests, block_manager)
+    first, count, known, rows = _rows(requests)
     total = int(count.sum())
     t = bucket_for(total, token_buckets)
     b = min(max_num_seqs, t)
@@ -247,7 +263,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
 def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max_len, bias_fn):
     """One token per row: each row's newest token at position `num_computed_tokens`."""
     n = len(requests)
-    first, _, known, rows = _rows(requests, block_manager)
+    first, _, known, rows = _rows(requests)
     b = bucket_for(n, batch_buckets)
     in_flight = first >= known
     tokens = np.zeros(b, np.int32)
@@ -265,7 +281,7 @@ def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max
     block_tables[:n] = block_manager.block_table(rows, table_width)
     context_lens = np.zeros(b, np.int32)
     context_lens[:n] = first + 1
-    statics = [_static(r) for r in requests]
+    statics = [r.step_static or _static(r) for r in requests]
     sampling, flags = _sampling(requests, statics, b, False, bias_fn, vocab, max_len)
     return InputBatch(
         is_prefill=False,
