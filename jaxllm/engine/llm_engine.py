@@ -226,17 +226,22 @@ class LLMEngine:
                 handle = self.runner.execute(sched, self.block_manager)
         except Exception as err:  # a failed step fails its sequences, never the engine
             handle = err
-        samples, computed = [], []
+        samples, computed, last = [], [], []
+        max_len = self.scheduler_config.max_model_len
         for seq, n in zip(sched.requests, sched.num_new):
             done = seq.num_computed_tokens + n
             seq.num_computed_tokens = done
             # The row's last token is its newest: it samples the next one.
-            new = done >= len(seq.prompt_token_ids) + len(seq.output_token_ids) + seq.num_pending
+            known = len(seq.prompt_token_ids) + len(seq.output_token_ids)
+            new = done >= known + seq.num_pending
             if new:
                 seq.num_pending += 1
+                n_out = known - len(seq.prompt_token_ids) + seq.num_pending
+                if n_out >= seq.max_tokens or known + seq.num_pending >= max_len:
+                    last.append(seq)  # this step gives it its last token (max_tokens or max_model_len)
             samples.append(new)
             computed.append(done)
-        sched.samples, sched.computed = samples, computed
+        sched.samples, sched.computed, sched.finishing = samples, computed, last
         return sched, handle
 
     def _rollback(self, sched: SchedulerOutput) -> None:
@@ -255,14 +260,7 @@ class LLMEngine:
         # Sampling that reads a sequence's own outputs on the host waits for them.
         if any(s.host_tokens_until != 0 and _needs_host_tokens(s) for s in self.scheduler.running):
             return None
-        max_len = self.scheduler_config.max_model_len
-        certain = set()
-        for seq, new in zip(current.requests, current.samples):
-            if new:  # its step in flight gives it its last token (max_tokens or max_model_len reached)
-                n_out = len(seq.output_token_ids) + seq.num_pending
-                if n_out >= seq.max_tokens or len(seq.prompt_token_ids) + n_out >= max_len:
-                    certain.add(seq)
-        sched = self.scheduler.schedule(overlap=True, exclude=certain)
+        sched = self.scheduler.schedule(overlap=True, exclude=set(current.finishing))
         return self._dispatch(sched) if sched else None
 
     def _process(self, sched: SchedulerOutput, handle: Any, cursors: dict | None) -> list[RequestOutput]:
@@ -287,13 +285,27 @@ class LLMEngine:
         page = bm.block_size
         running = RequestStatus.RUNNING
         beam_groups, reported, generated = [], [], 0
+        computed, samples = sched.computed, sched.samples
+        checked = finite is None  # every row's logits are finite
         for i, seq in enumerate(sched.requests):
-            if naming and seq.status is running and sched.computed[i] // page > seq.num_registered_blocks:
-                bm.register_computed(seq, sched.computed[i])
-            if not sched.samples[i]:  # a prompt chunk: the prompt goes on later, nothing to report yet
+            if naming and computed[i] // page > seq.num_registered_blocks and seq.status is running:
+                bm.register_computed(seq, computed[i])
+            if not samples[i]:  # a prompt chunk: the prompt goes on later, nothing to report yet
                 continue
             seq.num_pending -= 1
             if seq.status is not running:  # finished or aborted while this step was in flight
+                continue
+            token = sampled[i]
+            plain = seq.plain_checks
+            if plain is None:
+                plain = seq.plain_checks = op.plain_checks(seq)
+            if plain and checked and token not in plain[0] and len(seq.output_token_ids) + 1 < plain[1]:
+                # The common case, inline: no stop rule can fire on this token.
+                seq.output_token_ids.append(token)
+                seq.cumulative_logprob += lps[i]
+                generated += 1
+                if plain[2]:
+                    reported.append(seq)
                 continue
             if finite is not None and not finite[i]:
                 self._fail(seq, "the model produced non-finite logits for this request")
@@ -306,18 +318,6 @@ class LLMEngine:
                 continue
             if prompt_lps and seq.request_id in prompt_lps:
                 op.set_prompt_logprobs(self._groups[seq.parent_id], prompt_lps[seq.request_id])
-            token = sampled[i]
-            plain = seq.plain_checks
-            if plain is None:
-                plain = seq.plain_checks = op.plain_checks(seq)
-            if plain and token not in plain[0] and len(seq.output_token_ids) + 1 < plain[1]:
-                # The common case, inline: no stop rule can fire on this token.
-                seq.output_token_ids.append(token)
-                seq.cumulative_logprob += lps[i]
-                generated += 1
-                if plain[2]:
-                    reported.append(seq)
-                continue
             top_ids = result.top_ids[i] if result.top_ids is not None else None
             top_lps = result.top_logprobs[i] if result.top_logprobs is not None else None
             op.append_token(seq, token, lps[i], ranks[i], top_ids, top_lps)

@@ -63,11 +63,11 @@ class OutputProcessor:
 
     def plain_checks(self, seq: Request) -> tuple[frozenset, int, bool] | bool:
         """(tokens that stop `seq`, output length at which it ends, report every step) when a new token
-        needs nothing beyond those checks (no logprobs, stop strings, streamed text, grammar, beam or
+        needs nothing beyond those checks (no logprobs or prompt logprobs, stop strings, streamed text, grammar, beam or
         min_tokens), else False: `append_token` then handles every token."""
         p = seq.sampling_params
-        if (p.logprobs is not None or p.min_tokens > 0 or seq.structured_output is not None or seq.beam is not None
-                or (seq.detokenizer is not None and not seq.detokenize_at_end)):
+        if (p.logprobs is not None or p.prompt_logprobs is not None or p.min_tokens > 0 or seq.beam is not None
+                or seq.structured_output is not None or (seq.detokenizer is not None and not seq.detokenize_at_end)):
             return False
         stops = frozenset(p.stop_token_ids or ()) | (frozenset() if p.ignore_eos else frozenset(seq.eos_token_ids))
         limit = min(seq.max_tokens, self.max_model_len - seq.num_prompt_tokens)

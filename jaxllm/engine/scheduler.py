@@ -27,6 +27,7 @@ class SchedulerOutput:
     num_new: list[int] = field(default_factory=list)  # tokens each sequence computes in this step
     samples: list[bool] = field(default_factory=list)  # set at dispatch: the row's token is a new one
     computed: list[int] = field(default_factory=list)  # set at dispatch: tokens computed once it is done
+    finishing: list = field(default_factory=list)  # set at dispatch: rows it certainly gives their last token
 
     @property
     def num_tokens(self) -> int:
