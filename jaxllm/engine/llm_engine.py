@@ -212,6 +212,11 @@ class LLMEngine:
         if not isinstance(current[1], Exception):  # a failed step is retried before anything follows it
             self._inflight = self._dispatch_next(current[0])
         outputs = self._process(*current, cursors)
+        if self._inflight is not None and not isinstance(self._inflight[1], Exception):
+            try:  # a split step samples now that the matchers have seen this step's tokens
+                self.runner.complete(self._inflight[1])
+            except Exception as err:
+                self._inflight = (self._inflight[0], err)
         if self._inflight is None and not self.scheduler.has_unfinished():
             self._busy = False
         return outputs
@@ -382,14 +387,15 @@ class LLMEngine:
 
 
 def _needs_host_tokens(seq: Request) -> bool:
-    """Sampling that reads the sequence's own outputs on the host (beams, penalties, bad words, a grammar;
-    min_tokens until reached), so its next step cannot be planned before its newest token is read back."""
+    """Sampling that reads the sequence's own outputs on the host (beams, penalties, bad words; min_tokens
+    until reached), so its next step cannot be planned before its newest token is read back. (A grammar
+    needs them too, but only at sampling time: its step is planned and split, runner/model_step.py.)"""
     until = seq.host_tokens_until
     if until is None:
         p = seq.sampling_params
         always = (
-            seq.beam is not None or seq.structured_output is not None or p.presence_penalty != 0
-            or p.frequency_penalty != 0 or p.repetition_penalty != 1 or bool(p.bad_words)
+            seq.beam is not None or p.presence_penalty != 0 or p.frequency_penalty != 0
+            or p.repetition_penalty != 1 or bool(p.bad_words)
         )
         until = seq.host_tokens_until = _ALWAYS if always else p.min_tokens
     return until > 0 and len(seq.output_token_ids) < until

@@ -60,6 +60,7 @@ class InputBatch:
     token_src_slots: np.ndarray | None = None  # [T] where to read a token in flight
     token_from_buffer: np.ndarray | None = None  # [T] bool: True = read it there, False = take `tokens`
     token_dst_slots: np.ndarray | None = None  # [B] where to store each row's sampled token
+    late_bitmask: bool = False  # the token masks are filled once the step in flight is read (a split step)
     segment_ids: np.ndarray | None = None  # [T] prefill
     block_tables: np.ndarray | None = None  # [B, W] decode, and prefill through the pool
     context_lens: np.ndarray | None = None  # [B] decode
@@ -121,7 +122,7 @@ def _static_columns(statics: list, rows: int) -> tuple[int, dict]:
 
 
 def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: int, max_len: int):
-    """(SamplingMetadata arrays, StepFlags) for the rows."""
+    """(SamplingMetadata arrays, StepFlags, whether the token masks must wait) for the rows."""
     n = len(requests)
     bits, columns = _static_columns(statics, rows)
     step = np.zeros(rows, np.int32)
@@ -157,13 +158,24 @@ def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: in
         arrays["token_ids"] = ids
     if bias is not None:
         arrays["logit_bias"] = bias
+    late = False
     if flags.bitmask:  # all bits set: unconstrained (and padding) rows keep every token
         mask = np.full((rows, (vocab + 31) // 32), -1, np.int32)
-        for i, r in enumerate(requests):
-            if r.structured_output is not None:
-                r.structured_output.fill_bitmask(mask, i)
+        # A constrained row whose newest token the step in flight is sampling: its matcher has not seen
+        # that token, so the whole step's masks are filled later (a split step, runner/model_step.py).
+        late = any(r.num_pending and r.structured_output is not None for r in requests)
+        if not late:
+            fill_token_bitmask(requests, mask)
         arrays["token_bitmask"] = mask
-    return arrays, flags
+    return arrays, flags, late
+
+
+def fill_token_bitmask(requests, mask: np.ndarray) -> None:
+    """Each constrained row's allowed next tokens into its row of `mask` (other rows keep every token)."""
+    for i, r in enumerate(requests):
+        grammar = r.structured_output
+        if grammar is not None and not r.is_finished and not grammar.is_terminated:
+            grammar.fill_bitmask(mask, i)
 
 
 def _column(requests, rows: int, fn, dtype, pad) -> np.ndarray:
@@ -230,7 +242,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
         from_buffer[at] = True
         src_slots[at] = block_manager.slots(rows[in_flight], first[in_flight] - 1)
     statics = [_static(r) for r in requests]
-    sampling, flags = _sampling(requests, statics, b, True, bias_fn, vocab, max_len)
+    sampling, flags, late = _sampling(requests, statics, b, True, bias_fn, vocab, max_len)
     spans = list(zip(starts.tolist(), count.tolist()))
     ragged = {}
     if first.any():
@@ -254,6 +266,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
         token_src_slots=src_slots,
         token_from_buffer=from_buffer,
         token_dst_slots=dst,
+        late_bitmask=late,
         segment_ids=segment_ids,
         prompt_spans=spans,
         **ragged,
@@ -282,7 +295,7 @@ def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max
     context_lens = np.zeros(b, np.int32)
     context_lens[:n] = first + 1
     statics = [r.step_static or _static(r) for r in requests]
-    sampling, flags = _sampling(requests, statics, b, False, bias_fn, vocab, max_len)
+    sampling, flags, late = _sampling(requests, statics, b, False, bias_fn, vocab, max_len)
     return InputBatch(
         is_prefill=False,
         num_seqs=n,
@@ -295,6 +308,7 @@ def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max
         token_src_slots=src_slots,
         token_from_buffer=from_buffer,
         token_dst_slots=slot_mapping,
+        late_bitmask=late,
         block_tables=block_tables,
         context_lens=context_lens,
     )

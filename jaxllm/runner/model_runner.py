@@ -10,6 +10,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,14 +21,13 @@ from jaxllm import sharding, timeline
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.model_loader import init_dummy_params, load_params
 from jaxllm.models.fusion import fuse_projections, fusion_enabled
-from jaxllm.models.layers import AttentionMetadata
 from jaxllm.models.registry import get_model_module
 from jaxllm.quantization.config import resolve_quantization
 from jaxllm.quantization.placement import dummy_param, put_param
 from jaxllm.runner import abstract_params, compile_counter
 from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.executable_store import ExecutableStore, step_context
-from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
+from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill, fill_token_bitmask
 from jaxllm.runner.kv_cache import (
     abstract_kv_caches,
     allocate_kv_caches,
@@ -37,8 +37,9 @@ from jaxllm.runner.kv_cache import (
 from jaxllm.runner.kv_scales import initial_kv_scales
 from jaxllm.runner.layer_assembly import assemble_layer
 from jaxllm.runner.logit_bias import step_logit_bias
+from jaxllm.runner.model_step import _step, logits_step, sample_step, step_inputs
+from jaxllm.runner.sampler import SamplingMetadata
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
-from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ class PendingStep:
 
     requests: list
     batch: InputBatch
-    outputs: tuple  # device arrays
+    outputs: tuple | None  # device arrays (None until a split step's second half runs)
     prompt: tuple | None
+    logits: Any = None  # a split step's logits, waiting for its token masks (model_step.py)
 
 
 @dataclass
@@ -74,53 +76,6 @@ class ModelRunnerOutput:
     top_logprobs: np.ndarray | None  # [B, k]
     prompt_logprobs: dict[str, PromptLogprobs]
     finite: np.ndarray | None = None  # [B] bool: False where the model produced NaN/inf logits
-
-
-def step_inputs(batch: InputBatch) -> tuple:
-    """The per-call arguments of `_step` after (params, kv_caches, token_buffer), from a padded batch."""
-    md = AttentionMetadata(
-        slot_mapping=batch.slot_mapping,
-        segment_ids=batch.segment_ids,
-        block_tables=batch.block_tables,
-        context_lens=batch.context_lens,
-        q_block_rows=batch.q_block_rows,
-        q_block_starts=batch.q_block_starts,
-        q_block_lens=batch.q_block_lens,
-    )
-    next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None
-    return (
-        batch.tokens, batch.positions, md, batch.logits_indices, SamplingMetadata(**batch.sampling), next_tokens,
-        batch.token_src_slots, batch.token_dst_slots, batch.token_from_buffer,
-    )
-
-
-def _step(
-    params, kv_caches, token_buffer, tokens, positions, md, logits_indices, smd, next_tokens, src_slots, dst_slots,
-    from_buffer, *, module, cfg, flags, top,
-):
-    # A token still being sampled when this step was planned is read where its step left it on device.
-    tokens = jnp.where(from_buffer, token_buffer[src_slots], tokens)
-    hidden, kv_caches = module.forward(params, cfg, tokens, positions, kv_caches, md)  # [T, D]
-    logits = module.compute_logits(params, cfg, hidden[logits_indices])  # [B, V]
-    out = sample(
-        logits,
-        smd,
-        use_penalties=flags.penalties,
-        use_bias=flags.bias,
-        use_filters=flags.filters,
-        use_top_logprobs=flags.top_logprobs,
-        num_top_logprobs=top,
-        use_bitmask=flags.bitmask,
-    )
-    prompt = None
-    if flags.prompt_logprobs:
-        prompt = prompt_logprobs(module.compute_logits(params, cfg, hidden), next_tokens, top)
-    # One [3, B] array (token id, logprob, rank) so the host reads the step back in one transfer;
-    # ids and ranks are below 2**24, exact in float32.
-    finite = jnp.all(jnp.isfinite(logits), axis=-1).astype(jnp.float32)  # a NaN row fails alone
-    packed = jnp.stack([out.token_ids.astype(jnp.float32), out.logprobs, out.ranks.astype(jnp.float32), finite])
-    token_buffer = token_buffer.at[dst_slots].set(out.token_ids)
-    return (packed, out.top_ids, out.top_logprobs), prompt, kv_caches, token_buffer
 
 
 class ModelRunner:
@@ -163,6 +118,7 @@ class ModelRunner:
         self.num_top_logprobs = vocab if max_logprobs < 0 else max(1, min(max_logprobs, vocab))
         self._steps: dict[tuple, object] = {}
         self._copy_fn = None
+        self._split: PendingStep | None = None  # a split step still waiting for its token masks
         self._transposes: dict[tuple, object] = {}
         self.precompiler: Precompiler | None = None
         self.executable_store, self._ahead = executable_store, precompile
@@ -308,14 +264,19 @@ class ModelRunner:
         Each compiles once per flag combination that actually occurs."""
         return len(self.decode_buckets) + 2 * len(self.prefill_buckets)
 
-    def _compiled(self, flags: StepFlags):
-        fn = self._steps.get(flags.key())
+    def _compiled(self, flags: StepFlags, part: str = "whole"):
+        """The jitted step for `flags`: the "whole" step, or a split step's "logits" or "sample" half."""
+        key = (*flags.key(), part)
+        fn = self._steps.get(key)
         if fn is None:
-            step = functools.partial(
-                _step, module=self.module, cfg=self.model_config, flags=flags, top=self.num_top_logprobs
-            )
-            fn = jax.jit(step, donate_argnums=(1, 2))
-            self._steps[flags.key()] = fn
+            top = self.num_top_logprobs
+            if part == "sample":
+                fn = jax.jit(functools.partial(sample_step, flags=flags, top=top), donate_argnums=(1,))
+            else:
+                step = functools.partial(_step if part == "whole" else logits_step, module=self.module,
+                                         cfg=self.model_config, flags=flags, top=top)
+                fn = jax.jit(step, donate_argnums=(1, 2) if part == "whole" else (1,))
+            self._steps[key] = fn
         return fn
 
     def prepare(self, sched_out, block_manager) -> InputBatch:
@@ -338,7 +299,15 @@ class ModelRunner:
         batch = self.prepare(sched_out, block_manager)
         if sched_out.block_copies:
             self._copy_blocks(sched_out.block_copies)
+        if self._split is not None:
+            raise RuntimeError("A split step's token masks must be filled (complete) before the next step starts.")
         inputs = step_inputs(batch)
+        if batch.late_bitmask:  # its masks wait for the step in flight: run the forward half now
+            fn = self._compiled(batch.flags, "logits")
+            with self._mesh_context():
+                logits, prompt, self.kv_caches = fn(self.params, self.kv_caches, self.token_buffer, *inputs)
+            self._split = PendingStep(list(sched_out.requests), batch, None, prompt, logits)
+            return self._split
         fn = self.precompiler.get(inputs) if self.precompiler is not None else None  # this bucket's executable
         if fn is None:
             fn = self._compiled(batch.flags)
@@ -372,8 +341,22 @@ class ModelRunner:
         """Trace under the mesh when it splits devices, so the kernel is wrapped in shard_map."""
         return jax.set_mesh(self.mesh) if self.tp > 1 else contextlib.nullcontext()
 
+    def complete(self, pending: PendingStep) -> None:
+        """Run a split step's sampling half: fill its rows' token masks from their matchers (which have
+        now seen every earlier token), then sample. Nothing to do for a whole step."""
+        if pending.logits is None:
+            return
+        batch, logits = pending.batch, pending.logits
+        pending.logits = self._split = None  # settled, whether or not the sampling below succeeds
+        fill_token_bitmask(pending.requests, batch.sampling["token_bitmask"])
+        fn = self._compiled(batch.flags, "sample")
+        with self._mesh_context():
+            pending.outputs, self.token_buffer = fn(logits, self.token_buffer, SamplingMetadata(**batch.sampling),
+                                                    batch.token_dst_slots)
+
     def collect(self, pending: PendingStep) -> ModelRunnerOutput:
         """Wait for a dispatched step and bring its results to the host (one transfer)."""
+        self.complete(pending)
         (packed, top_ids, top_lp), prompt = jax.device_get((pending.outputs, pending.prompt))
         n = pending.batch.num_seqs
         return ModelRunnerOutput(
