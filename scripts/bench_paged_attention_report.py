@@ -57,6 +57,7 @@ def plot(records, path, copy_tbps=None):
     )
     styles = {
         "ours": ("C3", "o", "-"),
+        "ours_bf16": ("C1", "D", "-"),
         "jax_triton": ("C0", "s", "--"),
         "cudnn": ("C2", "^", "-."),
         "xla": ("C7", "x", ":"),
