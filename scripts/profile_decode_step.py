@@ -46,8 +46,7 @@ def main() -> None:
         layers.paged_attention = paged_attention_reference
 
     from jaxllm import LLM, SamplingParams
-    from jaxllm.models.layers import AttentionMetadata
-    from jaxllm.runner.sampler import SamplingMetadata
+    from jaxllm.runner.model_step import step_inputs
 
     folder, load_format = model_folder(args)
     llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=args.context + 64,
@@ -65,9 +64,6 @@ def main() -> None:
     engine_step = best_of(lambda: engine.step(), repeats=3, calls=20)
     sched = engine.scheduler.schedule()
     batch = runner.prepare(sched, engine.block_manager)
-    md = AttentionMetadata(slot_mapping=batch.slot_mapping, block_tables=batch.block_tables,
-                           context_lens=batch.context_lens)
-    smd = SamplingMetadata(**batch.sampling)
     fn = runner._compiled(batch.flags)
 
     def call(*inputs):
@@ -75,11 +71,10 @@ def main() -> None:
                                                            *inputs)
         return out
 
-    step_inputs = (batch.tokens, batch.positions, md, batch.logits_indices, smd, None, batch.token_src_slots,
-                   batch.token_dst_slots, batch.token_from_buffer)
+    packed = step_inputs(batch)
 
     def device_step():
-        return call(*step_inputs)[0]
+        return call(*packed)[0]
 
     device = best_of(device_step)
 
@@ -99,8 +94,8 @@ def main() -> None:
                 times[k].append(v * 1e3)
         return " ".join(f"{k} {np.median(v):.3f}" for k, v in times.items())
 
-    print("numpy inputs (ms):", split_times(step_inputs))
-    print("device inputs (ms):", split_times(jax.device_put(step_inputs)))
+    print("numpy inputs (ms):", split_times(packed))
+    print("device inputs (ms):", split_times(jax.device_put(packed)))
     prepare = best_of(lambda: runner.prepare(sched, engine.block_manager) and None)
     bw, _ = copy_bandwidth()
     cfg = llm.model_config

@@ -12,6 +12,7 @@ sampling follows. The unconstrained rows beside it never wait for the host.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,8 +21,66 @@ from jaxllm.runner.input_batch import InputBatch
 from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
 
 
+_LARGE = 1 << 14  # elements: a leaf this big (a vocabulary-wide bias, bitmask or token table) travels alone
+
+
+@jax.tree_util.register_pytree_node_class
+class PackedStepInputs:
+    """A step's per-call arrays as one int32 buffer (one host-to-device transfer) plus any large ones.
+
+    The layout (each array's offset, shape and dtype, and the tree they form) is static pytree data: it
+    is part of what selects a compiled program, and `unpack` inside the program cuts the buffer back into
+    the arrays (float32 and uint32 by bit casts, bool as nonzero int32).
+    """
+
+    def __init__(self, buffer, large: tuple, layout: tuple):
+        self.buffer, self.large, self.layout = buffer, large, layout
+
+    def tree_flatten(self):
+        return (self.buffer, self.large), self.layout
+
+    @classmethod
+    def tree_unflatten(cls, layout, children):
+        return cls(children[0], children[1], layout)
+
+    @classmethod
+    def pack(cls, tree) -> PackedStepInputs:
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        parts, large, places, offset = [], [], [], 0
+        for leaf in leaves:
+            leaf = np.asarray(leaf)
+            if leaf.size >= _LARGE or leaf.dtype.itemsize != 4 and leaf.dtype != np.bool_:
+                places.append((-1, len(large), leaf.shape, leaf.dtype.name))
+                large.append(leaf)
+                continue
+            flat = leaf.reshape(-1)
+            parts.append(flat.astype(np.int32) if leaf.dtype == np.bool_ else flat.view(np.int32))
+            places.append((offset, 0, leaf.shape, leaf.dtype.name))
+            offset += flat.size
+        buffer = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        return cls(buffer, tuple(large), (treedef, tuple(places)))
+
+    def unpack(self):
+        """The tree `pack` was given, as arrays (traceable)."""
+        treedef, places = self.layout
+        leaves = []
+        for offset, index, shape, dtype in places:
+            if offset < 0:
+                leaves.append(self.large[index])
+                continue
+            size = int(np.prod(shape, dtype=np.int64))
+            x = self.buffer[offset : offset + size].reshape(shape)
+            if dtype == "bool":
+                x = x != 0
+            elif dtype != "int32":
+                x = jax.lax.bitcast_convert_type(x, jnp.dtype(dtype))
+            leaves.append(x)
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 def step_inputs(batch: InputBatch) -> tuple:
-    """The per-call arguments of `_step` after (params, kv_caches, token_buffer), from a padded batch."""
+    """The per-call arguments of `_step` after (params, kv_caches, token_buffer), from a padded batch:
+    one `PackedStepInputs`, so a step's small arrays reach the device in one transfer."""
     md = AttentionMetadata(
         slot_mapping=batch.slot_mapping,
         segment_ids=batch.segment_ids,
@@ -32,10 +91,10 @@ def step_inputs(batch: InputBatch) -> tuple:
         q_block_lens=batch.q_block_lens,
     )
     next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None
-    return (
+    return (PackedStepInputs.pack((
         batch.tokens, batch.positions, md, batch.logits_indices, SamplingMetadata(**batch.sampling), next_tokens,
         batch.token_src_slots, batch.token_dst_slots, batch.token_from_buffer,
-    )
+    )),)
 
 
 def _logits(params, kv_caches, token_buffer, tokens, positions, md, logits_indices, next_tokens, src_slots,
@@ -71,18 +130,15 @@ def sample_step(logits, token_buffer, smd, dst_slots, *, flags, top):
     return (packed, out.top_ids, out.top_logprobs), token_buffer
 
 
-def logits_step(params, kv_caches, token_buffer, tokens, positions, md, logits_indices, smd, next_tokens, src_slots,
-                dst_slots, from_buffer, *, module, cfg, flags, top):
+def logits_step(params, kv_caches, token_buffer, packed: PackedStepInputs, *, module, cfg, flags, top):
     """The first half of a split step (same arguments as `_step`): (logits, prompt logprobs, kv_caches)."""
-    del smd, dst_slots  # the second half's
+    tokens, positions, md, logits_indices, _, next_tokens, src_slots, _, from_buffer = packed.unpack()
     return _logits(params, kv_caches, token_buffer, tokens, positions, md, logits_indices, next_tokens, src_slots,
                    from_buffer, module=module, cfg=cfg, flags=flags, top=top)
 
 
-def _step(
-    params, kv_caches, token_buffer, tokens, positions, md, logits_indices, smd, next_tokens, src_slots, dst_slots,
-    from_buffer, *, module, cfg, flags, top,
-):
+def _step(params, kv_caches, token_buffer, packed: PackedStepInputs, *, module, cfg, flags, top):
+    tokens, positions, md, logits_indices, smd, next_tokens, src_slots, dst_slots, from_buffer = packed.unpack()
     logits, prompt, kv_caches = _logits(params, kv_caches, token_buffer, tokens, positions, md, logits_indices,
                                         next_tokens, src_slots, from_buffer, module=module, cfg=cfg, flags=flags,
                                         top=top)
