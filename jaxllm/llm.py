@@ -149,9 +149,9 @@ class LLM:
     def _build_runner(self, compilation_cache_dir, precompile, enforce_eager, max_logprobs, load_format,
                       tensor_parallel_size, quantization):
         from jaxllm.runner.model_runner import ModelRunner  # the first import of jax
-        from jaxllm.sharding import maybe_initialize_distributed
+        from jaxllm.distributed import DistributedConfig, initialize
 
-        maybe_initialize_distributed()
+        initialize(DistributedConfig.resolve())
         from jaxllm.runner.compilation_cache import enable_compilation_cache
         from jaxllm.runner.executable_store import open_store
         from jaxllm.runner.precompile import resolve_mode

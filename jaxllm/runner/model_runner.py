@@ -185,7 +185,10 @@ class ModelRunner:
     def _load_and_fuse(self, load_format: str) -> dict:
         with timeline.phase("weights"):
             params = self._load(load_format)
-            return fuse_projections(params) if self.fuses_projections else params  # 4 matmuls a layer, not 7
+            if not self.fuses_projections:
+                return params
+            params = fuse_projections(params, self.tp)  # 4 matmuls a layer, not 7
+            return self._placed(params) if self.tp > 1 else params
 
     def _load_overlapped(self, load_format: str) -> dict:
         """Load while every bucket compiles from the predicted parameter tree; compile again from the
@@ -213,7 +216,15 @@ class ModelRunner:
 
     @property
     def fuses_projections(self) -> bool:
-        return self.tp == 1 and getattr(self.module, "SUPPORTS_FUSED_PROJECTIONS", False) and fusion_enabled()
+        return getattr(self.module, "SUPPORTS_FUSED_PROJECTIONS", False) and fusion_enabled()
+
+    def _placed(self, params: dict) -> dict:
+        """Each fused leaf on the mesh as the sharding table places it (its shard's q|k|v columns)."""
+        for layer in params["layers"].values() if isinstance(params["layers"], dict) else params["layers"]:
+            for name in ("w_qkv", "b_qkv", "w_gate_up", "b_gate_up"):
+                if name in layer:
+                    layer[name] = jax.device_put(layer[name], sharding.param_sharding(self.mesh, name, layer[name].shape))
+        return params
 
     def _start_precompile(self, params) -> None:
         """Compile every bucket for default sampling on background threads, from abstract arguments."""
