@@ -9,7 +9,6 @@ import contextlib
 import functools
 import logging
 import time
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -38,42 +37,12 @@ from jaxllm.runner.kv_scales import initial_kv_scales
 from jaxllm.runner.layer_assembly import assemble_layer
 from jaxllm.runner.logit_bias import step_logit_bias
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
+from jaxllm.runner.runner_output import ModelRunnerOutput, PendingStep, PromptLogprobs
 from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
+from jaxllm.runner.vocab_parallel_sampler import applies as vocab_parallel_applies
+from jaxllm.runner.vocab_parallel_sampler import sample_vocab_parallel
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PromptLogprobs:
-    """For prompt tokens 1..n-1: logprob, rank and the top alternatives (row j scores token j+1)."""
-
-    logprobs: np.ndarray  # [n-1]
-    ranks: np.ndarray  # [n-1]
-    top_ids: np.ndarray  # [n-1, k]
-    top_logprobs: np.ndarray  # [n-1, k]
-
-
-@dataclass
-class PendingStep:
-    """A dispatched step whose results are still on the device."""
-
-    requests: list
-    batch: InputBatch
-    outputs: tuple  # device arrays
-    prompt: tuple | None
-
-
-@dataclass
-class ModelRunnerOutput:
-    """What one step produced for each scheduled sequence, in scheduling order."""
-
-    sampled_token_ids: list[int]
-    logprobs: np.ndarray  # [B] raw logprob of each sampled token
-    ranks: np.ndarray  # [B]
-    top_ids: np.ndarray | None  # [B, k]
-    top_logprobs: np.ndarray | None  # [B, k]
-    prompt_logprobs: dict[str, PromptLogprobs]
-    finite: np.ndarray | None = None  # [B] bool: False where the model produced NaN/inf logits
 
 
 def step_inputs(batch: InputBatch) -> tuple:
@@ -96,28 +65,28 @@ def step_inputs(batch: InputBatch) -> tuple:
 
 def _step(
     params, kv_caches, token_buffer, tokens, positions, md, logits_indices, smd, next_tokens, src_slots, dst_slots,
-    from_buffer, *, module, cfg, flags, top,
+    from_buffer, *, module, cfg, flags, top, tp=1,
 ):
     # A token still being sampled when this step was planned is read where its step left it on device.
     tokens = jnp.where(from_buffer, token_buffer[src_slots], tokens)
     hidden, kv_caches = module.forward(params, cfg, tokens, positions, kv_caches, md)  # [T, D]
-    logits = module.compute_logits(params, cfg, hidden[logits_indices])  # [B, V]
-    out = sample(
-        logits,
-        smd,
-        use_penalties=flags.penalties,
-        use_bias=flags.bias,
-        use_filters=flags.filters,
-        use_top_logprobs=flags.top_logprobs,
-        num_top_logprobs=top,
-        use_bitmask=flags.bitmask,
-    )
+    if vocab_parallel_applies(params, tp, top, flags):  # each device samples from its vocab slice
+        out, finite = sample_vocab_parallel(
+            lambda head, x: module.compute_logits(head, cfg, x), params, hidden[logits_indices], smd, tp=tp,
+            use_top_logprobs=flags.top_logprobs, num_top_logprobs=top,
+        )
+    else:
+        logits = module.compute_logits(params, cfg, hidden[logits_indices])  # [B, V]
+        out = sample(
+            logits, smd, use_penalties=flags.penalties, use_bias=flags.bias, use_filters=flags.filters,
+            use_top_logprobs=flags.top_logprobs, num_top_logprobs=top, use_bitmask=flags.bitmask,
+        )
+        finite = jnp.all(jnp.isfinite(logits), axis=-1).astype(jnp.float32)  # a NaN row fails alone
     prompt = None
     if flags.prompt_logprobs:
         prompt = prompt_logprobs(module.compute_logits(params, cfg, hidden), next_tokens, top)
     # One [3, B] array (token id, logprob, rank) so the host reads the step back in one transfer;
     # ids and ranks are below 2**24, exact in float32.
-    finite = jnp.all(jnp.isfinite(logits), axis=-1).astype(jnp.float32)  # a NaN row fails alone
     packed = jnp.stack([out.token_ids.astype(jnp.float32), out.logprobs, out.ranks.astype(jnp.float32), finite])
     token_buffer = token_buffer.at[dst_slots].set(out.token_ids)
     return (packed, out.top_ids, out.top_logprobs), prompt, kv_caches, token_buffer
@@ -323,7 +292,7 @@ class ModelRunner:
         fn = self._steps.get(flags.key())
         if fn is None:
             step = functools.partial(
-                _step, module=self.module, cfg=self.model_config, flags=flags, top=self.num_top_logprobs
+                _step, module=self.module, cfg=self.model_config, flags=flags, top=self.num_top_logprobs, tp=self.tp
             )
             fn = jax.jit(step, donate_argnums=(1, 2))
             self._steps[flags.key()] = fn
