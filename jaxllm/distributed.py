@@ -68,7 +68,9 @@ def initialize(config: DistributedConfig | None) -> None:
 
     if config is None or config.num_processes == 1 or jax.distributed.is_initialized():
         return
-    if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    try:  # collectives between the CPU devices of several processes (no effect on GPU meshes)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, ValueError):
+        logger.info("This jax has no jax_cpu_collectives_implementation option; keeping its default")
     logger.info("Joining %s as process %d of %d", config.coordinator_address, config.process_id, config.num_processes)
     jax.distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)

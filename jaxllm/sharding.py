@@ -67,6 +67,11 @@ def make_mesh(tensor_parallel_size: int) -> Mesh:
             f"tensor_parallel_size={tensor_parallel_size} is larger than the {len(devices)} available "
             f"{devices[0].platform.upper()} device(s)."
         )
+    if jax.process_count() > 1 and tensor_parallel_size != len(devices):
+        raise ValueError(
+            f"With {jax.process_count()} processes the model is split over all {len(devices)} devices of the "
+            f"job: tensor_parallel_size must be {len(devices)}, got {tensor_parallel_size}."
+        )
     return Mesh(np.array(devices[:tensor_parallel_size]), (TP,))
 
 

@@ -23,7 +23,7 @@ from jaxllm.models.layers import AttentionMetadata
 from jaxllm.models.registry import get_model_module
 from jaxllm.quantization.config import resolve_quantization
 from jaxllm.quantization.placement import dummy_param, put_param
-from jaxllm.runner import abstract_params, compile_counter
+from jaxllm.runner import abstract_params, compile_counter, step_broadcast
 from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.executable_store import ExecutableStore, step_context
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
@@ -134,6 +134,9 @@ class ModelRunner:
         self._copy_fn = None
         self._transposes: dict[tuple, object] = {}
         self.precompiler: Precompiler | None = None
+        if step_broadcast.is_multi_process() and (precompile or executable_store is not None):
+            logger.info("Several processes: steps compile when first run, in the same order on every process")
+            precompile, executable_store = False, None
         self.executable_store, self._ahead = executable_store, precompile
         try:
             overlapped = precompile or executable_store is not None
@@ -143,6 +146,7 @@ class ModelRunner:
             raise
         if cache_config.num_blocks is None:
             cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config, self.tp)
+        cache_config.num_blocks = step_broadcast.broadcast_int(cache_config.num_blocks)  # process 0's pool size
         self.kv_caches = allocate_kv_caches(
             model_config, cache_config, sharding.kv_cache_sharding(self.mesh),
             initial_kv_scales(model_config, cache_config), sharding.replicated(self.mesh),
@@ -319,22 +323,50 @@ class ModelRunner:
         if sched_out.block_copies:
             self._copy_blocks(sched_out.block_copies)
         inputs = step_inputs(batch)
+        step_broadcast.send((step_broadcast.STEP, batch.flags, inputs))
+        out, prompt = self._run_step(batch.flags, inputs)
+        return PendingStep(list(sched_out.requests), batch, out, prompt)
+
+    def _run_step(self, flags: StepFlags, inputs: tuple) -> tuple:
+        """One compiled step over the pool (updated in place); its outputs stay on the device."""
         fn = self.precompiler.get(inputs) if self.precompiler is not None else None  # this bucket's executable
         if fn is None:
-            fn = self._compiled(batch.flags)
+            fn = self._compiled(flags)
+        if step_broadcast.is_multi_process():
+            inputs = step_broadcast.to_global(inputs, sharding.replicated(self.mesh))
         cached, started = fn._cache_size() if hasattr(fn, "_cache_size") else 0, time.perf_counter()
         with self._mesh_context():
             out, prompt, self.kv_caches, self.token_buffer = fn(self.params, self.kv_caches, self.token_buffer, *inputs)
         if hasattr(fn, "_cache_size") and fn._cache_size() > cached:  # this bucket was built just now
             logger.info(
-                "Built the %s step for %d tokens in %.2f s (%d compilations so far, %.1f s in total)",
-                "prefill" if batch.is_prefill else "decode", len(batch.tokens), time.perf_counter() - started,
-                compile_counter.num_compilations(), compile_counter.seconds_building(),
+                "Built the step for %d tokens in %.2f s (%d compilations so far, %.1f s in total)",
+                len(inputs[0]), time.perf_counter() - started, compile_counter.num_compilations(),
+                compile_counter.seconds_building(),
             )
-        return PendingStep(list(sched_out.requests), batch, out, prompt)
+        return out, prompt
+
+    def follow(self) -> None:
+        """Processes other than 0: run the steps and page copies process 0 sends, until it stops."""
+        while True:
+            message = step_broadcast.receive()
+            if message[0] == step_broadcast.STOP:
+                return
+            if message[0] == step_broadcast.COPY:
+                self._copy_blocks(message[1])
+            else:
+                out = self._run_step(message[1], message[2])
+                jax.block_until_ready(out)  # keep pace with process 0 instead of queueing steps
+
+    def stop_followers(self) -> None:
+        """Process 0: let the other processes' `follow` return (once; later calls do nothing)."""
+        if step_broadcast.is_multi_process() and step_broadcast.is_leader() and not getattr(self, "_stopped", False):
+            self._stopped = True
+            step_broadcast.send((step_broadcast.STOP,))
 
     def _copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy pool pages src -> dst in every layer (copy-on-write of shared pages), padded to a bucket."""
+        if step_broadcast.is_leader():
+            step_broadcast.send((step_broadcast.COPY, pairs))
         n = bucket_for(len(pairs), self.decode_buckets)
         src = np.zeros(n, np.int32)
         dst = np.zeros(n, np.int32)  # padding copies the null page onto itself
@@ -346,6 +378,8 @@ class ModelRunner:
 
             self._copy_fn = jax.jit(copy, donate_argnums=(0,))
         with self._mesh_context():
+            if step_broadcast.is_multi_process():
+                src, dst = step_broadcast.to_global((src, dst), sharding.replicated(self.mesh))
             self.kv_caches = self._copy_fn(self.kv_caches, src, dst)
 
     def _mesh_context(self):
@@ -354,7 +388,7 @@ class ModelRunner:
 
     def collect(self, pending: PendingStep) -> ModelRunnerOutput:
         """Wait for a dispatched step and bring its results to the host (one transfer)."""
-        (packed, top_ids, top_lp), prompt = jax.device_get((pending.outputs, pending.prompt))
+        (packed, top_ids, top_lp), prompt = step_broadcast.fetch((pending.outputs, pending.prompt))
         n = pending.batch.num_seqs
         return ModelRunnerOutput(
             sampled_token_ids=packed[0, :n].astype(np.int64).tolist(),
