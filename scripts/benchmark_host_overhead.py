@@ -11,8 +11,9 @@ milliseconds per decode step, how much of it is input building, and how many ste
 `--batch-size` sequences of `--input-len` prompt and `--output-len` generated tokens.
 
 `--constrained N` puts a JSON schema on N of the sequences (structured outputs, with the embedded
-model's tokenizer): their token bitmasks are filled on the host every step, and the stub returns a
-random token each mask allows (that pick stands in for the device and is not counted).
+model's tokenizer): their token bitmasks are filled on the host every step (once the step before is
+read: such steps are split), and the stub returns a random token each mask allows (that pick stands
+in for the device and is not counted).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
     args = p.parse_args()
 
     from jaxllm import LLM, SamplingParams, default_model_path
+    from jaxllm.runner.input_batch import fill_token_bitmask
     from jaxllm.sampling_params import StructuredOutputsParams
 
     folder, load_format = model_folder(SimpleNamespace(model=None, config=args.config))
@@ -53,18 +55,27 @@ def main() -> None:
         batch = runner.prepare(sched, block_manager)
         counters["prepare_s"] += time.perf_counter() - started
         counters["steps"] += 1
-        n = len(sched.requests)
+        return SimpleNamespace(batch=batch, requests=list(sched.requests), late=batch.late_bitmask)
+
+    def complete(handle):  # a split step: its masks are filled once the step before it is read
+        if handle.late:
+            fill_token_bitmask(handle.requests, handle.batch.sampling["token_bitmask"])
+            handle.late = False
+
+    def collect(handle):
+        complete(handle)
+        n = len(handle.requests)
         ids = [7] * n
-        if batch.flags.bitmask:  # what the device's masked sampling would do: draw an allowed token
+        if handle.batch.flags.bitmask:  # what the device's masked sampling would do: draw an allowed token
             picked = time.perf_counter()
-            bits = np.unpackbits(batch.sampling["token_bitmask"][:n].view(np.uint8), axis=1, bitorder="little")
+            bits = np.unpackbits(handle.batch.sampling["token_bitmask"][:n].view(np.uint8), axis=1, bitorder="little")
             ids = [int(pick.choice(np.flatnonzero(row))) if r.structured_output is not None else 7
-                   for row, r in zip(bits, sched.requests)]
+                   for row, r in zip(bits, handle.requests)]
             counters["stub_s"] += time.perf_counter() - picked
         return SimpleNamespace(sampled_token_ids=ids, logprobs=np.zeros(n, np.float32), ranks=np.ones(n, np.int64),
                                top_ids=None, top_logprobs=None, prompt_logprobs={}, finite=np.ones(n, bool))
 
-    runner.dispatch, runner.collect = dispatch, (lambda handle: handle)
+    runner.dispatch, runner.complete, runner.collect = dispatch, complete, collect
     rng = np.random.default_rng(0)
     prompts = [{"prompt_token_ids": rng.integers(1, llm.model_config.vocab_size, args.input_len).tolist()}
                for _ in range(args.batch_size)]

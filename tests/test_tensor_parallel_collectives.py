@@ -23,7 +23,7 @@ _COLLECTIVE = re.compile(r"= (.*?) (all-reduce|all-gather|collective-permute|all
 
 def _decode_collectives(llm) -> list[tuple[str, str]]:
     """(result shape, kind) of every collective in the compiled decode step for one sequence."""
-    from jaxllm.runner.model_runner import step_inputs
+    from jaxllm.runner.model_step import step_inputs
 
     runner = llm.runner
     _, batch = next(s for s in example_steps(runner.prepare, runner.decode_buckets, runner.prefill_buckets)

@@ -78,6 +78,13 @@ class BlockManager:
         if not need:
             return
         start = len(request.block_ids)
+        if need == 1 and 0 <= request.table_row and start < self.tables.shape[1]:  # a decode's new page
+            block = self._take_free_block()
+            assert self.ref_counts[block] == 0, f"block {block} handed out twice"
+            self.ref_counts[block] = 1
+            request.block_ids.append(block)
+            self.tables[request.table_row, start] = block
+            return
         for _ in range(need):
             block = self._take_free_block()
             assert self.ref_counts[block] == 0, f"block {block} handed out twice"
@@ -120,10 +127,6 @@ class BlockManager:
             request.table_row = self._free_rows.pop()
             start = 0
         self.tables[request.table_row, start:n] = request.block_ids[start:]
-
-    def table_rows(self, requests: list[Request]) -> np.ndarray:
-        """The block-table row of each request (every one must hold pages)."""
-        return np.fromiter((r.table_row for r in requests), np.int64, len(requests))
 
     def block_table(self, rows: np.ndarray, width: int) -> np.ndarray:
         """[len(rows), width] page ids of those rows, zero-padded."""

@@ -212,6 +212,11 @@ class LLMEngine:
         if not isinstance(current[1], Exception):  # a failed step is retried before anything follows it
             self._inflight = self._dispatch_next(current[0])
         outputs = self._process(*current, cursors)
+        if self._inflight is not None and not isinstance(self._inflight[1], Exception):
+            try:  # a split step samples now that the matchers have seen this step's tokens
+                self.runner.complete(self._inflight[1])
+            except Exception as err:
+                self._inflight = (self._inflight[0], err)
         if self._inflight is None and not self.scheduler.has_unfinished():
             self._busy = False
         return outputs
@@ -219,26 +224,29 @@ class LLMEngine:
     def _dispatch(self, sched: SchedulerOutput) -> tuple[SchedulerOutput, Any]:
         """Start `sched` and advance its rows as if it had run: the tokens it computes count as
         computed, and each row that reaches its newest token has one more token pending."""
-        for seq, n in zip(sched.requests, sched.num_new):
-            seq.num_new_tokens = n  # what the runner reads
-        try:
+        try:  # the runner reads each sequence's num_new_tokens, set by the scheduler (or `_recover`)
             if self._can_overlap:
                 handle = self.runner.dispatch(sched, self.block_manager)
             else:
                 handle = self.runner.execute(sched, self.block_manager)
         except Exception as err:  # a failed step fails its sequences, never the engine
             handle = err
-        samples, computed = [], []
+        samples, computed, last = [], [], []
+        max_len = self.scheduler_config.max_model_len
         for seq, n in zip(sched.requests, sched.num_new):
             done = seq.num_computed_tokens + n
             seq.num_computed_tokens = done
             # The row's last token is its newest: it samples the next one.
-            new = done >= len(seq.prompt_token_ids) + len(seq.output_token_ids) + seq.num_pending
+            known = len(seq.prompt_token_ids) + len(seq.output_token_ids)
+            new = done >= known + seq.num_pending
             if new:
                 seq.num_pending += 1
+                n_out = known - len(seq.prompt_token_ids) + seq.num_pending
+                if n_out >= seq.max_tokens or known + seq.num_pending >= max_len:
+                    last.append(seq)  # this step gives it its last token (max_tokens or max_model_len)
             samples.append(new)
             computed.append(done)
-        sched.samples, sched.computed = samples, computed
+        sched.samples, sched.computed, sched.finishing = samples, computed, last
         return sched, handle
 
     def _rollback(self, sched: SchedulerOutput) -> None:
@@ -255,16 +263,9 @@ class LLMEngine:
         if not self._can_overlap:
             return None
         # Sampling that reads a sequence's own outputs on the host waits for them.
-        if any(_needs_host_tokens(s) for s in self.scheduler.running):
+        if any(s.host_tokens_until != 0 and _needs_host_tokens(s) for s in self.scheduler.running):
             return None
-        max_len = self.scheduler_config.max_model_len
-        certain = set()
-        for seq, new in zip(current.requests, current.samples):
-            if new:  # its step in flight gives it its last token (max_tokens or max_model_len reached)
-                n_out = len(seq.output_token_ids) + seq.num_pending
-                if n_out >= seq.max_tokens or len(seq.prompt_token_ids) + n_out >= max_len:
-                    certain.add(seq)
-        sched = self.scheduler.schedule(overlap=True, exclude=certain)
+        sched = self.scheduler.schedule(overlap=True, exclude=set(current.finishing))
         return self._dispatch(sched) if sched else None
 
     def _process(self, sched: SchedulerOutput, handle: Any, cursors: dict | None) -> list[RequestOutput]:
@@ -289,13 +290,27 @@ class LLMEngine:
         page = bm.block_size
         running = RequestStatus.RUNNING
         beam_groups, reported, generated = [], [], 0
+        computed, samples = sched.computed, sched.samples
+        checked = finite is None  # every row's logits are finite
         for i, seq in enumerate(sched.requests):
-            if naming and seq.status is running and sched.computed[i] // page > seq.num_registered_blocks:
-                bm.register_computed(seq, sched.computed[i])
-            if not sched.samples[i]:  # a prompt chunk: the prompt goes on later, nothing to report yet
+            if naming and computed[i] // page > seq.num_registered_blocks and seq.status is running:
+                bm.register_computed(seq, computed[i])
+            if not samples[i]:  # a prompt chunk: the prompt goes on later, nothing to report yet
                 continue
             seq.num_pending -= 1
             if seq.status is not running:  # finished or aborted while this step was in flight
+                continue
+            token = sampled[i]
+            plain = seq.plain_checks
+            if plain is None:
+                plain = seq.plain_checks = op.plain_checks(seq)
+            if plain and checked and token not in plain[0] and len(seq.output_token_ids) + 1 < plain[1]:
+                # The common case, inline: no stop rule can fire on this token.
+                seq.output_token_ids.append(token)
+                seq.cumulative_logprob += lps[i]
+                generated += 1
+                if plain[2]:
+                    reported.append(seq)
                 continue
             if finite is not None and not finite[i]:
                 self._fail(seq, "the model produced non-finite logits for this request")
@@ -310,7 +325,7 @@ class LLMEngine:
                 op.set_prompt_logprobs(self._groups[seq.parent_id], prompt_lps[seq.request_id])
             top_ids = result.top_ids[i] if result.top_ids is not None else None
             top_lps = result.top_logprobs[i] if result.top_logprobs is not None else None
-            op.append_token(seq, sampled[i], lps[i], ranks[i], top_ids, top_lps)
+            op.append_token(seq, token, lps[i], ranks[i], top_ids, top_lps)
             generated += 1
             if seq.status is not running:
                 self.scheduler.remove(seq)
@@ -343,6 +358,7 @@ class LLMEngine:
                 if not seq.is_finished:
                     copies = [c for c in sched.block_copies if c[1] in seq.block_ids]
                     single = SchedulerOutput(sched.is_prefill, [seq], block_copies=copies, num_new=[n])
+                    seq.num_new_tokens = n
                     outputs += self._process(*self._dispatch(single), cursors)
             return outputs
         logger.error("Model step failed (%s); finishing its %d sequences with an error", error, len(sched.requests))
@@ -371,14 +387,15 @@ class LLMEngine:
 
 
 def _needs_host_tokens(seq: Request) -> bool:
-    """Sampling that reads the sequence's own outputs on the host (beams, penalties, bad words, a grammar;
-    min_tokens until reached), so its next step cannot be planned before its newest token is read back."""
+    """Sampling that reads the sequence's own outputs on the host (beams, penalties, bad words; min_tokens
+    until reached), so its next step cannot be planned before its newest token is read back. (A grammar
+    needs them too, but only at sampling time: its step is planned and split, runner/model_step.py.)"""
     until = seq.host_tokens_until
     if until is None:
         p = seq.sampling_params
         always = (
-            seq.beam is not None or seq.structured_output is not None or p.presence_penalty != 0
-            or p.frequency_penalty != 0 or p.repetition_penalty != 1 or bool(p.bad_words)
+            seq.beam is not None or p.presence_penalty != 0 or p.frequency_penalty != 0
+            or p.repetition_penalty != 1 or bool(p.bad_words)
         )
         until = seq.host_tokens_until = _ALWAYS if always else p.min_tokens
     return until > 0 and len(seq.output_token_ids) < until

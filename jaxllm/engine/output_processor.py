@@ -61,6 +61,18 @@ class OutputProcessor:
         for seq in group.sequences:
             seq.prompt_logprobs = result
 
+    def plain_checks(self, seq: Request) -> tuple[frozenset, int, bool] | bool:
+        """(tokens that stop `seq`, output length at which it ends, report every step) when a new token
+        needs nothing beyond those checks (no logprobs or prompt logprobs, stop strings, streamed text, grammar, beam or
+        min_tokens), else False: `append_token` then handles every token."""
+        p = seq.sampling_params
+        if (p.logprobs is not None or p.prompt_logprobs is not None or p.min_tokens > 0 or seq.beam is not None
+                or seq.structured_output is not None or (seq.detokenizer is not None and not seq.detokenize_at_end)):
+            return False
+        stops = frozenset(p.stop_token_ids or ()) | (frozenset() if p.ignore_eos else frozenset(seq.eos_token_ids))
+        limit = min(seq.max_tokens, self.max_model_len - seq.num_prompt_tokens)
+        return stops, limit, p.output_kind is not RequestOutputKind.FINAL_ONLY
+
     def append_token(self, seq: Request, token: int, lp: float, rank: int, top_ids, top_lps) -> None:
         """Add one sampled token to `seq` and finish it if a stop rule fires."""
         p = seq.sampling_params

@@ -68,6 +68,7 @@ class Request:
     beam: Any = None  # BeamState when this sequence is one beam of a beam search
     on_hold: bool = False  # running, but skipped by the scheduler until the engine releases it
     structured_output: Any = None  # StructuredOutputMatcher when the output follows a grammar
+    plain_checks: Any = None  # the output processor's cache: see OutputProcessor.plain_checks
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -27,6 +27,7 @@ class SchedulerOutput:
     num_new: list[int] = field(default_factory=list)  # tokens each sequence computes in this step
     samples: list[bool] = field(default_factory=list)  # set at dispatch: the row's token is a new one
     computed: list[int] = field(default_factory=list)  # set at dispatch: tokens computed once it is done
+    finishing: list = field(default_factory=list)  # set at dispatch: rows it certainly gives their last token
 
     @property
     def num_tokens(self) -> int:
@@ -96,19 +97,24 @@ class Scheduler:
                 held.append(r)
             elif r in exclude:
                 skipped.append(r)
+            elif r.num_computed_tokens < len(r.prompt_token_ids):
+                prompts.append(r)
             else:
-                (prompts if r.num_computed_tokens < len(r.prompt_token_ids) else decodes).append(r)
-        queue = deque(decodes + prompts)  # decodes first
+                decodes.append(r)
+        queue = deque(decodes)  # decodes first
+        queue.extend(prompts)
         pure_decode = not prompts
+        scheduled = out.requests
+        popleft = queue.popleft
         while queue and budget > 0:
-            request = queue.popleft()
+            request = popleft()
             computed = request.num_computed_tokens
             left = len(request.prompt_token_ids) + len(request.output_token_ids) + request.num_pending - computed
-            n_new = min(budget, left)
+            n_new = budget if left > budget else left
             if n_new <= 0:  # nothing left to compute until its step in flight is read
                 skipped.append(request)
                 continue
-            if n_new != 1 or left != 1:
+            if left != 1:
                 pure_decode = False
             target = computed + n_new
             if target > len(request.block_ids) * page or request.beam is not None:
@@ -117,7 +123,7 @@ class Scheduler:
                 if not self._reserve(request, target, queue, held, out):
                     continue
             request.num_new_tokens = n_new
-            out.requests.append(request)
+            scheduled.append(request)
             budget -= n_new
         self.running = held + skipped + out.requests + list(queue)  # those past the budget wait
         while self.waiting and budget > 0 and self._num_active(exclude) < self.config.max_num_seqs:

@@ -60,6 +60,7 @@ class InputBatch:
     token_src_slots: np.ndarray | None = None  # [T] where to read a token in flight
     token_from_buffer: np.ndarray | None = None  # [T] bool: True = read it there, False = take `tokens`
     token_dst_slots: np.ndarray | None = None  # [B] where to store each row's sampled token
+    late_bitmask: bool = False  # the token masks are filled once the step in flight is read (a split step)
     segment_ids: np.ndarray | None = None  # [T] prefill
     block_tables: np.ndarray | None = None  # [B, W] decode, and prefill through the pool
     context_lens: np.ndarray | None = None  # [B] decode
@@ -91,27 +92,42 @@ def _static(r) -> tuple[int, tuple]:
     return st
 
 
-def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: int, max_len: int):
-    """(SamplingMetadata arrays, StepFlags) for the rows."""
-    n = len(requests)
+_last_columns: tuple = (None, 0, 0, None)  # (statics, rows, feature bits, columns) of the latest step
+
+
+def _static_columns(statics: list, rows: int) -> tuple[int, dict]:
+    """(feature bits, the per-row sampling columns that never change) for these rows. Consecutive steps
+    usually run the same sequences: the columns are then the previous step's (never written after)."""
+    global _last_columns
+    last = _last_columns  # one read: another engine's thread may replace it meanwhile
+    if last[1] == rows and last[0] == statics:  # the same cached tuples: a fast identity comparison
+        return last[2], last[3]
     bits = 0
     for b, _ in statics:
         bits |= b
     table = np.zeros((rows, 6), np.float64)
     table[:, 2] = 1.0  # top_p of padding rows
-    if n:
-        table[:n] = [row for _, row in statics]
-    step = np.zeros(rows, np.int32)
-    step[:n] = [len(r.output_token_ids) + r.num_pending for r in requests]
-    arrays = {
+    if statics:
+        table[: len(statics)] = [row for _, row in statics]
+    columns = {
         "temperature": table[:, 0].astype(np.float32),
         "top_k": table[:, 1].astype(np.int32),
         "top_p": table[:, 2].astype(np.float32),
         "min_p": table[:, 3].astype(np.float32),
         "seed_lo": table[:, 4].astype(np.uint32),
         "seed_hi": table[:, 5].astype(np.uint32),
-        "step": step,
     }
+    _last_columns = (statics, rows, bits, columns)
+    return bits, columns
+
+
+def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: int, max_len: int):
+    """(SamplingMetadata arrays, StepFlags, whether the token masks must wait) for the rows."""
+    n = len(requests)
+    bits, columns = _static_columns(statics, rows)
+    step = np.zeros(rows, np.int32)
+    step[:n] = [len(r.output_token_ids) + r.num_pending for r in requests]
+    arrays = {**columns, "step": step}
     bias = None
     if bits & _MAY_BIAS:
         for i, (r, (b, _)) in enumerate(zip(requests, statics)):
@@ -142,13 +158,24 @@ def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: in
         arrays["token_ids"] = ids
     if bias is not None:
         arrays["logit_bias"] = bias
+    late = False
     if flags.bitmask:  # all bits set: unconstrained (and padding) rows keep every token
         mask = np.full((rows, (vocab + 31) // 32), -1, np.int32)
-        for i, r in enumerate(requests):
-            if r.structured_output is not None:
-                r.structured_output.fill_bitmask(mask, i)
+        # A constrained row whose newest token the step in flight is sampling: its matcher has not seen
+        # that token, so the whole step's masks are filled later (a split step, runner/model_step.py).
+        late = any(r.num_pending and r.structured_output is not None for r in requests)
+        if not late:
+            fill_token_bitmask(requests, mask)
         arrays["token_bitmask"] = mask
-    return arrays, flags
+    return arrays, flags, late
+
+
+def fill_token_bitmask(requests, mask: np.ndarray) -> None:
+    """Each constrained row's allowed next tokens into its row of `mask` (other rows keep every token)."""
+    for i, r in enumerate(requests):
+        grammar = r.structured_output
+        if grammar is not None and not r.is_finished and not grammar.is_terminated:
+            grammar.fill_bitmask(mask, i)
 
 
 def _column(requests, rows: int, fn, dtype, pad) -> np.ndarray:
@@ -157,13 +184,14 @@ def _column(requests, rows: int, fn, dtype, pad) -> np.ndarray:
     return out
 
 
-def _rows(requests, block_manager):
+def _rows(requests):
     """Per-row (first position computed, tokens computed, tokens known on the host, block-table row)."""
-    data = np.array(
-        [(r.num_computed_tokens, r.num_new_tokens, len(r.prompt_token_ids) + len(r.output_token_ids)) for r in requests],
-        np.int64,
-    ).reshape(len(requests), 3)
-    return data[:, 0], data[:, 1], data[:, 2], block_manager.table_rows(requests)
+    data = np.fromiter(
+        (v for r in requests for v in (r.num_computed_tokens, r.num_new_tokens,
+                                       len(r.prompt_token_ids) + len(r.output_token_ids), r.table_row)),
+        np.int64, 4 * len(requests),
+    ).reshape(len(requests), 4)
+    return data[:, 0], data[:, 1], data[:, 2], data[:, 3]
 
 
 def _token(r, position: int) -> int:
@@ -178,7 +206,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
     """Pack each row's uncomputed tokens (a whole prompt, the part after a cached prefix, a chunk, or
     one decode token)."""
     n = len(requests)
-    first, count, known, rows = _rows(requests, block_manager)
+    first, count, known, rows = _rows(requests)
     total = int(count.sum())
     t = bucket_for(total, token_buckets)
     b = min(max_num_seqs, t)
@@ -214,7 +242,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
         from_buffer[at] = True
         src_slots[at] = block_manager.slots(rows[in_flight], first[in_flight] - 1)
     statics = [_static(r) for r in requests]
-    sampling, flags = _sampling(requests, statics, b, True, bias_fn, vocab, max_len)
+    sampling, flags, late = _sampling(requests, statics, b, True, bias_fn, vocab, max_len)
     spans = list(zip(starts.tolist(), count.tolist()))
     ragged = {}
     if first.any():
@@ -238,6 +266,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
         token_src_slots=src_slots,
         token_from_buffer=from_buffer,
         token_dst_slots=dst,
+        late_bitmask=late,
         segment_ids=segment_ids,
         prompt_spans=spans,
         **ragged,
@@ -247,7 +276,7 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
 def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max_len, bias_fn):
     """One token per row: each row's newest token at position `num_computed_tokens`."""
     n = len(requests)
-    first, _, known, rows = _rows(requests, block_manager)
+    first, _, known, rows = _rows(requests)
     b = bucket_for(n, batch_buckets)
     in_flight = first >= known
     tokens = np.zeros(b, np.int32)
@@ -265,8 +294,8 @@ def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max
     block_tables[:n] = block_manager.block_table(rows, table_width)
     context_lens = np.zeros(b, np.int32)
     context_lens[:n] = first + 1
-    statics = [_static(r) for r in requests]
-    sampling, flags = _sampling(requests, statics, b, False, bias_fn, vocab, max_len)
+    statics = [r.step_static or _static(r) for r in requests]
+    sampling, flags, late = _sampling(requests, statics, b, False, bias_fn, vocab, max_len)
     return InputBatch(
         is_prefill=False,
         num_seqs=n,
@@ -279,6 +308,7 @@ def build_decode(requests, block_manager, batch_buckets, table_width, vocab, max
         token_src_slots=src_slots,
         token_from_buffer=from_buffer,
         token_dst_slots=slot_mapping,
+        late_bitmask=late,
         block_tables=block_tables,
         context_lens=context_lens,
     )

@@ -9,7 +9,6 @@ import contextlib
 import functools
 import logging
 import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,14 +18,13 @@ from jaxllm import sharding, timeline
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.model_loader import init_dummy_params, load_params
 from jaxllm.models.fusion import fuse_projections, fusion_enabled
-from jaxllm.models.layers import AttentionMetadata
 from jaxllm.models.registry import get_model_module
 from jaxllm.quantization.config import resolve_quantization
 from jaxllm.quantization.placement import dummy_param, put_param
 from jaxllm.runner import abstract_params, compile_counter, step_broadcast
 from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.executable_store import ExecutableStore, step_context
-from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill
+from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill, fill_token_bitmask
 from jaxllm.runner.kv_cache import (
     abstract_kv_caches,
     allocate_kv_caches,
@@ -36,60 +34,12 @@ from jaxllm.runner.kv_cache import (
 from jaxllm.runner.kv_scales import initial_kv_scales
 from jaxllm.runner.layer_assembly import assemble_layer
 from jaxllm.runner.logit_bias import step_logit_bias
+from jaxllm.runner.model_step import _step, logits_step, sample_step, step_inputs
+from jaxllm.runner.sampler import SamplingMetadata
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
 from jaxllm.runner.runner_output import ModelRunnerOutput, PendingStep, PromptLogprobs
-from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
-from jaxllm.runner.vocab_parallel_sampler import applies as vocab_parallel_applies
-from jaxllm.runner.vocab_parallel_sampler import sample_vocab_parallel
 
 logger = logging.getLogger(__name__)
-
-
-def step_inputs(batch: InputBatch) -> tuple:
-    """The per-call arguments of `_step` after (params, kv_caches, token_buffer), from a padded batch."""
-    md = AttentionMetadata(
-        slot_mapping=batch.slot_mapping,
-        segment_ids=batch.segment_ids,
-        block_tables=batch.block_tables,
-        context_lens=batch.context_lens,
-        q_block_rows=batch.q_block_rows,
-        q_block_starts=batch.q_block_starts,
-        q_block_lens=batch.q_block_lens,
-    )
-    next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None
-    return (
-        batch.tokens, batch.positions, md, batch.logits_indices, SamplingMetadata(**batch.sampling), next_tokens,
-        batch.token_src_slots, batch.token_dst_slots, batch.token_from_buffer,
-    )
-
-
-def _step(
-    params, kv_caches, token_buffer, tokens, positions, md, logits_indices, smd, next_tokens, src_slots, dst_slots,
-    from_buffer, *, module, cfg, flags, top, tp=1,
-):
-    # A token still being sampled when this step was planned is read where its step left it on device.
-    tokens = jnp.where(from_buffer, token_buffer[src_slots], tokens)
-    hidden, kv_caches = module.forward(params, cfg, tokens, positions, kv_caches, md)  # [T, D]
-    if vocab_parallel_applies(params, tp, top, flags):  # each device samples from its vocab slice
-        out, finite = sample_vocab_parallel(
-            lambda head, x: module.compute_logits(head, cfg, x), params, hidden[logits_indices], smd, tp=tp,
-            use_top_logprobs=flags.top_logprobs, num_top_logprobs=top,
-        )
-    else:
-        logits = module.compute_logits(params, cfg, hidden[logits_indices])  # [B, V]
-        out = sample(
-            logits, smd, use_penalties=flags.penalties, use_bias=flags.bias, use_filters=flags.filters,
-            use_top_logprobs=flags.top_logprobs, num_top_logprobs=top, use_bitmask=flags.bitmask,
-        )
-        finite = jnp.all(jnp.isfinite(logits), axis=-1).astype(jnp.float32)  # a NaN row fails alone
-    prompt = None
-    if flags.prompt_logprobs:
-        prompt = prompt_logprobs(module.compute_logits(params, cfg, hidden), next_tokens, top)
-    # One [3, B] array (token id, logprob, rank) so the host reads the step back in one transfer;
-    # ids and ranks are below 2**24, exact in float32.
-    packed = jnp.stack([out.token_ids.astype(jnp.float32), out.logprobs, out.ranks.astype(jnp.float32), finite])
-    token_buffer = token_buffer.at[dst_slots].set(out.token_ids)
-    return (packed, out.top_ids, out.top_logprobs), prompt, kv_caches, token_buffer
 
 
 class ModelRunner:
@@ -132,6 +82,7 @@ class ModelRunner:
         self.num_top_logprobs = vocab if max_logprobs < 0 else max(1, min(max_logprobs, vocab))
         self._steps: dict[tuple, object] = {}
         self._copy_fn = None
+        self._split: PendingStep | None = None  # a split step still waiting for its token masks
         self._transposes: dict[tuple, object] = {}
         self.precompiler: Precompiler | None = None
         if step_broadcast.is_multi_process() and (precompile or executable_store is not None):
@@ -292,14 +243,19 @@ class ModelRunner:
         Each compiles once per flag combination that actually occurs."""
         return len(self.decode_buckets) + 2 * len(self.prefill_buckets)
 
-    def _compiled(self, flags: StepFlags):
-        fn = self._steps.get(flags.key())
+    def _compiled(self, flags: StepFlags, part: str = "whole"):
+        """The jitted step for `flags`: the "whole" step, or a split step's "logits" or "sample" half."""
+        key = (*flags.key(), part)
+        fn = self._steps.get(key)
         if fn is None:
-            step = functools.partial(
-                _step, module=self.module, cfg=self.model_config, flags=flags, top=self.num_top_logprobs, tp=self.tp
-            )
-            fn = jax.jit(step, donate_argnums=(1, 2))
-            self._steps[flags.key()] = fn
+            top = self.num_top_logprobs
+            if part == "sample":
+                fn = jax.jit(functools.partial(sample_step, flags=flags, top=top), donate_argnums=(1,))
+            else:
+                step = functools.partial(_step, tp=self.tp) if part == "whole" else logits_step
+                step = functools.partial(step, module=self.module, cfg=self.model_config, flags=flags, top=top)
+                fn = jax.jit(step, donate_argnums=(1, 2) if part == "whole" else (1,))
+            self._steps[key] = fn
         return fn
 
     def prepare(self, sched_out, block_manager) -> InputBatch:
@@ -322,21 +278,44 @@ class ModelRunner:
         batch = self.prepare(sched_out, block_manager)
         if sched_out.block_copies:
             self._copy_blocks(sched_out.block_copies)
+        if self._split is not None:
+            raise RuntimeError("A split step's token masks must be filled (complete) before the next step starts.")
         inputs = step_inputs(batch)
+        if batch.late_bitmask:  # its masks wait for the step in flight: run the forward half now
+            step_broadcast.send((step_broadcast.LOGITS, batch.flags, inputs))
+            logits, prompt = self._run_logits(batch.flags, inputs)
+            self._split = PendingStep(list(sched_out.requests), batch, None, prompt, logits)
+            return self._split
         step_broadcast.send((step_broadcast.STEP, batch.flags, inputs))
         out, prompt = self._run_step(batch.flags, inputs)
         return PendingStep(list(sched_out.requests), batch, out, prompt)
+
+    def _global(self, tree):
+        """Host inputs as arrays over the whole job's mesh (several processes); as they are otherwise."""
+        return step_broadcast.to_global(tree, sharding.replicated(self.mesh)) if step_broadcast.is_multi_process() else tree
+
+    def _run_logits(self, flags: StepFlags, inputs: tuple) -> tuple:
+        fn = self._compiled(flags, "logits")
+        with self._mesh_context():
+            logits, prompt, self.kv_caches = fn(self.params, self.kv_caches, self.token_buffer, *self._global(inputs))
+        return logits, prompt
+
+    def _run_sample(self, flags: StepFlags, logits, sampling: dict, dst_slots) -> tuple:
+        fn = self._compiled(flags, "sample")
+        smd, dst_slots = self._global((SamplingMetadata(**sampling), dst_slots))
+        with self._mesh_context():
+            outputs, self.token_buffer = fn(logits, self.token_buffer, smd, dst_slots)
+        return outputs
 
     def _run_step(self, flags: StepFlags, inputs: tuple) -> tuple:
         """One compiled step over the pool (updated in place); its outputs stay on the device."""
         fn = self.precompiler.get(inputs) if self.precompiler is not None else None  # this bucket's executable
         if fn is None:
             fn = self._compiled(flags)
-        if step_broadcast.is_multi_process():
-            inputs = step_broadcast.to_global(inputs, sharding.replicated(self.mesh))
         cached, started = fn._cache_size() if hasattr(fn, "_cache_size") else 0, time.perf_counter()
         with self._mesh_context():
-            out, prompt, self.kv_caches, self.token_buffer = fn(self.params, self.kv_caches, self.token_buffer, *inputs)
+            out, prompt, self.kv_caches, self.token_buffer = fn(self.params, self.kv_caches, self.token_buffer,
+                                                                *self._global(inputs))
         if hasattr(fn, "_cache_size") and fn._cache_size() > cached:  # this bucket was built just now
             logger.info(
                 "Built the step for %d tokens in %.2f s (%d compilations so far, %.1f s in total)",
@@ -347,15 +326,21 @@ class ModelRunner:
 
     def follow(self) -> None:
         """Processes other than 0: run the steps and page copies process 0 sends, until it stops."""
+        logits = None  # a split step's first half, waiting for its second
         while True:
             message = step_broadcast.receive()
-            if message[0] == step_broadcast.STOP:
+            kind = message[0]
+            if kind == step_broadcast.STOP:
                 return
-            if message[0] == step_broadcast.COPY:
+            if kind == step_broadcast.COPY:
                 self._copy_blocks(message[1])
+            elif kind == step_broadcast.LOGITS:
+                logits, _ = self._run_logits(message[1], message[2])
+            elif kind == step_broadcast.SAMPLE:
+                jax.block_until_ready(self._run_sample(message[1], logits, message[2], message[3]))
+                logits = None
             else:
-                out = self._run_step(message[1], message[2])
-                jax.block_until_ready(out)  # keep pace with process 0 instead of queueing steps
+                jax.block_until_ready(self._run_step(message[1], message[2]))  # keep pace with process 0
 
     def stop_followers(self) -> None:
         """Process 0: let the other processes' `follow` return (once; later calls do nothing)."""
@@ -378,16 +363,26 @@ class ModelRunner:
 
             self._copy_fn = jax.jit(copy, donate_argnums=(0,))
         with self._mesh_context():
-            if step_broadcast.is_multi_process():
-                src, dst = step_broadcast.to_global((src, dst), sharding.replicated(self.mesh))
-            self.kv_caches = self._copy_fn(self.kv_caches, src, dst)
+            self.kv_caches = self._copy_fn(self.kv_caches, *self._global((src, dst)))
 
     def _mesh_context(self):
         """Trace under the mesh when it splits devices, so the kernel is wrapped in shard_map."""
         return jax.set_mesh(self.mesh) if self.tp > 1 else contextlib.nullcontext()
 
+    def complete(self, pending: PendingStep) -> None:
+        """Run a split step's sampling half: fill its rows' token masks from their matchers (which have
+        now seen every earlier token), then sample. Nothing to do for a whole step."""
+        if pending.logits is None:
+            return
+        batch, logits = pending.batch, pending.logits
+        pending.logits = self._split = None  # settled, whether or not the sampling below succeeds
+        fill_token_bitmask(pending.requests, batch.sampling["token_bitmask"])
+        step_broadcast.send((step_broadcast.SAMPLE, batch.flags, batch.sampling, batch.token_dst_slots))
+        pending.outputs = self._run_sample(batch.flags, logits, batch.sampling, batch.token_dst_slots)
+
     def collect(self, pending: PendingStep) -> ModelRunnerOutput:
         """Wait for a dispatched step and bring its results to the host (one transfer)."""
+        self.complete(pending)
         (packed, top_ids, top_lp), prompt = step_broadcast.fetch((pending.outputs, pending.prompt))
         n = pending.batch.num_seqs
         return ModelRunnerOutput(

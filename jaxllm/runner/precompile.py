@@ -88,9 +88,6 @@ class _ShapeOnlyPool:
     def slot(self, request, position: int) -> int:
         return 0
 
-    def table_rows(self, requests) -> np.ndarray:
-        return np.zeros(len(requests), np.int64)
-
     def block_table(self, rows, width: int) -> np.ndarray:
         return np.zeros((len(rows), width), np.int32)
 

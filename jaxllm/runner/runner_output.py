@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,9 @@ class PendingStep:
 
     requests: list
     batch: InputBatch
-    outputs: tuple  # device arrays
+    outputs: tuple | None  # device arrays (None until a split step's second half runs)
     prompt: tuple | None
+    logits: Any = None  # a split step's logits, waiting for its token masks (model_step.py)
 
 
 @dataclass

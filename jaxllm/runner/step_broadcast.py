@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 
 logger = logging.getLogger(__name__)
 
-STEP, COPY, STOP = "step", "copy", "stop"
+STEP, LOGITS, SAMPLE, COPY, STOP = "step", "logits", "sample", "copy", "stop"  # message kinds
 
 
 def is_multi_process() -> bool:

@@ -62,6 +62,9 @@ class FakeAsyncRunner(FakeRunner):
             top_ids=None, top_logprobs=None, prompt_logprobs={}, finite=None,
         )
 
+    def complete(self, handle):  # no grammar rows here: no step is split
+        pass
+
     def collect(self, handle):
         return handle
 
