@@ -59,6 +59,13 @@ class LLM:
 
     `async_scheduling` (on by default) plans and launches each step while the previous one still runs on
     the device, so the device never waits for Python; tokens are the same with it off.
+
+    Several hosts (docs/parallelism.md): start the same program on every host with
+    `distributed_coordinator_address` ("HOST:PORT" of process 0), `distributed_num_processes` and
+    `distributed_process_id` (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID), and
+    `tensor_parallel_size` equal to the job's device count. Process 0 runs the engine; on the other
+    processes `LLM(...)` does not return: it runs process 0's steps, then exits the process when
+    process 0 exits.
     """
 
     def __init__(
@@ -94,6 +101,9 @@ class LLM:
         precompile: bool | str | None = None,
         enforce_eager: bool = False,
         hf_overrides: dict | None = None,
+        distributed_coordinator_address: str | None = None,
+        distributed_num_processes: int | None = None,
+        distributed_process_id: int | None = None,
         **kwargs: Any,
     ):
         unknown = sorted(set(kwargs) - _IGNORED_ENGINE_ARGS)
@@ -134,12 +144,18 @@ class LLM:
             tokenizer_mode=tokenizer_mode,
         )
         try:
+            from jaxllm.distributed import DistributedConfig, initialize
+
+            initialize(DistributedConfig.resolve(
+                distributed_coordinator_address, distributed_num_processes, distributed_process_id
+            ))
             self._build_runner(compilation_cache_dir, precompile, enforce_eager, max_logprobs, load_format,
                                tensor_parallel_size, quantization)
         except BaseException:
             if loading is not None:
                 loading.result()  # nothing left running; its own error, if any, is secondary
             raise
+        self._follow_or_lead(loading)
         try:
             self._finish_init(loading, seed, max_logprobs)
         except BaseException:
@@ -149,9 +165,6 @@ class LLM:
     def _build_runner(self, compilation_cache_dir, precompile, enforce_eager, max_logprobs, load_format,
                       tensor_parallel_size, quantization):
         from jaxllm.runner.model_runner import ModelRunner  # the first import of jax
-        from jaxllm.sharding import maybe_initialize_distributed
-
-        maybe_initialize_distributed()
         from jaxllm.runner.compilation_cache import enable_compilation_cache
         from jaxllm.runner.executable_store import open_store
         from jaxllm.runner.precompile import resolve_mode
@@ -167,6 +180,23 @@ class LLM:
                 tensor_parallel_size, quantization=quantization, precompile=self.precompile != "off",
                 executable_store=open_store(self.compilation_cache_dir),
             )
+
+    def _follow_or_lead(self, loading) -> None:
+        """Processes other than 0 replay process 0's steps and exit with it; process 0 releases them at exit."""
+        import atexit
+
+        import jax
+
+        if jax.process_count() == 1:
+            return
+        if jax.process_index() == 0:
+            atexit.register(self.runner.stop_followers)  # runs before jax's own shutdown (registered earlier)
+            return
+        if loading is not None:
+            loading.result()
+        logger.info("Process %d follows process 0's steps", jax.process_index())
+        self.runner.follow()
+        raise SystemExit(0)
 
     def _finish_init(self, loading, seed, max_logprobs):
         self.tokenizer = loading.result(raise_error=True) if loading is not None else None

@@ -1,10 +1,11 @@
 """Tensor parallelism as a table: parameter name -> logical axes -> mesh axis.
 
-One Python process drives every local device through one `jax.sharding.Mesh` with a single axis
-"tp". Column-parallel weights (q/k/v, gate/up) split their output dimension, row-parallel weights
-(o, down) their input dimension, and the embedding and LM head the vocabulary; XLA inserts the
-all-reduces. The KV pool splits on the kv-head axis; the Pallas kernel, which XLA cannot partition,
-runs per shard under `shard_map` (see `models/layers.py`).
+One Python process per host drives its devices; one `jax.sharding.Mesh` with a single axis "tp"
+spans them all. Column-parallel weights (q/k/v, gate/up) split their output dimension, row-parallel
+weights (o, down) their input dimension, and the embedding and LM head the vocabulary. The models run
+each layer's attention and MLP per shard under `shard_map` with one explicit all-reduce after each
+(`models/tensor_parallel.py`); the in-specs of those blocks come from this table. The KV pool splits
+on the kv-head axis.
 
 When there are fewer kv heads than devices (GQA/MQA with large tp), each kv head is repeated so
 that every device holds the one its query heads need, as vLLM does.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import jax
 import numpy as np
@@ -46,16 +46,16 @@ LOGICAL_AXES: dict[str, tuple[str | None, ...]] = {
     "w_fc1": (None, "mlp"),
     "b_fc1": ("mlp",),
     "w_fc2": ("mlp", None),
+    # Fused by the runner (models/fusion.py) shard by shard, so each device's columns hold its q|k|v.
+    "w_qkv": (None, "heads"),
+    "b_qkv": ("heads",),
+    "w_gate_up": (None, "mlp"),
+    "b_gate_up": ("mlp",),
+    "lm_head_bias": ("vocab",),
 }
 
 # Logical axis -> mesh axis. Everything else is replicated.
 RULES = {"vocab": TP, "heads": TP, "kv_heads": TP, "mlp": TP}
-
-
-def maybe_initialize_distributed() -> None:
-    """Join a multi-host job when the usual coordinator variables are set (one process per host)."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
 
 
 def make_mesh(tensor_parallel_size: int) -> Mesh:
@@ -66,6 +66,11 @@ def make_mesh(tensor_parallel_size: int) -> Mesh:
         raise ValueError(
             f"tensor_parallel_size={tensor_parallel_size} is larger than the {len(devices)} available "
             f"{devices[0].platform.upper()} device(s)."
+        )
+    if jax.process_count() > 1 and tensor_parallel_size != len(devices):
+        raise ValueError(
+            f"With {jax.process_count()} processes the model is split over all {len(devices)} devices of the "
+            f"job: tensor_parallel_size must be {len(devices)}, got {tensor_parallel_size}."
         )
     return Mesh(np.array(devices[:tensor_parallel_size]), (TP,))
 
@@ -130,6 +135,15 @@ def repeat_kv_heads(array, repeats: int, head_dim: int):
     return np.broadcast_to(heads, (*lead, k, repeats, head_dim)).reshape(*lead, k * repeats * head_dim)
 
 
+def active_mesh():
+    """The mesh of the enclosing `jax.set_mesh` when it splits a "tp" axis not yet mapped by a
+    `shard_map` (inside a per-shard block the axis is manual and arrays are already local), else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or TP not in mesh.axis_names or mesh.shape[TP] == 1:
+        return None
+    return None if TP in mesh.manual_axes else mesh
+
+
 def partition_spec(name: str, shape: tuple[int, ...], tp: int) -> PartitionSpec:
     """Mesh placement of a parameter leaf; a dimension that does not divide evenly stays replicated."""
     axes = LOGICAL_AXES.get(name)
@@ -149,30 +163,30 @@ def param_sharding(mesh: Mesh, name: str, shape: tuple[int, ...]) -> NamedShardi
     return NamedSharding(mesh, partition_spec(name, shape, mesh.shape[TP]))
 
 
-def _field_spec(name: str, axes: tuple, shape: tuple[int, ...], tp: int) -> PartitionSpec:
+def _field_spec(name: str, axes: tuple, shape: tuple[int, ...], tp: int, uneven: bool = False) -> PartitionSpec:
     spec = []
     for logical, size in zip(axes, shape):
         mesh_axis = RULES.get(logical) if logical else None
-        if mesh_axis and size % tp:
+        if mesh_axis and size % tp and not uneven:
             logger.info("Replicating a dimension of quantized %s: %d is not divisible by tp=%d", name, size, tp)
             mesh_axis = None
         spec.append(mesh_axis)
     return PartitionSpec(*spec)
 
 
-def quantized_sharding(mesh: Mesh, name: str, weight: QuantizedWeight) -> QuantizedWeight:
-    """Shardings of a QuantizedWeight's fields (a QuantizedWeight of NamedShardings).
+def quantized_specs(name: str, weight: QuantizedWeight, tp: int, uneven: bool = False) -> QuantizedWeight:
+    """PartitionSpecs of a QuantizedWeight's fields (a QuantizedWeight of specs).
 
     Each field is split along the logical axes of the dense weight it stands for: the input axis is
     axis 0 of qweight (and of the per-group zeros/scales, one row per group), the output axis their
     last axis. AWQ packs the output dim by 8, so a column split needs N/8 divisible by tp, and a row
-    split K/G; a dimension that does not divide stays replicated (still correct: XLA moves the data).
+    split K/G; a dimension that does not divide stays replicated (still correct: XLA moves the data)
+    unless `uneven` asks for the split the table wants regardless.
     """
-    tp = mesh.shape[TP]
     in_axis, out_axis = LOGICAL_AXES.get(name, (None, None)) if tp > 1 else (None, None)
 
     def put(axes, array):
-        return None if array is None else NamedSharding(mesh, _field_spec(name, axes, array.shape, tp))
+        return None if array is None else _field_spec(name, axes, array.shape, tp, uneven)
 
     if weight.kind == "awq":
         return dataclasses.replace(
@@ -183,6 +197,35 @@ def quantized_sharding(mesh: Mesh, name: str, weight: QuantizedWeight) -> Quanti
         )
     return dataclasses.replace(
         weight, qweight=put((in_axis, out_axis), weight.qweight), scales=put((out_axis,), weight.scales)
+    )
+
+
+def quantized_sharding(mesh: Mesh, name: str, weight: QuantizedWeight) -> QuantizedWeight:
+    """Shardings of a QuantizedWeight's fields (a QuantizedWeight of NamedShardings), see `quantized_specs`."""
+    specs = quantized_specs(name, weight, mesh.shape[TP])
+    return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, PartitionSpec)
+
+
+def leaf_spec(name: str, leaf, tp: int):
+    """The PartitionSpec of one parameter leaf (a QuantizedWeight of them for a quantized weight)."""
+    if isinstance(leaf, QuantizedWeight):
+        return quantized_specs(name, leaf, tp)
+    return partition_spec(name, leaf.shape, tp)
+
+
+def splits_evenly(name: str, leaf, tp: int) -> bool:
+    """Whether every dimension the table splits for `name` is split (none fell back to replication)."""
+    if tp == 1 or name not in LOGICAL_AXES:
+        return True
+    if isinstance(leaf, QuantizedWeight):
+        return quantized_specs(name, leaf, tp) == quantized_specs(name, leaf, tp, uneven=True)
+    axes = LOGICAL_AXES[name]
+    return len(axes) == len(leaf.shape) and all(
+        size % tp == 0 for logical, size in zip(axes, leaf.shape) if RULES.get(logical)
     )
 
 

@@ -37,9 +37,12 @@ def test_tensor_parallel_matches_one_device(tiny_models, arch, sizes):
                     assert abs(lb[tok].logprob - lp.logprob) <= 1e-4 * max(1.0, abs(lp.logprob)), f"tp={tp}"
         layer = llm.runner.params["layers"][0]
         cfg = llm.model_config
-        wq = layer["wq"]
-        assert wq.sharding.spec == jax.sharding.PartitionSpec(None, "tp")
-        assert {s.data.shape for s in wq.addressable_shards} == {(cfg.hidden_size, cfg.num_heads * cfg.head_dim // tp)}
+        wqkv = layer["w_qkv"]  # q|k|v fused shard by shard: each device holds its own heads' columns
+        assert wqkv.sharding.spec == jax.sharding.PartitionSpec(None, "tp")
+        kv = llm.runner.model_config.num_kv_heads  # repeated up to tp where there are fewer
+        width = (cfg.num_heads + 2 * kv) * cfg.head_dim // tp
+        assert {s.data.shape for s in wqkv.addressable_shards} == {(cfg.hidden_size, width)}
+        assert layer["w_gate_up"].sharding.spec == jax.sharding.PartitionSpec(None, "tp")
         assert layer["wo"].sharding.spec == jax.sharding.PartitionSpec("tp", None)
         k_pages = llm.runner.kv_caches[0][0]
         assert len(k_pages.addressable_shards) == tp

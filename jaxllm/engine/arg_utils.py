@@ -42,6 +42,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                              "all are compiled), off (compile each when first needed). Default auto: "
                              "$JAXLLM_PRECOMPILE, else background on GPU/TPU, off on CPU")
     parser.add_argument("--enforce-eager", action="store_true", help="as vLLM: no ahead-of-time work (--precompile off)")
+    dist = parser.add_argument_group("several hosts (one process per host; see docs/parallelism.md)")
+    dist.add_argument("--distributed-coordinator-address", default=None, metavar="HOST:PORT",
+                      help="where process 0 listens for the others (default: $JAX_COORDINATOR_ADDRESS)")
+    dist.add_argument("--distributed-num-processes", type=int, default=None,
+                      help="processes in the job (default: $JAX_NUM_PROCESSES)")
+    dist.add_argument("--distributed-process-id", type=int, default=None,
+                      help="this process's id, 0 serves (default: $JAX_PROCESS_ID)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -50,6 +57,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         "tokenizer", "revision", "dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
         "block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
         "kv_cache_dtype", "calculate_kv_scales", "tensor_parallel_size", "quantization", "seed", "download_dir", "trust_remote_code",
+        "distributed_coordinator_address", "distributed_num_processes", "distributed_process_id",
     ]
     kwargs = {n: getattr(args, n) for n in names if hasattr(args, n)}
     for flag in ("enable_prefix_caching", "enable_chunked_prefill", "precompile"):

@@ -19,10 +19,14 @@ so the slopes given to the attention are multiplied by 1/sqrt(H).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jaxllm.config import ModelConfig
+from jaxllm.models import tensor_parallel
 from jaxllm.models.layers import (
     AttentionMetadata,
     activation,
@@ -127,6 +131,23 @@ def _split_qkv(cfg: ModelConfig, qkv: jax.Array) -> tuple[jax.Array, jax.Array, 
     return q, k, v
 
 
+def _attention(p: dict, tp: int, y, positions, cache, md, slopes, *, cfg: ModelConfig, inv_freq) -> tuple:
+    """Attention of `1/tp` of the heads (slopes: theirs). The packed q|k|v weight is whole (its packing
+    differs by layout); its product is split as the checkpoint packs it, then cut to this shard's heads."""
+    t, h = y.shape[0], cfg.head_dim
+    n, kv = cfg.num_heads // tp, cfg.num_kv_heads // tp
+    q, k, v = _split_qkv(cfg, linear(y, p, "qkv"))  # [T, N, H], [T, K, H], [T, K, H]
+    q, k, v = tensor_parallel.local_heads(q, n), tensor_parallel.local_heads(k, kv), tensor_parallel.local_heads(v, kv)
+    if inv_freq is not None:
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    o, cache = attention(q, k, v, cache, positions, md, scale=h**-0.5, alibi_slopes=slopes)
+    return linear(o.reshape(t, n * h), p, "o"), cache
+
+
+def _mlp(p: dict, tp: int, y, *, act) -> jax.Array:
+    return linear(act(linear(y, p, "_up")), p, "_down")
+
+
 def forward(
     params: dict,
     cfg: ModelConfig,
@@ -137,33 +158,32 @@ def forward(
 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
     """Hidden states after the final LayerNorm [T, D], and the pool with this step's K/V written."""
     _, parallel, num_norms = _layout(cfg)
-    t = tokens.shape[0]
-    n, h, eps = cfg.num_heads, cfg.head_dim, cfg.rms_norm_eps
-    scale = h**-0.5
+    h, eps = cfg.head_dim, cfg.rms_norm_eps
     slopes = inv_freq = None
     if cfg.hf_config.get("alibi", False):
-        slopes = jnp.asarray(alibi_slopes(n)) * scale
+        slopes = jnp.asarray(alibi_slopes(cfg.num_heads)) * h**-0.5  # [N]
     else:
         inv_freq = rope_inv_freq(h, cfg.rope_theta, cfg.rope_scaling)
-    act = activation(cfg.hidden_act, cfg.architecture)
-    x = params["embed"][tokens]  # [T, D]
+    attn = functools.partial(_attention, cfg=cfg, inv_freq=inv_freq)
+    mlp = functools.partial(_mlp, act=activation(cfg.hidden_act, cfg.architecture))
+    x = tensor_parallel.embed_tokens(params["embed"], tokens)  # [T, D]
     new_caches = []
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         attn_in = layer_norm(x, p["attn_norm"], p["attn_norm_bias"], eps)
-        q, k, v = _split_qkv(cfg, linear(attn_in, p, "qkv"))
-        if inv_freq is not None:
-            q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=scale, alibi_slopes=slopes)
+        pool = tensor_parallel.pool_spec(kv_caches[i])
+        attn_out, cache = tensor_parallel.block(
+            attn, p, attn_in, positions, kv_caches[i], md, slopes,
+            arg_specs=(P(), P(), pool, P(), P("tp")), extra_spec=pool, bias="bo",
+        )
         new_caches.append(cache)
-        attn_out = linear(o.reshape(t, n * h), p, "o")
         if parallel:
             mlp_in = layer_norm(x, p["mlp_norm"], p["mlp_norm_bias"], eps) if num_norms == 2 else attn_in
-            x = x + (linear(act(linear(mlp_in, p, "_up")), p, "_down") + attn_out)
+            x = x + (tensor_parallel.block(mlp, p, mlp_in, arg_specs=(P(),), bias="b_down") + attn_out)
         else:
             x = x + attn_out
             mlp_in = layer_norm(x, p["mlp_norm"], p["mlp_norm_bias"], eps)
-            x = x + linear(act(linear(mlp_in, p, "_up")), p, "_down")
+            x = x + tensor_parallel.block(mlp, p, mlp_in, arg_specs=(P(),), bias="b_down")
     return layer_norm(x, params["final_norm"], params["final_norm_bias"], eps), new_caches
 
 

@@ -14,19 +14,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.models.layers import (
-    AttentionMetadata,
-    activation,
-    apply_rope,
-    attention,
-    gate_up_projection,
-    linear,
-    qkv_projection,
-    rope_inv_freq,
-)
+from jaxllm.models import llama
+from jaxllm.models.layers import AttentionMetadata
 from jaxllm.models.llama import compute_logits, hf_shapes, name_table
 
-SUPPORTS_FUSED_PROJECTIONS = True  # the forward takes wqkv / w_gate_up (see fusion.py)
+SUPPORTS_FUSED_PROJECTIONS = True  # the forward takes w_qkv / w_gate_up (see fusion.py)
 
 __all__ = ["compute_logits", "forward", "hf_shapes", "name_table"]
 
@@ -46,21 +38,5 @@ def forward(
     md: AttentionMetadata,
 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
     """Hidden states after the final norm [T, D], and the pool with this step's K/V written."""
-    t = tokens.shape[0]
-    n, kv, h, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps
-    inv_freq = rope_inv_freq(h, cfg.rope_theta, cfg.rope_scaling)
-    act = activation(cfg.hidden_act, cfg.architecture)
-    embed = params["embed"]
-    x = embed[tokens] * jnp.asarray(cfg.hidden_size**0.5, embed.dtype)  # [T, D]
-    new_caches = []
-    for i in range(cfg.num_layers):
-        p = params["layers"][i]
-        y = gemma_rms_norm(x, p["input_norm"], eps)
-        q, k, v = qkv_projection(y, p, n, kv, h)  # [T, N, H], [T, K, H], [T, K, H]
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
-        new_caches.append(cache)
-        x = x + linear(o.reshape(t, n * h), p, "o")
-        y = gemma_rms_norm(x, p["post_norm"], eps)
-        x = x + linear(gate_up_projection(y, p, act), p, "_down")
-    return gemma_rms_norm(x, params["final_norm"], eps), new_caches
+    return llama.forward(params, cfg, tokens, positions, kv_caches, md, norm=gemma_rms_norm,
+                         embed_scale=cfg.hidden_size**0.5)

@@ -11,10 +11,14 @@ were saved from the base model and have no prefix (found from the checkpoint, se
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jaxllm.config import ModelConfig
+from jaxllm.models import tensor_parallel
 from jaxllm.models.hf_config import weight_prefix
 from jaxllm.models.layers import AttentionMetadata, activation, attention, layer_norm, matmul
 
@@ -75,6 +79,21 @@ def _check(cfg: ModelConfig) -> None:
         raise ValueError("GPT-2 with cross-attention (an encoder-decoder) is not supported.")
 
 
+def _attention(p: dict, tp: int, y, positions, cache, md, *, cfg: ModelConfig, scale: float) -> tuple:
+    """Attention of `1/tp` of the heads; the packed q|k|v weight is whole, its product cut to them."""
+    t, d, h = y.shape[0], cfg.hidden_size, cfg.head_dim
+    n = cfg.num_heads // tp
+    qkv = matmul(y, p["wqkv"]) + p["bqkv"]  # [T, 3D]
+    q, k, v = (tensor_parallel.local_heads(qkv[:, j * d:(j + 1) * d].reshape(t, cfg.num_heads, h), n)
+               for j in range(3))
+    o, cache = attention(q, k, v, cache, positions, md, scale=scale)
+    return matmul(o.reshape(t, n * h), p["wo"]), cache
+
+
+def _mlp(p: dict, tp: int, y, *, act) -> jax.Array:
+    return matmul(act(matmul(y, p["w_up"]) + p["b_up"]), p["w_down"])
+
+
 def forward(
     params: dict,
     cfg: ModelConfig,
@@ -86,23 +105,23 @@ def forward(
     """Hidden states after the final LayerNorm [T, D], and the pool with this step's K/V written."""
     _check(cfg)
     hf = cfg.hf_config
-    t, d = tokens.shape[0], cfg.hidden_size
-    n, h, eps = cfg.num_heads, cfg.head_dim, cfg.rms_norm_eps
-    act = activation(cfg.hidden_act, cfg.architecture)
-    scale = h**-0.5 if hf.get("scale_attn_weights", True) else 1.0
-    x = params["embed"][tokens] + params["pos_embed"][positions]  # [T, D]
+    eps = cfg.rms_norm_eps
+    mlp = functools.partial(_mlp, act=activation(cfg.hidden_act, cfg.architecture))
+    scale = cfg.head_dim**-0.5 if hf.get("scale_attn_weights", True) else 1.0
+    x = tensor_parallel.embed_tokens(params["embed"], tokens) + params["pos_embed"][positions]  # [T, D]
     new_caches = []
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         y = layer_norm(x, p["attn_norm"], p["attn_norm_bias"], eps)
-        qkv = matmul(y, p["wqkv"]) + p["bqkv"]  # [T, 3D]
-        q, k, v = (qkv[:, j * d:(j + 1) * d].reshape(t, n, h) for j in range(3))
         layer_scale = scale / (i + 1) if hf.get("scale_attn_by_inverse_layer_idx") else scale
-        o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=layer_scale)
+        attn = functools.partial(_attention, cfg=cfg, scale=layer_scale)
+        pool = tensor_parallel.pool_spec(kv_caches[i])
+        o, cache = tensor_parallel.block(attn, p, y, positions, kv_caches[i], md,
+                                         arg_specs=(P(), P(), pool, P()), extra_spec=pool, bias="bo")
         new_caches.append(cache)
-        x = x + (matmul(o.reshape(t, d), p["wo"]) + p["bo"])
+        x = x + o
         y = layer_norm(x, p["mlp_norm"], p["mlp_norm_bias"], eps)
-        x = x + (matmul(act(matmul(y, p["w_up"]) + p["b_up"]), p["w_down"]) + p["b_down"])
+        x = x + tensor_parallel.block(mlp, p, y, arg_specs=(P(),), bias="b_down")
     return layer_norm(x, params["final_norm"], params["final_norm_bias"], eps), new_caches
 
 

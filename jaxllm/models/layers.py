@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jaxllm.models.tensor_parallel import shard_map
 # matmul(x, w): x @ w for a dense weight or a QuantizedWeight; the models call their linear layers through it.
 from jaxllm.quantization.matmul import matmul  # also used by the models directly
+from jaxllm.sharding import TP, active_mesh
 from pallas_kernels.kv_quant import calibrated_scales
 from pallas_kernels.paged_attention import paged_attention, write_to_kv_pages
 from pallas_kernels.paged_attention_reference import paged_attention_reference
@@ -63,12 +65,12 @@ def linear(x: jax.Array, p: dict, name: str) -> jax.Array:
 
 
 def qkv_projection(x: jax.Array, p: dict, n: int, kv: int, h: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """q [T, N, H], k and v [T, K, H], from one fused `wqkv` (see `fusion.py`) or from wq, wk, wv."""
+    """q [T, N, H], k and v [T, K, H], from one fused `w_qkv` (see `fusion.py`) or from wq, wk, wv."""
     t = x.shape[0]
-    if "wqkv" not in p:
+    if "w_qkv" not in p:
         return (linear(x, p, "q").reshape(t, n, h), linear(x, p, "k").reshape(t, kv, h),
                 linear(x, p, "v").reshape(t, kv, h))
-    y = linear(x, p, "qkv")
+    y = linear(x, p, "_qkv")
     return (y[:, : n * h].reshape(t, n, h), y[:, n * h : (n + kv) * h].reshape(t, kv, h),
             y[:, (n + kv) * h :].reshape(t, kv, h))
 
@@ -203,12 +205,9 @@ def prefill_attention(
     return out.reshape(t, n, h).astype(q.dtype)
 
 
-def _tensor_parallel_mesh():
-    """The mesh of the enclosing `jax.set_mesh` when it splits a "tp" axis, else None."""
+def _inside_shard() -> bool:
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or "tp" not in mesh.axis_names or mesh.shape["tp"] == 1:
-        return None
-    return mesh
+    return mesh is not None and not mesh.empty and TP in mesh.manual_axes
 
 
 def _per_shard(fn, mesh, in_specs, out_specs):
@@ -224,7 +223,7 @@ def _per_shard(fn, mesh, in_specs, out_specs):
             return fn(*full)
 
         specs = tuple(in_specs[i] for i in present)
-        mapped = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=out_specs, check_vma=False)
+        mapped = shard_map(local, mesh=mesh, in_specs=specs, out_specs=out_specs)
         return mapped(*(args[i] for i in present))
 
     return call
@@ -256,8 +255,9 @@ def attention(
 
     A float8 pool carries the layer's K and V scales; a scale of 0 is set from this step's K/V
     (calibration on the first step, see pallas_kernels/kv_quant.py) and returned with the pool.
-    Under a tensor-parallel mesh (`jax.set_mesh` with a "tp" axis) the pool write and the Pallas
-    kernel, which XLA cannot partition, run per kv-head shard under `shard_map`.
+    Inside a per-shard block (`tensor_parallel.block`) q/k/v and the pool are this device's heads
+    already. Called on whole arrays under a tensor-parallel mesh, the pool write and the Pallas
+    kernel, which XLA cannot partition, run per kv-head shard under `shard_map` here.
     """
     h, pool_h = q.shape[-1], kv_cache[0].shape[-1]
     if pool_h != h:  # the pool stores heads zero-padded to a power of two (runner/kv_cache.pool_head_dim)
@@ -266,7 +266,10 @@ def attention(
         return out[..., :h], cache
     k_scale = v_scale = None
     if len(kv_cache) == 4:
-        k_scale, v_scale = calibrated_scales(k, v, kv_cache[2], kv_cache[3])
+        whole_k, whole_v = k, v
+        if _inside_shard():  # every device sets the same scales: from all heads, not its own
+            whole_k, whole_v = (jax.lax.all_gather(x, TP, axis=1, tiled=True) for x in (k, v))
+        k_scale, v_scale = calibrated_scales(whole_k, whole_v, kv_cache[2], kv_cache[3])
     paged, ragged_paged = paged_attention_impls()
 
     def write(kp, vp, k, v, slots, ks, vs):
@@ -279,7 +282,7 @@ def attention(
         return ragged_paged(q, kp, vp, pos, bt, rows, starts, lens, alibi_slopes=slopes, scale=scale,
                             k_scale=ks, v_scale=vs)
 
-    mesh = _tensor_parallel_mesh()
+    mesh = active_mesh()
     if mesh is not None:
         heads, pool, rep = P(None, "tp", None), P("tp"), P()
         write = _per_shard(write, mesh, (pool, pool, heads, heads, rep, rep, rep), (pool, pool))

@@ -8,16 +8,21 @@ to it). Parameters, with weights stored [in, out] so that `x @ w` needs no trans
     layers[i]:   input_norm [D]  wq [D, N*H]  wk, wv [D, K*H]  (bq [N*H], bk, bv [K*H])  wo [N*H, D]
                  post_norm [D]   w_gate, w_up [D, F]  w_down [F, D]
 
-After loading, the runner may fuse wq|wk|wv into `wqkv` and w_gate|w_up into `w_gate_up`
-(`fusion.py`); the forward takes either layout.
+After loading, the runner may fuse wq|wk|wv into `w_qkv` and w_gate|w_up into `w_gate_up`
+(`fusion.py`); the forward takes either layout. Under tensor parallelism the attention and the MLP
+each run per shard with one all-reduce (`tensor_parallel.block`).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jaxllm.config import ModelConfig
+from jaxllm.models import tensor_parallel
 from jaxllm.models.layers import (
     AttentionMetadata,
     activation,
@@ -30,7 +35,7 @@ from jaxllm.models.layers import (
     rope_inv_freq,
 )
 
-SUPPORTS_FUSED_PROJECTIONS = True  # the forward takes wqkv / w_gate_up (see fusion.py)
+SUPPORTS_FUSED_PROJECTIONS = True  # the forward takes w_qkv / w_gate_up (see fusion.py)
 
 _LAYER_WEIGHTS = {
     "self_attn.q_proj": "q",
@@ -83,6 +88,21 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: s for k, s in shapes.items() if k in name_table(cfg)}
 
 
+def attention_block(p: dict, tp: int, y, positions, cache, md, *, cfg: ModelConfig, inv_freq) -> tuple:
+    """Self-attention of `1/tp` of the heads: o-projection rows before their sum [T, D], and the pool."""
+    t = y.shape[0]
+    n, kv, h = cfg.num_heads // tp, cfg.num_kv_heads // tp, cfg.head_dim
+    q, k, v = qkv_projection(y, p, n, kv, h)  # [T, N, H], [T, K, H], [T, K, H]
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    o, cache = attention(q, k, v, cache, positions, md, scale=h**-0.5)
+    return linear(o.reshape(t, n * h), p, "o"), cache
+
+
+def mlp_block(p: dict, tp: int, y, *, act) -> jax.Array:
+    """Gated MLP over `1/tp` of the hidden columns: the down-projection rows before their sum [T, D]."""
+    return linear(gate_up_projection(y, p, act), p, "_down")
+
+
 def forward(
     params: dict,
     cfg: ModelConfig,
@@ -90,25 +110,31 @@ def forward(
     positions: jax.Array,  # [T] int32
     kv_caches: list[tuple[jax.Array, jax.Array]],  # per layer ([K, P, S, H], [K, P, S, H])
     md: AttentionMetadata,
+    norm=None,
+    embed_scale: float | None = None,
 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
-    """Hidden states after the final norm [T, D], and the pool with this step's K/V written."""
-    t = tokens.shape[0]
-    n, kv, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    inv_freq = rope_inv_freq(h, cfg.rope_theta, cfg.rope_scaling)
-    act = activation(cfg.hidden_act, cfg.architecture)
-    x = params["embed"][tokens]  # [T, D]
+    """Hidden states after the final norm [T, D], and the pool with this step's K/V written.
+
+    `norm(x, weight, eps)` and `embed_scale` let Gemma reuse the layer (see gemma.py)."""
+    norm = norm or rms_norm
+    inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    attn = functools.partial(attention_block, cfg=cfg, inv_freq=inv_freq)
+    mlp = functools.partial(mlp_block, act=activation(cfg.hidden_act, cfg.architecture))
+    x = tensor_parallel.embed_tokens(params["embed"], tokens)  # [T, D]
+    if embed_scale is not None:
+        x = x * jnp.asarray(embed_scale, x.dtype)
     new_caches = []
     for i in range(cfg.num_layers):  # unrolled on purpose: a scan over layers is slower for decode
         p = params["layers"][i]
-        y = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
-        q, k, v = qkv_projection(y, p, n, kv, h)  # [T, N, H], [T, K, H], [T, K, H]
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
+        y = norm(x, p["input_norm"], cfg.rms_norm_eps)
+        pool = tensor_parallel.pool_spec(kv_caches[i])
+        o, cache = tensor_parallel.block(attn, p, y, positions, kv_caches[i], md,
+                                         arg_specs=(P(), P(), pool, P()), extra_spec=pool, bias="bo")
         new_caches.append(cache)
-        x = x + linear(o.reshape(t, n * h), p, "o")
-        y = rms_norm(x, p["post_norm"], cfg.rms_norm_eps)
-        x = x + linear(gate_up_projection(y, p, act), p, "_down")
-    return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_caches
+        x = x + o
+        y = norm(x, p["post_norm"], cfg.rms_norm_eps)
+        x = x + tensor_parallel.block(mlp, p, y, arg_specs=(P(),), bias="b_down")
+    return norm(x, params["final_norm"], cfg.rms_norm_eps), new_caches
 
 
 def compute_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:

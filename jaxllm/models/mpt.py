@@ -10,12 +10,15 @@ slopes; MPT scales the exponents to `alibi_bias_max` (see `layers.alibi_slopes`)
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jaxllm.config import ModelConfig
+from jaxllm.models import tensor_parallel
 from jaxllm.models.layers import AttentionMetadata, activation, alibi_slopes, attention, layer_norm, matmul
 
 _LAYER = {
@@ -68,6 +71,23 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: s for k, s in shapes.items() if k in name_table(cfg)}
 
 
+def _attention(p: dict, tp: int, y, positions, cache, md, slopes, *, cfg: ModelConfig, clip, scale: float):
+    """Attention of `1/tp` of the heads (slopes: theirs); the packed q|k|v product is cut to them."""
+    t, d, h = y.shape[0], cfg.hidden_size, cfg.head_dim
+    n = cfg.num_heads // tp
+    qkv = matmul(y, p["wqkv"])  # [T, 3D]
+    if clip:
+        qkv = jnp.clip(qkv, -clip, clip)
+    q, k, v = (tensor_parallel.local_heads(qkv[:, j * d:(j + 1) * d].reshape(t, cfg.num_heads, h), n)
+               for j in range(3))
+    o, cache = attention(q, k, v, cache, positions, md, scale=scale, alibi_slopes=slopes)
+    return matmul(o.reshape(t, n * h), p["wo"]), cache
+
+
+def _mlp(p: dict, tp: int, y, *, act) -> jax.Array:
+    return matmul(act(matmul(y, p["w_up"])), p["w_down"])
+
+
 def forward(
     params: dict,
     cfg: ModelConfig,
@@ -78,26 +98,23 @@ def forward(
 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
     """Hidden states after the final LayerNorm [T, D], and the pool with this step's K/V written."""
     attn_cfg = _attn_config(cfg)
-    t, d = tokens.shape[0], cfg.hidden_size
-    n, h, eps = cfg.num_heads, cfg.head_dim, cfg.rms_norm_eps
-    clip = attn_cfg.get("clip_qkv")
-    scale = attn_cfg.get("softmax_scale") or 1.0 / math.sqrt(h)
-    slopes = jnp.asarray(alibi_slopes(n, attn_cfg.get("alibi_bias_max", 8)))
-    act = activation(cfg.hidden_act, cfg.architecture)
-    x = params["embed"][tokens]  # [T, D]
+    eps = cfg.rms_norm_eps
+    attn = functools.partial(_attention, cfg=cfg, clip=attn_cfg.get("clip_qkv"),
+                             scale=attn_cfg.get("softmax_scale") or 1.0 / math.sqrt(cfg.head_dim))
+    mlp = functools.partial(_mlp, act=activation(cfg.hidden_act, cfg.architecture))
+    slopes = jnp.asarray(alibi_slopes(cfg.num_heads, attn_cfg.get("alibi_bias_max", 8)))  # [N]
+    x = tensor_parallel.embed_tokens(params["embed"], tokens)  # [T, D]
     new_caches = []
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         y = layer_norm(x, p["attn_norm"], None, eps)
-        qkv = matmul(y, p["wqkv"])  # [T, 3D]
-        if clip:
-            qkv = jnp.clip(qkv, -clip, clip)
-        q, k, v = (qkv[:, j * d:(j + 1) * d].reshape(t, n, h) for j in range(3))
-        o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=scale, alibi_slopes=slopes)
+        pool = tensor_parallel.pool_spec(kv_caches[i])
+        o, cache = tensor_parallel.block(attn, p, y, positions, kv_caches[i], md, slopes,
+                                         arg_specs=(P(), P(), pool, P(), P("tp")), extra_spec=pool, bias="bo")
         new_caches.append(cache)
-        x = x + matmul(o.reshape(t, d), p["wo"])
+        x = x + o
         y = layer_norm(x, p["mlp_norm"], None, eps)
-        x = x + matmul(act(matmul(y, p["w_up"])), p["w_down"])
+        x = x + tensor_parallel.block(mlp, p, y, arg_specs=(P(),), bias="b_down")
     return layer_norm(x, params["final_norm"], None, eps), new_caches
 
 

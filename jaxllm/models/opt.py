@@ -13,10 +13,14 @@ E is `word_embed_proj_dim` (= D unless the model projects). The norms have no pa
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jaxllm.config import ModelConfig
+from jaxllm.models import tensor_parallel
 from jaxllm.models.hf_config import weight_prefix
 from jaxllm.models.layers import AttentionMetadata, activation, attention, layer_norm, linear, matmul
 
@@ -100,6 +104,19 @@ def _norm(x: jax.Array, p: dict, name: str, eps: float) -> jax.Array:
     return layer_norm(x, p.get(name), p.get(name + "_bias"), eps)
 
 
+def _attention(p: dict, tp: int, y, positions, cache, md, *, cfg: ModelConfig) -> tuple:
+    """Attention of `1/tp` of the heads: out-projection rows before their sum [T, D], and the pool."""
+    t, h = y.shape[0], cfg.head_dim
+    n = cfg.num_heads // tp
+    q, k, v = (linear(y, p, name).reshape(t, n, h) for name in ("q", "k", "v"))
+    o, cache = attention(q, k, v, cache, positions, md, scale=h**-0.5)
+    return linear(o.reshape(t, n * h), p, "o"), cache
+
+
+def _mlp(p: dict, tp: int, y, *, act) -> jax.Array:
+    return linear(act(linear(y, p, "_up")), p, "_down")
+
+
 def forward(
     params: dict,
     cfg: ModelConfig,
@@ -110,10 +127,10 @@ def forward(
 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
     """Hidden states [T, E] (after the final norm and the output projection), and the updated pool."""
     _, pre_norm, _, _, final = _settings(cfg)
-    t, d = tokens.shape[0], cfg.hidden_size
-    n, h, eps = cfg.num_heads, cfg.head_dim, cfg.rms_norm_eps
-    act = activation(cfg.hidden_act, cfg.architecture)
-    x = params["embed"][tokens]  # [T, E]
+    eps = cfg.rms_norm_eps
+    attn = functools.partial(_attention, cfg=cfg)
+    mlp = functools.partial(_mlp, act=activation(cfg.hidden_act, cfg.architecture))
+    x = tensor_parallel.embed_tokens(params["embed"], tokens)  # [T, E]
     if "proj_in" in params:
         x = matmul(x, params["proj_in"])  # [T, D]
     x = x + params["pos_embed"][positions + _POSITION_OFFSET]
@@ -121,14 +138,15 @@ def forward(
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         y = _norm(x, p, "attn_norm", eps) if pre_norm else x
-        q, k, v = (linear(y, p, name).reshape(t, n, h) for name in ("q", "k", "v"))
-        o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
+        pool = tensor_parallel.pool_spec(kv_caches[i])
+        o, cache = tensor_parallel.block(attn, p, y, positions, kv_caches[i], md,
+                                         arg_specs=(P(), P(), pool, P()), extra_spec=pool, bias="bo")
         new_caches.append(cache)
-        x = x + linear(o.reshape(t, d), p, "o")
+        x = x + o
         if not pre_norm:
             x = _norm(x, p, "attn_norm", eps)
         y = _norm(x, p, "mlp_norm", eps) if pre_norm else x
-        x = x + linear(act(linear(y, p, "_up")), p, "_down")
+        x = x + tensor_parallel.block(mlp, p, y, arg_specs=(P(),), bias="b_down")
         if not pre_norm:
             x = _norm(x, p, "mlp_norm", eps)
     if final:

@@ -10,10 +10,14 @@ a final LayerNorm and a biased LM head.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jaxllm.config import ModelConfig
+from jaxllm.models import tensor_parallel
 from jaxllm.models.layers import (
     AttentionMetadata,
     activation,
@@ -84,6 +88,25 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: s for k, s in shapes.items() if k in name_table(cfg)}
 
 
+def _attention(p: dict, tp: int, y, positions, cache, md, *, cfg: ModelConfig, inv_freq) -> tuple:
+    """Attention of `1/tp` of the heads: dense-projection rows before their sum [T, D], and the pool."""
+    t, h, eps = y.shape[0], cfg.head_dim, cfg.rms_norm_eps
+    n, kv = cfg.num_heads // tp, cfg.num_kv_heads // tp
+    q = (matmul(y, p["wq"]) + p["bq"]).reshape(t, n, h)
+    k = (matmul(y, p["wk"]) + p["bk"]).reshape(t, kv, h)
+    v = (matmul(y, p["wv"]) + p["bv"]).reshape(t, kv, h)
+    if "q_norm" in p:
+        q = layer_norm(q, p["q_norm"], p["q_norm_bias"], eps)
+        k = layer_norm(k, p["k_norm"], p["k_norm_bias"], eps)
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    o, cache = attention(q, k, v, cache, positions, md, scale=h**-0.5)
+    return matmul(o.reshape(t, n * h), p["wo"]), cache
+
+
+def _mlp(p: dict, tp: int, y, *, act) -> jax.Array:
+    return matmul(act(matmul(y, p["w_up"]) + p["b_up"]), p["w_down"])
+
+
 def forward(
     params: dict,
     cfg: ModelConfig,
@@ -93,26 +116,20 @@ def forward(
     md: AttentionMetadata,
 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
     """Hidden states after the final LayerNorm [T, D], and the pool with this step's K/V written."""
-    t = tokens.shape[0]
-    n, kv, h, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps
+    eps = cfg.rms_norm_eps
     inv_freq = rope_inv_freq(rotary_dim(cfg), cfg.rope_theta, cfg.rope_scaling)
-    act = activation(cfg.hidden_act, cfg.architecture)
-    x = params["embed"][tokens]  # [T, D]
+    attn = functools.partial(_attention, cfg=cfg, inv_freq=inv_freq)
+    mlp = functools.partial(_mlp, act=activation(cfg.hidden_act, cfg.architecture))
+    x = tensor_parallel.embed_tokens(params["embed"], tokens)  # [T, D]
     new_caches = []
     for i in range(cfg.num_layers):
         p = params["layers"][i]
         y = layer_norm(x, p["norm"], p["norm_bias"], eps)
-        q = (matmul(y, p["wq"]) + p["bq"]).reshape(t, n, h)
-        k = (matmul(y, p["wk"]) + p["bk"]).reshape(t, kv, h)
-        v = (matmul(y, p["wv"]) + p["bv"]).reshape(t, kv, h)
-        if "q_norm" in p:
-            q = layer_norm(q, p["q_norm"], p["q_norm_bias"], eps)
-            k = layer_norm(k, p["k_norm"], p["k_norm_bias"], eps)
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        o, cache = attention(q, k, v, kv_caches[i], positions, md, scale=h**-0.5)
+        pool = tensor_parallel.pool_spec(kv_caches[i])
+        attn_out, cache = tensor_parallel.block(attn, p, y, positions, kv_caches[i], md,
+                                                arg_specs=(P(), P(), pool, P()), extra_spec=pool, bias="bo")
         new_caches.append(cache)
-        attn_out = matmul(o.reshape(t, n * h), p["wo"]) + p["bo"]
-        mlp_out = matmul(act(matmul(y, p["w_up"]) + p["b_up"]), p["w_down"]) + p["b_down"]
+        mlp_out = tensor_parallel.block(mlp, p, y, arg_specs=(P(),), bias="b_down")  # parallel to the attention
         x = attn_out + mlp_out + x
     return layer_norm(x, params["final_norm"], params["final_norm_bias"], eps), new_caches
 

@@ -43,8 +43,11 @@ _PALLAS_CHECKED: dict[tuple, bool] = {}
 
 
 def _tensor_parallel() -> bool:
+    """Whether x and w are whole arrays under a tensor-parallel mesh (inside a per-shard block they are local)."""
     mesh = jax.sharding.get_abstract_mesh()
-    return not (mesh is None or mesh.empty or "tp" not in mesh.axis_names or mesh.shape["tp"] == 1)
+    if mesh is None or mesh.empty or "tp" not in mesh.axis_names or mesh.shape["tp"] == 1:
+        return False
+    return "tp" not in mesh.manual_axes
 
 
 def awq_impl(m: int, w: QuantizedWeight, dtype=jnp.bfloat16) -> str:

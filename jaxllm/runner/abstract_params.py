@@ -111,7 +111,7 @@ def predict(runner, load_format: str) -> dict | None:
     if tree is None:
         return None
     if runner.fuses_projections:
-        tree = jax.eval_shape(fuse_projections, tree)
+        tree = jax.eval_shape(functools.partial(fuse_projections, shards=runner.tp), tree)
     return with_shardings(tree, runner.mesh)
 
 

@@ -4,7 +4,7 @@ The loader reads a layer's tensors into one host buffer and sends it in one tran
 the buffer into tensors, reinterprets their bytes (bf16 pairs, f32 quads), casts to the model dtype,
 transposes the linear weights to [in, out] and fuses q|k|v and gate|up when the runner runs fused:
 
-    uint8 [bytes of the layer] --slice, bitcast--> wq [N*H, D] ... --astype, .T--> wq [D, N*H] --fuse--> wqkv
+    uint8 [bytes of the layer] --slice, bitcast--> wq [N*H, D] ... --astype, .T--> wq [D, N*H] --fuse--> w_qkv
 
 Every layer of a model has the same layout, so this compiles once per model (and comes from the
 persistent compilation cache on later starts).

@@ -9,9 +9,6 @@ import contextlib
 import functools
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +21,7 @@ from jaxllm.models.fusion import fuse_projections, fusion_enabled
 from jaxllm.models.registry import get_model_module
 from jaxllm.quantization.config import resolve_quantization
 from jaxllm.quantization.placement import dummy_param, put_param
-from jaxllm.runner import abstract_params, compile_counter
+from jaxllm.runner import abstract_params, compile_counter, step_broadcast
 from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.executable_store import ExecutableStore, step_context
 from jaxllm.runner.input_batch import InputBatch, StepFlags, build_decode, build_prefill, fill_token_bitmask
@@ -40,42 +37,9 @@ from jaxllm.runner.logit_bias import step_logit_bias
 from jaxllm.runner.model_step import _step, logits_step, sample_step, step_inputs
 from jaxllm.runner.sampler import SamplingMetadata
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
+from jaxllm.runner.runner_output import ModelRunnerOutput, PendingStep, PromptLogprobs
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PromptLogprobs:
-    """For prompt tokens 1..n-1: logprob, rank and the top alternatives (row j scores token j+1)."""
-
-    logprobs: np.ndarray  # [n-1]
-    ranks: np.ndarray  # [n-1]
-    top_ids: np.ndarray  # [n-1, k]
-    top_logprobs: np.ndarray  # [n-1, k]
-
-
-@dataclass
-class PendingStep:
-    """A dispatched step whose results are still on the device."""
-
-    requests: list
-    batch: InputBatch
-    outputs: tuple | None  # device arrays (None until a split step's second half runs)
-    prompt: tuple | None
-    logits: Any = None  # a split step's logits, waiting for its token masks (model_step.py)
-
-
-@dataclass
-class ModelRunnerOutput:
-    """What one step produced for each scheduled sequence, in scheduling order."""
-
-    sampled_token_ids: list[int]
-    logprobs: np.ndarray  # [B] raw logprob of each sampled token
-    ranks: np.ndarray  # [B]
-    top_ids: np.ndarray | None  # [B, k]
-    top_logprobs: np.ndarray | None  # [B, k]
-    prompt_logprobs: dict[str, PromptLogprobs]
-    finite: np.ndarray | None = None  # [B] bool: False where the model produced NaN/inf logits
 
 
 class ModelRunner:
@@ -121,6 +85,9 @@ class ModelRunner:
         self._split: PendingStep | None = None  # a split step still waiting for its token masks
         self._transposes: dict[tuple, object] = {}
         self.precompiler: Precompiler | None = None
+        if step_broadcast.is_multi_process() and (precompile or executable_store is not None):
+            logger.info("Several processes: steps compile when first run, in the same order on every process")
+            precompile, executable_store = False, None
         self.executable_store, self._ahead = executable_store, precompile
         try:
             overlapped = precompile or executable_store is not None
@@ -130,6 +97,7 @@ class ModelRunner:
             raise
         if cache_config.num_blocks is None:
             cache_config.num_blocks = plan_num_blocks(model_config, cache_config, scheduler_config, self.tp)
+        cache_config.num_blocks = step_broadcast.broadcast_int(cache_config.num_blocks)  # process 0's pool size
         self.kv_caches = allocate_kv_caches(
             model_config, cache_config, sharding.kv_cache_sharding(self.mesh),
             initial_kv_scales(model_config, cache_config), sharding.replicated(self.mesh),
@@ -141,7 +109,10 @@ class ModelRunner:
     def _load_and_fuse(self, load_format: str) -> dict:
         with timeline.phase("weights"):
             params = self._load(load_format)
-            return fuse_projections(params) if self.fuses_projections else params  # 4 matmuls a layer, not 7
+            if not self.fuses_projections:
+                return params
+            params = fuse_projections(params, self.tp)  # 4 matmuls a layer, not 7
+            return self._placed(params) if self.tp > 1 else params
 
     def _load_overlapped(self, load_format: str) -> dict:
         """Load while every bucket compiles from the predicted parameter tree; compile again from the
@@ -169,7 +140,15 @@ class ModelRunner:
 
     @property
     def fuses_projections(self) -> bool:
-        return self.tp == 1 and getattr(self.module, "SUPPORTS_FUSED_PROJECTIONS", False) and fusion_enabled()
+        return getattr(self.module, "SUPPORTS_FUSED_PROJECTIONS", False) and fusion_enabled()
+
+    def _placed(self, params: dict) -> dict:
+        """Each fused leaf on the mesh as the sharding table places it (its shard's q|k|v columns)."""
+        for layer in params["layers"].values() if isinstance(params["layers"], dict) else params["layers"]:
+            for name in ("w_qkv", "b_qkv", "w_gate_up", "b_gate_up"):
+                if name in layer:
+                    layer[name] = jax.device_put(layer[name], sharding.param_sharding(self.mesh, name, layer[name].shape))
+        return params
 
     def _start_precompile(self, params) -> None:
         """Compile every bucket for default sampling on background threads, from abstract arguments."""
@@ -273,8 +252,8 @@ class ModelRunner:
             if part == "sample":
                 fn = jax.jit(functools.partial(sample_step, flags=flags, top=top), donate_argnums=(1,))
             else:
-                step = functools.partial(_step if part == "whole" else logits_step, module=self.module,
-                                         cfg=self.model_config, flags=flags, top=top)
+                step = functools.partial(_step, tp=self.tp) if part == "whole" else logits_step
+                step = functools.partial(step, module=self.module, cfg=self.model_config, flags=flags, top=top)
                 fn = jax.jit(step, donate_argnums=(1, 2) if part == "whole" else (1,))
             self._steps[key] = fn
         return fn
@@ -303,27 +282,76 @@ class ModelRunner:
             raise RuntimeError("A split step's token masks must be filled (complete) before the next step starts.")
         inputs = step_inputs(batch)
         if batch.late_bitmask:  # its masks wait for the step in flight: run the forward half now
-            fn = self._compiled(batch.flags, "logits")
-            with self._mesh_context():
-                logits, prompt, self.kv_caches = fn(self.params, self.kv_caches, self.token_buffer, *inputs)
+            step_broadcast.send((step_broadcast.LOGITS, batch.flags, inputs))
+            logits, prompt = self._run_logits(batch.flags, inputs)
             self._split = PendingStep(list(sched_out.requests), batch, None, prompt, logits)
             return self._split
+        step_broadcast.send((step_broadcast.STEP, batch.flags, inputs))
+        out, prompt = self._run_step(batch.flags, inputs)
+        return PendingStep(list(sched_out.requests), batch, out, prompt)
+
+    def _global(self, tree):
+        """Host inputs as arrays over the whole job's mesh (several processes); as they are otherwise."""
+        return step_broadcast.to_global(tree, sharding.replicated(self.mesh)) if step_broadcast.is_multi_process() else tree
+
+    def _run_logits(self, flags: StepFlags, inputs: tuple) -> tuple:
+        fn = self._compiled(flags, "logits")
+        with self._mesh_context():
+            logits, prompt, self.kv_caches = fn(self.params, self.kv_caches, self.token_buffer, *self._global(inputs))
+        return logits, prompt
+
+    def _run_sample(self, flags: StepFlags, logits, sampling: dict, dst_slots) -> tuple:
+        fn = self._compiled(flags, "sample")
+        smd, dst_slots = self._global((SamplingMetadata(**sampling), dst_slots))
+        with self._mesh_context():
+            outputs, self.token_buffer = fn(logits, self.token_buffer, smd, dst_slots)
+        return outputs
+
+    def _run_step(self, flags: StepFlags, inputs: tuple) -> tuple:
+        """One compiled step over the pool (updated in place); its outputs stay on the device."""
         fn = self.precompiler.get(inputs) if self.precompiler is not None else None  # this bucket's executable
         if fn is None:
-            fn = self._compiled(batch.flags)
+            fn = self._compiled(flags)
         cached, started = fn._cache_size() if hasattr(fn, "_cache_size") else 0, time.perf_counter()
         with self._mesh_context():
-            out, prompt, self.kv_caches, self.token_buffer = fn(self.params, self.kv_caches, self.token_buffer, *inputs)
+            out, prompt, self.kv_caches, self.token_buffer = fn(self.params, self.kv_caches, self.token_buffer,
+                                                                *self._global(inputs))
         if hasattr(fn, "_cache_size") and fn._cache_size() > cached:  # this bucket was built just now
             logger.info(
-                "Built the %s step for %d tokens in %.2f s (%d compilations so far, %.1f s in total)",
-                "prefill" if batch.is_prefill else "decode", len(batch.tokens), time.perf_counter() - started,
-                compile_counter.num_compilations(), compile_counter.seconds_building(),
+                "Built the step for %d tokens in %.2f s (%d compilations so far, %.1f s in total)",
+                len(inputs[0]), time.perf_counter() - started, compile_counter.num_compilations(),
+                compile_counter.seconds_building(),
             )
-        return PendingStep(list(sched_out.requests), batch, out, prompt)
+        return out, prompt
+
+    def follow(self) -> None:
+        """Processes other than 0: run the steps and page copies process 0 sends, until it stops."""
+        logits = None  # a split step's first half, waiting for its second
+        while True:
+            message = step_broadcast.receive()
+            kind = message[0]
+            if kind == step_broadcast.STOP:
+                return
+            if kind == step_broadcast.COPY:
+                self._copy_blocks(message[1])
+            elif kind == step_broadcast.LOGITS:
+                logits, _ = self._run_logits(message[1], message[2])
+            elif kind == step_broadcast.SAMPLE:
+                jax.block_until_ready(self._run_sample(message[1], logits, message[2], message[3]))
+                logits = None
+            else:
+                jax.block_until_ready(self._run_step(message[1], message[2]))  # keep pace with process 0
+
+    def stop_followers(self) -> None:
+        """Process 0: let the other processes' `follow` return (once; later calls do nothing)."""
+        if step_broadcast.is_multi_process() and step_broadcast.is_leader() and not getattr(self, "_stopped", False):
+            self._stopped = True
+            step_broadcast.send((step_broadcast.STOP,))
 
     def _copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy pool pages src -> dst in every layer (copy-on-write of shared pages), padded to a bucket."""
+        if step_broadcast.is_leader():
+            step_broadcast.send((step_broadcast.COPY, pairs))
         n = bucket_for(len(pairs), self.decode_buckets)
         src = np.zeros(n, np.int32)
         dst = np.zeros(n, np.int32)  # padding copies the null page onto itself
@@ -335,7 +363,7 @@ class ModelRunner:
 
             self._copy_fn = jax.jit(copy, donate_argnums=(0,))
         with self._mesh_context():
-            self.kv_caches = self._copy_fn(self.kv_caches, src, dst)
+            self.kv_caches = self._copy_fn(self.kv_caches, *self._global((src, dst)))
 
     def _mesh_context(self):
         """Trace under the mesh when it splits devices, so the kernel is wrapped in shard_map."""
@@ -349,15 +377,13 @@ class ModelRunner:
         batch, logits = pending.batch, pending.logits
         pending.logits = self._split = None  # settled, whether or not the sampling below succeeds
         fill_token_bitmask(pending.requests, batch.sampling["token_bitmask"])
-        fn = self._compiled(batch.flags, "sample")
-        with self._mesh_context():
-            pending.outputs, self.token_buffer = fn(logits, self.token_buffer, SamplingMetadata(**batch.sampling),
-                                                    batch.token_dst_slots)
+        step_broadcast.send((step_broadcast.SAMPLE, batch.flags, batch.sampling, batch.token_dst_slots))
+        pending.outputs = self._run_sample(batch.flags, logits, batch.sampling, batch.token_dst_slots)
 
     def collect(self, pending: PendingStep) -> ModelRunnerOutput:
         """Wait for a dispatched step and bring its results to the host (one transfer)."""
         self.complete(pending)
-        (packed, top_ids, top_lp), prompt = jax.device_get((pending.outputs, pending.prompt))
+        (packed, top_ids, top_lp), prompt = step_broadcast.fetch((pending.outputs, pending.prompt))
         n = pending.batch.num_seqs
         return ModelRunnerOutput(
             sampled_token_ids=packed[0, :n].astype(np.int64).tolist(),

@@ -1,6 +1,7 @@
 """The functions `ModelRunner` compiles: one whole step, or the same step in two halves.
 
     _step:        tokens -> forward -> logits -> sample -> (packed results, token buffer)
+                  (under tensor parallelism, when the sampling allows: forward -> vocab-parallel sampler)
     logits_step:  tokens -> forward -> logits            (a step whose token masks are filled later)
     sample_step:                       logits -> sample  (once the masks are known)
 
@@ -19,6 +20,8 @@ import numpy as np
 from jaxllm.models.layers import AttentionMetadata
 from jaxllm.runner.input_batch import InputBatch
 from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
+from jaxllm.runner.vocab_parallel_sampler import applies as vocab_parallel_applies
+from jaxllm.runner.vocab_parallel_sampler import sample_vocab_parallel
 
 
 _LARGE = 1 << 14  # elements: a leaf this big (a vocabulary-wide bias, bitmask or token table) travels alone
@@ -100,14 +103,21 @@ def step_inputs(batch: InputBatch) -> tuple:
 def _logits(params, kv_caches, token_buffer, tokens, positions, md, logits_indices, next_tokens, src_slots,
             from_buffer, *, module, cfg, flags, top):
     """(logits [B, V], prompt logprobs or None, kv_caches)."""
+    hidden, prompt, kv_caches = _hidden(params, kv_caches, token_buffer, tokens, positions, md, next_tokens,
+                                        src_slots, from_buffer, module=module, cfg=cfg, flags=flags, top=top)
+    return module.compute_logits(params, cfg, hidden[logits_indices]), prompt, kv_caches
+
+
+def _hidden(params, kv_caches, token_buffer, tokens, positions, md, next_tokens, src_slots, from_buffer, *,
+            module, cfg, flags, top):
+    """(hidden states [T, D], prompt logprobs or None, kv_caches)."""
     # A token still being sampled when this step was planned is read where its step left it on device.
     tokens = jnp.where(from_buffer, token_buffer[src_slots], tokens)
     hidden, kv_caches = module.forward(params, cfg, tokens, positions, kv_caches, md)  # [T, D]
-    logits = module.compute_logits(params, cfg, hidden[logits_indices])  # [B, V]
     prompt = None
     if flags.prompt_logprobs:
         prompt = prompt_logprobs(module.compute_logits(params, cfg, hidden), next_tokens, top)
-    return logits, prompt, kv_caches
+    return hidden, prompt, kv_caches
 
 
 def sample_step(logits, token_buffer, smd, dst_slots, *, flags, top):
@@ -122,9 +132,13 @@ def sample_step(logits, token_buffer, smd, dst_slots, *, flags, top):
         num_top_logprobs=top,
         use_bitmask=flags.bitmask,
     )
+    finite = jnp.all(jnp.isfinite(logits), axis=-1).astype(jnp.float32)  # a NaN row fails alone
+    return _pack(out, finite, token_buffer, dst_slots)
+
+
+def _pack(out, finite, token_buffer, dst_slots):
     # One [4, B] array (token id, logprob, rank, finite) so the host reads the step back in one transfer;
     # ids and ranks are below 2**24, exact in float32.
-    finite = jnp.all(jnp.isfinite(logits), axis=-1).astype(jnp.float32)  # a NaN row fails alone
     packed = jnp.stack([out.token_ids.astype(jnp.float32), out.logprobs, out.ranks.astype(jnp.float32), finite])
     token_buffer = token_buffer.at[dst_slots].set(out.token_ids)
     return (packed, out.top_ids, out.top_logprobs), token_buffer
@@ -137,8 +151,17 @@ def logits_step(params, kv_caches, token_buffer, packed: PackedStepInputs, *, mo
                    from_buffer, module=module, cfg=cfg, flags=flags, top=top)
 
 
-def _step(params, kv_caches, token_buffer, packed: PackedStepInputs, *, module, cfg, flags, top):
+def _step(params, kv_caches, token_buffer, packed: PackedStepInputs, *, module, cfg, flags, top, tp=1):
     tokens, positions, md, logits_indices, smd, next_tokens, src_slots, dst_slots, from_buffer = packed.unpack()
+    if vocab_parallel_applies(params, tp, top, flags):  # each device samples from its own vocab slice
+        hidden, prompt, kv_caches = _hidden(params, kv_caches, token_buffer, tokens, positions, md, next_tokens,
+                                            src_slots, from_buffer, module=module, cfg=cfg, flags=flags, top=top)
+        out, finite = sample_vocab_parallel(
+            lambda head, x: module.compute_logits(head, cfg, x), params, hidden[logits_indices], smd, tp=tp,
+            use_top_logprobs=flags.top_logprobs, num_top_logprobs=top,
+        )
+        results, token_buffer = _pack(out, finite, token_buffer, dst_slots)
+        return results, prompt, kv_caches, token_buffer
     logits, prompt, kv_caches = _logits(params, kv_caches, token_buffer, tokens, positions, md, logits_indices,
                                         next_tokens, src_slots, from_buffer, module=module, cfg=cfg, flags=flags,
                                         top=top)

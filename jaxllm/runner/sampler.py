@@ -80,7 +80,7 @@ def filter_top_k_top_p_min_p(scaled: jax.Array, md: SamplingMetadata) -> jax.Arr
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
 
-def _row_keys(md: SamplingMetadata) -> jax.Array:
+def row_keys(md: SamplingMetadata) -> jax.Array:
     def one(lo, hi, step):
         key = jax.random.fold_in(jax.random.PRNGKey(lo), hi)
         return jax.random.fold_in(key, step)
@@ -112,7 +112,7 @@ def sample(
     scaled = x / jnp.where(is_greedy, 1.0, md.temperature)[:, None]
     if use_filters:
         scaled = filter_top_k_top_p_min_p(scaled, md)
-    gumbel = jax.vmap(lambda key: jax.random.gumbel(key, (logits.shape[-1],), jnp.float32))(_row_keys(md))
+    gumbel = jax.vmap(lambda key: jax.random.gumbel(key, (logits.shape[-1],), jnp.float32))(row_keys(md))
     sampled_ids = jnp.argmax(scaled + gumbel, axis=-1).astype(jnp.int32)
     ids = jnp.where(is_greedy, greedy_ids, sampled_ids)
     chosen = jnp.take_along_axis(raw_logprobs, ids[:, None], axis=-1)[:, 0]
