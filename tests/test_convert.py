@@ -47,11 +47,11 @@ def test_converted_matches_original_one_device_and_tp2(converted, tiny_model_dir
         assert out == ref, f"tp={tp}"
         layer = llm.runner.params["layers"][0]
         cfg = llm.runner.model_config  # kv heads as repeated for the mesh
-        wq = layer["wq"]
-        assert wq.sharding.spec == jax.sharding.PartitionSpec(None, "tp")
-        assert {s.data.shape for s in wq.addressable_shards} == {(cfg.hidden_size, cfg.num_heads * cfg.head_dim // tp)}
-        assert layer["wk"].shape == (cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim)
-        assert len({s.device for s in layer["wk"].addressable_shards}) == tp
+        qkv = layer["w_qkv"]  # fused per shard: each device holds its own heads' q|k|v columns
+        width = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+        assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "tp") and qkv.shape == (cfg.hidden_size, width)
+        assert {s.data.shape for s in qkv.addressable_shards} == {(cfg.hidden_size, width // tp)}
+        assert len({s.device for s in qkv.addressable_shards}) == tp
 
 
 def test_converted_weights_equal_the_safetensors_ones(converted, tiny_model_dir):
@@ -59,7 +59,7 @@ def test_converted_weights_equal_the_safetensors_ones(converted, tiny_model_dir)
     got = LLM(converted, max_model_len=64, max_num_seqs=4, skip_tokenizer_init=True).runner.params
     ref_leaves, ref_tree = jax.tree_util.tree_flatten_with_path(ref)
     got_leaves, got_tree = jax.tree_util.tree_flatten_with_path(got)
-    assert ref_tree == got_tree  # the same fused layout (wqkv, w_gate_up)
+    assert ref_tree == got_tree  # the same fused layout (w_qkv, w_gate_up)
     for (path, a), (_, b) in zip(ref_leaves, got_leaves):
         assert a.dtype == b.dtype and a.shape == b.shape, jax.tree_util.keystr(path)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))

@@ -121,7 +121,7 @@ def test_weights_transposed_on_device_equal_the_host_transposes(tiny_model_dir):
     runner = LLM(tiny_model_dir, max_model_len=32, max_num_seqs=1, skip_tokenizer_init=True).runner
     host = load_params(runner.model_config, runner.module.name_table(runner.model_config), lambda p, h: h)
     for layer, name in [(0, "wq"), (1, "w_down")]:  # the runner's own tree is fused: compare unfused leaves
-        loaded = runner._put_transposed(("layers", layer, name), np.ascontiguousarray(host["layers"][layer][name].T))
+        loaded = runner.weights.put_transposed(("layers", layer, name), np.ascontiguousarray(host["layers"][layer][name].T))
         np.testing.assert_array_equal(np.asarray(loaded), host["layers"][layer][name])
     lm_head = jax.device_get(runner.params["lm_head"])
     np.testing.assert_array_equal(lm_head, host["lm_head"])
@@ -129,11 +129,11 @@ def test_weights_transposed_on_device_equal_the_host_transposes(tiny_model_dir):
 
 def test_each_layer_is_one_transfer_and_one_call_equal_to_the_host_load(tiny_model_dir, monkeypatch):
     from jaxllm.model_loader import load_params
-    from jaxllm.runner.model_runner import ModelRunner
+    from jaxllm.runner.weight_loader import WeightLoader
 
     calls = []
-    real = ModelRunner._put_layer
-    monkeypatch.setattr(ModelRunner, "_put_layer", lambda self, buffer, layout: calls.append(buffer.nbytes)
+    real = WeightLoader.put_layer
+    monkeypatch.setattr(WeightLoader, "put_layer", lambda self, buffer, layout: calls.append(buffer.nbytes)
                         or real(self, buffer, layout))
     runner = LLM(tiny_model_dir, max_model_len=32, max_num_seqs=1, skip_tokenizer_init=True).runner
     cfg = runner.model_config
@@ -141,7 +141,7 @@ def test_each_layer_is_one_transfer_and_one_call_equal_to_the_host_load(tiny_mod
     host = load_params(cfg, runner.module.name_table(cfg), lambda p, h: h)  # transposed and cast on the host
     for i in range(cfg.num_layers):
         got, ref = runner.params["layers"][i], host["layers"][i]
-        np.testing.assert_array_equal(np.asarray(got["wqkv"]), np.concatenate([ref["wq"], ref["wk"], ref["wv"]], -1))
+        np.testing.assert_array_equal(np.asarray(got["w_qkv"]), np.concatenate([ref["wq"], ref["wk"], ref["wv"]], -1))
         np.testing.assert_array_equal(np.asarray(got["w_gate_up"]), np.concatenate([ref["w_gate"], ref["w_up"]], -1))
         for name in ("wo", "w_down", "input_norm", "post_norm"):
             np.testing.assert_array_equal(np.asarray(got[name]), ref[name], err_msg=f"layer {i} {name}")

@@ -70,7 +70,7 @@ def _unfused(runner, load_format: str) -> dict | None:
 
     cfg, quant = runner.model_config, runner.quant_config
     if load_format == "dummy":
-        return jax.eval_shape(lambda: runner._load("dummy"))
+        return jax.eval_shape(lambda: runner.weights.load("dummy"))
     if quant is not None and quant.from_checkpoint:
         return None  # AWQ: the packed layout is known only once the three tensors of a layer are read
     if is_converted_checkpoint(cfg.path):

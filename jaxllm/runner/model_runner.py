@@ -12,15 +12,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxllm import sharding, timeline
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
-from jaxllm.model_loader import init_dummy_params, load_params
 from jaxllm.models.fusion import fuse_projections, fusion_enabled
 from jaxllm.models.registry import get_model_module
 from jaxllm.quantization.config import resolve_quantization
-from jaxllm.quantization.placement import dummy_param, put_param
 from jaxllm.runner import abstract_params, compile_counter, step_broadcast
 from jaxllm.runner.buckets import bucket_for, ladder
 from jaxllm.runner.executable_store import ExecutableStore, step_context
@@ -32,10 +29,10 @@ from jaxllm.runner.kv_cache import (
     plan_num_blocks,
 )
 from jaxllm.runner.kv_scales import initial_kv_scales
-from jaxllm.runner.layer_assembly import assemble_layer
 from jaxllm.runner.logit_bias import step_logit_bias
 from jaxllm.runner.model_step import _step, logits_step, sample_step, step_inputs
 from jaxllm.runner.sampler import SamplingMetadata
+from jaxllm.runner.weight_loader import WeightLoader
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
 from jaxllm.runner.runner_output import ModelRunnerOutput, PendingStep, PromptLogprobs
 
@@ -83,12 +80,13 @@ class ModelRunner:
         self._steps: dict[tuple, object] = {}
         self._copy_fn = None
         self._split: PendingStep | None = None  # a split step still waiting for its token masks
-        self._transposes: dict[tuple, object] = {}
         self.precompiler: Precompiler | None = None
         if step_broadcast.is_multi_process() and (precompile or executable_store is not None):
             logger.info("Several processes: steps compile when first run, in the same order on every process")
             precompile, executable_store = False, None
         self.executable_store, self._ahead = executable_store, precompile
+        self.weights = WeightLoader(model_config, self.module, self.mesh, self.quant_config, self.kv_repeats,
+                                    self.tp, self.fuses_projections)
         try:
             overlapped = precompile or executable_store is not None
             self.params = self._load_overlapped(load_format) if overlapped else self._load_and_fuse(load_format)
@@ -108,7 +106,7 @@ class ModelRunner:
 
     def _load_and_fuse(self, load_format: str) -> dict:
         with timeline.phase("weights"):
-            params = self._load(load_format)
+            params = self.weights.load(load_format)
             if not self.fuses_projections:
                 return params
             params = fuse_projections(params, self.tp)  # 4 matmuls a layer, not 7
@@ -172,69 +170,6 @@ class ModelRunner:
         if self.precompiler is not None:
             self.precompiler.cancel()
             self.precompiler = None
-
-    def _load(self, load_format: str) -> dict:
-        cfg = self.model_config
-        from jaxllm.converted_checkpoint import converted_slices, is_converted_checkpoint  # `jaxllm convert`
-
-        # One dense layer at a time on one device: one transfer and one device call per layer.
-        put_layer = self._put_layer if self.tp == 1 and self.quant_config is None else None
-        if load_format != "dummy" and is_converted_checkpoint(cfg.path):
-            if self.quant_config is not None:
-                raise ValueError(
-                    f"{cfg.path} holds unquantized weights converted by jaxllm; quantization is not supported for "
-                    "converted checkpoints (load the original model to quantize)."
-                )
-            slices, table = converted_slices(cfg.path, cfg)
-            return load_params(cfg, table, self._put, put_layer=put_layer, slices=slices)
-        table = self.module.name_table(cfg)
-        if load_format in ("auto", "safetensors"):
-            # Dense weights are transposed on the device (quantized and repeated kv heads: on the host).
-            on_device = self._put_transposed if self.quant_config is None and self.kv_repeats == 1 else None
-            return load_params(cfg, table, self._put, self.quant_config, put_transposed=on_device, put_layer=put_layer)
-        if load_format != "dummy":
-            raise ValueError(f"Unknown load_format {load_format!r}; choose 'auto', 'safetensors' or 'dummy'.")
-        dtype = jnp.dtype(cfg.dtype)
-
-        def random(shape, key):
-            return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-
-        def make(path, shape, seed):
-            if seed is not None and self.quant_config is not None:
-                quantized = dummy_param(self.mesh, path, shape, seed, dtype, self.quant_config)
-                if quantized is not None:
-                    return quantized
-            out = sharding.param_sharding(self.mesh, path[-1], shape)
-            if seed is None:
-                return jax.jit(lambda: jnp.ones(shape, dtype), out_shardings=out)()
-            return jax.jit(random, static_argnums=(0,), out_shardings=out)(shape, jax.random.PRNGKey(seed))
-
-        return init_dummy_params(cfg, table, self.module.hf_shapes(cfg), make)
-
-    def _put(self, path: tuple, host: np.ndarray) -> jax.Array:
-        """A checkpoint tensor onto the mesh, each device receiving only its shard."""
-        if path[-1] in ("wk", "wv", "bk", "bv") and self.kv_repeats > 1:
-            host = sharding.repeat_kv_heads(host, self.kv_repeats, self.model_config.head_dim)
-        if self.quant_config is not None:
-            return put_param(self.mesh, path, host, self.quant_config)
-        return jax.device_put(host, sharding.param_sharding(self.mesh, path[-1], host.shape))
-
-    def _put_layer(self, buffer: np.ndarray, layout: tuple) -> dict:
-        """A decoder layer from its raw bytes: one transfer, then one device call that cuts, casts,
-        transposes and fuses (runner/layer_assembly.py)."""
-        raw = jax.device_put(buffer, sharding.replicated(self.mesh))
-        return assemble_layer(raw, layout, self.model_config.dtype, self.fuses_projections)
-
-    def _put_transposed(self, path: tuple, host: np.ndarray) -> jax.Array:
-        """A checkpoint's [out, in] weight onto the mesh as [in, out]: each device receives its shard in the
-        checkpoint's layout and transposes it in place of NumPy's slow strided copy on the host."""
-        target = sharding.param_sharding(self.mesh, path[-1], host.shape[::-1])
-        spec = (*target.spec, *([None] * (host.ndim - len(target.spec))))
-        placed = jax.device_put(host, NamedSharding(self.mesh, PartitionSpec(*reversed(spec))))
-        key = tuple(target.spec)
-        if key not in self._transposes:
-            self._transposes[key] = jax.jit(jnp.transpose, out_shardings=target)
-        return self._transposes[key](placed)
 
     @property
     def num_buckets(self) -> int:
@@ -319,7 +254,7 @@ class ModelRunner:
         if hasattr(fn, "_cache_size") and fn._cache_size() > cached:  # this bucket was built just now
             logger.info(
                 "Built the step for %d tokens in %.2f s (%d compilations so far, %.1f s in total)",
-                len(inputs[0]), time.perf_counter() - started, compile_counter.num_compilations(),
+                inputs[0].num_tokens, time.perf_counter() - started, compile_counter.num_compilations(),
                 compile_counter.seconds_building(),
             )
         return out, prompt

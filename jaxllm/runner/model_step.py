@@ -63,6 +63,11 @@ class PackedStepInputs:
         buffer = np.concatenate(parts) if parts else np.zeros(0, np.int32)
         return cls(buffer, tuple(large), (treedef, tuple(places)))
 
+    @property
+    def num_tokens(self) -> int:
+        """Length of the first array packed (a step's tokens)."""
+        return self.layout[1][0][2][0]
+
     def unpack(self):
         """The tree `pack` was given, as arrays (traceable)."""
         treedef, places = self.layout

@@ -29,10 +29,10 @@ def test_fused_layout_equals_separate_weights(arch, tiny_models, tmp_path, monke
     fused, out_f = _run(path, monkeypatch, True)
     plain, out_p = _run(path, monkeypatch, False)
     layer_f, layer_p = fused.runner.params["layers"][0], plain.runner.params["layers"][0]
-    assert {"wqkv", "w_gate_up"} <= set(layer_f) and not {"wq", "wk", "wv", "w_gate", "w_up"} & set(layer_f)
-    assert {"wq", "w_gate"} <= set(layer_p) and "wqkv" not in layer_p
-    assert ("bqkv" in layer_f) == ("bq" in layer_p)
-    np.testing.assert_array_equal(np.asarray(layer_f["wqkv"]), np.concatenate(
+    assert {"w_qkv", "w_gate_up"} <= set(layer_f) and not {"wq", "wk", "wv", "w_gate", "w_up"} & set(layer_f)
+    assert {"wq", "w_gate"} <= set(layer_p) and "w_qkv" not in layer_p
+    assert ("b_qkv" in layer_f) == ("bq" in layer_p)
+    np.testing.assert_array_equal(np.asarray(layer_f["w_qkv"]), np.concatenate(
         [np.asarray(layer_p[n]) for n in ("wq", "wk", "wv")], axis=1))
     for a, b in zip(out_f, out_p):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids

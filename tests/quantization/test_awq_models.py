@@ -163,7 +163,7 @@ def test_weight_bytes_packed(engines):
         for leaf in layer_q.values():
             if is_quantized(leaf):
                 packed += sum(a.addressable_data(0).nbytes for a in jax.tree_util.tree_leaves(leaf))
-        # the dense model holds the same linear weights, some fused (wqkv, w_gate_up)
+        # the dense model holds the same linear weights, some fused (w_qkv, w_gate_up)
         full += sum(w.nbytes for name, w in layer_d.items() if name.startswith("w") and w.ndim == 2)
     # 4 bits a weight against 32, plus an fp16 scale and a 4-bit zero per group of 128 (32 for Qwen)
     assert 1 / 8 <= packed / full < 1 / 8 + 0.02
