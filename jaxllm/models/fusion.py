@@ -14,8 +14,9 @@ column range each device holds (the sharding table splits w_qkv like wq) is its 
 
 The model code takes either layout (`layers.qkv_projection`, `layers.gate_up_projection`) with the
 head counts it sees (a shard's own inside a per-shard block), so checkpoints and converted checkpoints
-keep the separate names. The runner fuses dense weights after loading; quantized weights keep their
-own per-group layout. JAXLLM_FUSE_PROJECTIONS=0 turns fusion off.
+keep the separate names. The runner fuses weights after loading. Quantized weights (AWQ, int8, fp8) of
+one kind fuse field by field on one device (each field's last axis runs over the output columns); under
+tensor parallelism they stay separate. JAXLLM_FUSE_PROJECTIONS=0 turns fusion off.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import os
 
 import jax
 import jax.numpy as jnp
+
+from jaxllm.quantization.weights import QuantizedWeight
 
 GROUPS = (("_qkv", ("q", "k", "v")), ("_gate_up", ("_gate", "_up")))
 
@@ -41,10 +44,33 @@ def _concat(parts, shards: int):
     return jnp.concatenate(split, axis=-1).reshape(*lead, -1)
 
 
+def _quantized_fusable(weights: list, shards: int) -> bool:
+    """Quantized parts of one kind and group size over the same input width (one device only: the fused
+    fields would need the per-shard placement of each)."""
+    if shards != 1 or not all(isinstance(w, QuantizedWeight) for w in weights):
+        return False
+    first = weights[0]
+    return all(w.kind == first.kind and w.group_size == first.group_size and w.shape[0] == first.shape[0]
+               and (w.zeros is None) == (first.zeros is None) for w in weights)
+
+
+def _fuse_quantized(parts: list) -> QuantizedWeight:
+    """Every field of a quantized weight runs over the output columns on its last axis (AWQ's eight to a
+    word, see quantization/awq_layout.py), so the fused weight is each field concatenated there."""
+    first = parts[0]
+    zeros = None if first.zeros is None else _concat([w.zeros for w in parts], 1)
+    return QuantizedWeight(_concat([w.qweight for w in parts], 1), _concat([w.scales for w in parts], 1), zeros,
+                           kind=first.kind, group_size=first.group_size,
+                           shape=(first.shape[0], sum(w.shape[1] for w in parts)))
+
+
 def _fusable(layer: dict, names: tuple[str, ...], shards: int) -> bool:
     weights = [layer.get("w" + n) for n in names]
+    if _quantized_fusable(weights, shards):
+        biases = [("b" + n) in layer for n in names]
+        return all(biases) or not any(biases)
     if not all(isinstance(w, jax.Array) and w.ndim == 2 for w in weights):
-        return False  # absent, or quantized
+        return False  # absent, or quantized in different ways
     if len({w.dtype for w in weights}) != 1 or len({w.shape[0] for w in weights}) != 1:
         return False
     if any(w.shape[-1] % shards for w in weights):
@@ -61,7 +87,9 @@ def fuse_layer(layer: dict, shards: int = 1) -> dict:
             continue
         for prefix in ("w", "b"):
             if prefix + names[0] in layer:
-                layer[prefix + fused] = _concat([layer.pop(prefix + n) for n in names], shards)
+                parts = [layer.pop(prefix + n) for n in names]
+                quantized = isinstance(parts[0], QuantizedWeight)
+                layer[prefix + fused] = _fuse_quantized(parts) if quantized else _concat(parts, shards)
     return layer
 
 

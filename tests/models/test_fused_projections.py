@@ -39,3 +39,35 @@ def test_fused_layout_equals_separate_weights(arch, tiny_models, tmp_path, monke
         for lf, lp in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
             for tok in lf:
                 assert abs(lf[tok].logprob - lp[tok].logprob) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["awq", "int8", "fp8"])
+def test_quantized_parts_fuse_field_by_field(kind):
+    """A fused quantized weight stands for the dense parts side by side (AWQ: eight columns to a word)."""
+    import jax.numpy as jnp
+
+    from jaxllm.models.fusion import fuse_layer
+    from jaxllm.quantization.awq_layout import pack_weight, pack_zeros
+    from jaxllm.quantization.weights import QuantizedWeight, quantize_per_channel
+
+    rng = np.random.default_rng(0)
+    k, group, widths = 256, 64, {"q": 96, "k": 32, "v": 32, "_gate": 80, "_up": 80}
+    layer = {}
+    for name, n in widths.items():
+        if kind == "awq":
+            q, z = rng.integers(0, 16, (k, n)), rng.integers(0, 16, (k // group, n))
+            scales = rng.uniform(0.01, 0.1, (k // group, 8, n // 8)).astype(np.float16)
+            layer["w" + name] = QuantizedWeight(jnp.asarray(pack_weight(q, group)), jnp.asarray(scales),
+                                                jnp.asarray(pack_zeros(z)), kind="awq", group_size=group, shape=(k, n))
+        else:
+            layer["w" + name] = quantize_per_channel(jnp.asarray(rng.normal(size=(k, n)), jnp.float32), kind)
+        layer["b" + name] = jnp.asarray(rng.normal(size=n), jnp.float32)
+    parts = {name: np.asarray(w.dequantize()) for name, w in layer.items() if name.startswith("w")}
+    fused = fuse_layer(dict(layer))
+    assert set(fused) == {"w_qkv", "b_qkv", "w_gate_up", "b_gate_up"}
+    for group_name, names in (("_qkv", ("q", "k", "v")), ("_gate_up", ("_gate", "_up"))):
+        w = fused["w" + group_name]
+        assert isinstance(w, QuantizedWeight) and w.kind == kind and w.shape == (k, sum(widths[n] for n in names))
+        np.testing.assert_array_equal(np.asarray(w.dequantize()), np.concatenate([parts["w" + n] for n in names], 1))
+        np.testing.assert_array_equal(np.asarray(fused["b" + group_name]),
+                                      np.concatenate([np.asarray(layer["b" + n]) for n in names]))

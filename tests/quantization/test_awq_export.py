@@ -56,7 +56,7 @@ def test_cli_writes_a_checkpoint_awq_loads(source, tmp_path, capsys):
 
     awq = LLM(out, quantization="awq", **ENGINE)
     layer = awq.runner.params["layers"][0]
-    assert is_quantized(layer["w_up"]) and is_quantized(layer.get("wqkv", layer.get("wq")))
+    assert is_quantized(layer["w_gate_up"]) and is_quantized(layer["w_qkv"])  # fused, still 4-bit
     assert not is_quantized(layer["w_down"])
     # the reference: the same model with the weights the checkpoint stands for, dense
     dense = write_awq_checkpoint(source, str(tmp_path / "again"), 128)

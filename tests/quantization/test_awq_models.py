@@ -89,12 +89,12 @@ def test_logits_match_dense_dequantized_checkpoint(engines, arch):
     # detected from config.json's quantization_config: no quantization argument was given
     assert awq.runner.quant_config.method == "awq"
     layer = awq.runner.params["layers"][0]
-    for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+    for name in ("w_qkv", "wo", "w_gate_up", "w_down"):  # q|k|v and gate|up fused, field by field
         w = layer[name]
         assert is_quantized(w) and w.kind == "awq" and w.qweight.dtype == np.int32
         assert w.qweight.shape == (w.shape[0], w.shape[1] // 8)  # 4 bits a weight, still packed
     if arch == "Qwen2ForCausalLM":
-        assert "bq" in layer and not is_quantized(layer["bq"])
+        assert "b_qkv" in layer and not is_quantized(layer["b_qkv"])
     for prompt in _prompts(awq.model_config.vocab_size, seed=1)[:4]:
         ours, ref = _last_logits(awq, prompt), _last_logits(dense, prompt)
         rel = np.abs(ours - ref).max() / np.abs(ref).max()
@@ -147,7 +147,7 @@ def test_explicit_awq_and_fp16_default(awq_models, engines):
     _, dense = engines("LlamaForCausalLM")
     llm = LLM(awq_path, quantization="awq", max_model_len=128, max_num_seqs=8)  # dtype from the checkpoint
     assert llm.model_config.dtype == "float16"
-    assert llm.runner.params["layers"][0]["wq"].scales.dtype == np.float16
+    assert llm.runner.params["layers"][0]["w_qkv"].scales.dtype == np.float16
     prompts = [{"prompt_token_ids": p} for p in _prompts(llm.model_config.vocab_size, seed=3)]
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
@@ -177,7 +177,7 @@ def test_quant_config_json_and_unconverted_modules(awq_models, tmp_path):
     write_dense_checkpoint(str(tmp_path / "awq"), str(tmp_path / "ref"), dense)
     awq = LLM(str(tmp_path / "awq"), dtype="float32", max_model_len=64, max_num_seqs=2)
     layer = awq.runner.params["layers"][1]
-    assert is_quantized(layer["w_up"]) and not is_quantized(layer["w_down"])
+    assert is_quantized(layer["w_gate_up"]) and not is_quantized(layer["w_down"])
     ref = LLM(str(tmp_path / "ref"), dtype="float32", max_model_len=64, max_num_seqs=2)
     prompt = _prompts(awq.model_config.vocab_size, seed=4)[2]
     ours, want = _last_logits(awq, prompt), _last_logits(ref, prompt)

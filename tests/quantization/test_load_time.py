@@ -129,7 +129,7 @@ def test_tensor_parallel_int8_matches_single_device(tiny_models):
 def test_dummy_weights_quantized(tiny_models):
     llm = LLM(tiny_models["Qwen2ForCausalLM"][0], quantization="fp8", load_format="dummy", max_model_len=64,
               max_num_seqs=1)
-    assert is_quantized(llm.runner.params["layers"][0]["w_up"])
+    assert is_quantized(llm.runner.params["layers"][0]["w_gate_up"])
     out = llm.generate([{"prompt_token_ids": PROMPTS[0]}], SamplingParams(max_tokens=1, ignore_eos=True),
                        use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 1
