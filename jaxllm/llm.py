@@ -13,7 +13,7 @@ from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from jaxllm.engine.llm_engine import LLMEngine
 from jaxllm.model_loader import load_generation_config, resolve_model_path
 from jaxllm.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
-from jaxllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+from jaxllm.sampling_params import BeamSearchParams, SamplingParams, final_only
 from jaxllm.tokenizer_loader import TokenizerLoader
 
 logger = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ class LLM:
         if lora_request is not None:
             raise ValueError("LoRA adapters are not supported.")
         prompts = self._normalize_prompts(prompts)
-        params = _final_only(self._normalize_params(sampling_params, len(prompts)))
+        params = final_only(self._normalize_params(sampling_params, len(prompts)))
         ids = [str(next(self._counter)) for _ in prompts]
         added = []
         try:
@@ -390,16 +390,3 @@ class LLM:
             if bar is not None:
                 bar.close()
         return [finished[i] for i in ids]
-
-
-def _final_only(params: list[SamplingParams]) -> list[SamplingParams]:
-    """`generate` returns each request's final output only (as vLLM's offline API does), so the engine
-    builds no intermediate outputs; each distinct params object is copied once, never changed."""
-    copies: dict[int, SamplingParams] = {}
-    out = []
-    for p in params:
-        if id(p) not in copies:
-            copies[id(p)] = p.clone()
-            copies[id(p)].output_kind = RequestOutputKind.FINAL_ONLY
-        out.append(copies[id(p)])
-    return out

@@ -321,3 +321,16 @@ class SamplingParams:
 
     def __repr__(self) -> str:
         return f"SamplingParams({', '.join(f'{k}={getattr(self, k)}' for k in _REPR_FIELDS)})"
+
+
+def final_only(params: list[SamplingParams]) -> list[SamplingParams]:
+    """`generate` returns each request's final output only (as vLLM's offline API does), so the engine
+    builds no intermediate outputs; each distinct params object is copied once, never changed."""
+    copies: dict[int, SamplingParams] = {}
+    out = []
+    for p in params:
+        if id(p) not in copies:
+            copies[id(p)] = p.clone()
+            copies[id(p)].output_kind = RequestOutputKind.FINAL_ONLY
+        out.append(copies[id(p)])
+    return out

@@ -263,7 +263,7 @@ class LLMEngine:
         if not self._can_overlap:
             return None
         # Sampling that reads a sequence's own outputs on the host waits for them.
-        if any(s.host_tokens_until != 0 and _needs_host_tokens(s) for s in self.scheduler.running):
+        if any(s.host_tokens_until != 0 and s.needs_host_tokens() for s in self.scheduler.running):
             return None
         sched = self.scheduler.schedule(overlap=True, exclude=set(current.finishing))
         return self._dispatch(sched) if sched else None
@@ -384,21 +384,3 @@ class LLMEngine:
             if group.finished:
                 del self._groups[parent]
         return outputs
-
-
-def _needs_host_tokens(seq: Request) -> bool:
-    """Sampling that reads the sequence's own outputs on the host (beams, penalties, bad words; min_tokens
-    until reached), so its next step cannot be planned before its newest token is read back. (A grammar
-    needs them too, but only at sampling time: its step is planned and split, runner/model_step.py.)"""
-    until = seq.host_tokens_until
-    if until is None:
-        p = seq.sampling_params
-        always = (
-            seq.beam is not None or p.presence_penalty != 0 or p.frequency_penalty != 0
-            or p.repetition_penalty != 1 or bool(p.bad_words)
-        )
-        until = seq.host_tokens_until = _ALWAYS if always else p.min_tokens
-    return until > 0 and len(seq.output_token_ids) < until
-
-
-_ALWAYS = 1 << 62

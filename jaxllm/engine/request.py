@@ -90,3 +90,20 @@ class Request:
     @property
     def wants_prompt_logprobs(self) -> bool:
         return self.sampling_params.prompt_logprobs is not None and self.prompt_logprobs is None
+
+    def needs_host_tokens(self) -> bool:
+        """Sampling that reads this sequence's own outputs on the host (beams, penalties, bad words;
+        min_tokens until reached): its next step cannot be planned before its newest token is read back.
+        (A grammar needs them too, but only at sampling time: its step is split, runner/model_step.py.)"""
+        until = self.host_tokens_until
+        if until is None:
+            p = self.sampling_params
+            always = (
+                self.beam is not None or p.presence_penalty != 0 or p.frequency_penalty != 0
+                or p.repetition_penalty != 1 or bool(p.bad_words)
+            )
+            until = self.host_tokens_until = _ALWAYS if always else p.min_tokens
+        return until > 0 and len(self.output_token_ids) < until
+
+
+_ALWAYS = 1 << 62  # host_tokens_until of a sequence whose every step needs its tokens on the host
