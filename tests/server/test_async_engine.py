@@ -89,19 +89,23 @@ def test_leaving_a_stream_early_aborts_the_request():
             break
         await gen.aclose()
         task = asyncio.ensure_future(_consume(engine.generate("hello", SamplingParams(max_tokens=10**9), "c")))
-        await asyncio.sleep(0.05)
+        await _until(lambda: "c" in fake.requests)  # the engine holds it: leaving now must abort it
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):
-            if not fake.requests:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: not fake.requests)
         engine.shutdown()
 
     _run(main())
     assert fake.aborted == ["long", "c"]
     assert engine.snapshot().num_running == 0
+
+
+async def _until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        await asyncio.sleep(0.01)
 
 
 async def _consume(gen):

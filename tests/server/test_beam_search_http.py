@@ -323,11 +323,11 @@ def test_leaving_a_beam_stream_early_aborts_the_search():
 
     async def main():
         stream = await engine.add_request("long", {"prompt_token_ids": [3]}, BeamSearchParams(3, 100_000))
-        await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 20
+        while "long" not in fake.requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         stream.close()  # the client went away before the search finished
-        for _ in range(200):
-            if fake.aborted:
-                break
+        while not fake.aborted and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         engine.shutdown()
 
