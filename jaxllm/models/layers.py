@@ -30,17 +30,21 @@ class AttentionMetadata(NamedTuple):
 
     Prefill (packed prompts): `segment_ids` is set; each token attends to earlier tokens of its own
     segment (padding tokens have segment -1). Decode: `block_tables` and `context_lens` are set; each
-    token attends to its whole sequence in the pool through the paged-attention kernel.
+    token attends to its whole sequence in the pool through the paged-attention kernel. Ragged (rows
+    continuing after pages in the pool, mixed prefill/decode steps): the query-block plan covers the
+    prompt chunks; rows of one token (decode rows) go through the decode kernel, their token at
+    `decode_token_indices` and their length in `context_lens` (0 for the other rows).
     """
 
     slot_mapping: jax.Array  # [T] int32: page_id * S + offset of each new token's K/V
     segment_ids: jax.Array | None = None  # [T] int32, prefill only
     block_tables: jax.Array | None = None  # [B, W] int32: decode, and prefill after a cached prefix
-    context_lens: jax.Array | None = None  # [B] int32, decode only
+    context_lens: jax.Array | None = None  # [B] int32: decode, and the decode rows of a ragged step
     # Prefill after a cached prefix: every packed token attends through the pool (ragged kernel plan).
     q_block_rows: jax.Array | None = None  # [Qn] int32
     q_block_starts: jax.Array | None = None  # [Qn] int32
     q_block_lens: jax.Array | None = None  # [Qn] int32
+    decode_token_indices: jax.Array | None = None  # [B] int32, ragged: a decode row's token (T: not one)
 
     @property
     def is_prefill(self) -> bool:
@@ -293,6 +297,11 @@ def attention(
     if md.is_ragged:
         out = ragged(q, k_pages, v_pages, positions, md.block_tables, md.q_block_rows, md.q_block_starts,
                      md.q_block_lens, alibi_slopes, k_scale, v_scale)
+        if md.decode_token_indices is not None:  # the plan leaves out one-token rows: the decode kernel's work
+            at = md.decode_token_indices
+            rows = decode(q[jnp.minimum(at, q.shape[0] - 1)], k_pages, v_pages, md.block_tables, md.context_lens,
+                          alibi_slopes, k_scale, v_scale)
+            out = out.at[at].set(rows.astype(out.dtype), mode="drop")
     elif md.is_prefill:
         out = prefill_attention(q, k, v, positions, md.segment_ids, scale, alibi_slopes)
     else:

@@ -63,10 +63,11 @@ class InputBatch:
     late_bitmask: bool = False  # the token masks are filled once the step in flight is read (a split step)
     segment_ids: np.ndarray | None = None  # [T] prefill
     block_tables: np.ndarray | None = None  # [B, W] decode, and prefill through the pool
-    context_lens: np.ndarray | None = None  # [B] decode
+    context_lens: np.ndarray | None = None  # [B] decode, and the decode rows of a ragged step
     q_block_rows: np.ndarray | None = None  # [Qn] prefill after a cached prefix: the ragged kernel's plan
     q_block_starts: np.ndarray | None = None
     q_block_lens: np.ndarray | None = None
+    decode_token_indices: np.ndarray | None = None  # [B] ragged: each decode row's token (T for other rows)
     prompt_spans: list[tuple[int, int]] | None = None  # (start, length) in the packed prompt, prefill
 
 
@@ -246,11 +247,19 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
     spans = list(zip(starts.tolist(), count.tolist()))
     ragged = {}
     if first.any():
-        # Some row continues after pages already in the pool: every token attends through the pool.
+        # Some row continues after pages already in the pool: every token attends through the pool, prompt
+        # chunks through the ragged kernel's query blocks, rows of one token (decode) through the decode kernel.
         tables = np.zeros((b, table_width), np.int32)
         tables[:n] = block_manager.block_table(rows, table_width)
-        q_rows, q_starts, q_lens = query_blocks(starts, count, RAGGED_QUERY_BLOCK, -(-t // RAGGED_QUERY_BLOCK) + b)
-        ragged = dict(block_tables=tables, q_block_rows=q_rows, q_block_starts=q_starts, q_block_lens=q_lens)
+        single = count == 1
+        q_rows, q_starts, q_lens = query_blocks(starts, np.where(single, 0, count), RAGGED_QUERY_BLOCK,
+                                                -(-t // RAGGED_QUERY_BLOCK) + b)
+        lens = np.zeros(b, np.int32)
+        lens[:n] = np.where(single, first + 1, 0)
+        at = np.full(b, t, np.int32)
+        at[:n] = np.where(single, starts, t)
+        ragged = dict(block_tables=tables, q_block_rows=q_rows, q_block_starts=q_starts, q_block_lens=q_lens,
+                      context_lens=lens, decode_token_indices=at)
         segment_ids = None
     dst = np.zeros(b, np.int32)
     dst[:n] = slot_mapping[logits_indices[:n]]

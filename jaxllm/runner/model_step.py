@@ -97,6 +97,7 @@ def step_inputs(batch: InputBatch) -> tuple:
         q_block_rows=batch.q_block_rows,
         q_block_starts=batch.q_block_starts,
         q_block_lens=batch.q_block_lens,
+        decode_token_indices=batch.decode_token_indices,
     )
     next_tokens = np.roll(batch.tokens, -1) if batch.flags.prompt_logprobs else None
     return (PackedStepInputs.pack((
