@@ -3,6 +3,11 @@
     python scripts/benchmark_throughput.py --config llama-3-8b --input-len 1024 --output-len 1024 --num-prompts 1000
     python scripts/benchmark_throughput.py --model /path/to/hf-folder --num-prompts 200 --hf-peer-prompts 64
     python scripts/benchmark_throughput.py --config llama-3-8b --input-len 1024 --output-len 1024 --kv-cache-dtype fp8
+    python scripts/benchmark_throughput.py --config qwen2.5-1.5b --input-len 128 --output-len 128 --structured-output-ratio 1
+
+`--structured-output-ratio R` gives a share R of the requests a JSON schema (structured outputs, with the
+embedded model's tokenizer standing in for the shape's): those end when their JSON is complete, so the
+output tokens counted are the ones really generated.
 
 Prints requests/s, total and output tokens/s, and the roofline for the same work: each decode step
 streams the weights plus the running sequences' KV at the copy bandwidth measured in this run.
@@ -16,6 +21,12 @@ import time
 
 import numpy as np
 from bench_common import copy_bandwidth, decode_roofline_s, hf_peer_model, model_folder, param_bytes
+
+
+SCHEMA = {"type": "object", "properties": {
+    "name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b", "c"]}}},
+    "required": ["name", "age", "tags"]}
 
 
 def roofline_output_tps(llm, args, bw: float) -> float:
@@ -84,10 +95,13 @@ def main() -> None:
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--hf-peer-prompts", type=int, default=0, help="also time transformers on this many prompts")
     p.add_argument("--hf-peer-batch", type=int, default=64)
+    p.add_argument("--structured-output-ratio", type=float, default=0.0,
+                   help="share of the requests that follow a JSON schema")
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
 
-    from jaxllm import LLM, SamplingParams
+    from jaxllm import LLM, SamplingParams, default_model_path
+    from jaxllm.sampling_params import StructuredOutputsParams
 
     folder, load_format = model_folder(args)
     rng = np.random.default_rng(0)
@@ -95,13 +109,19 @@ def main() -> None:
     t0 = time.perf_counter()
     llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=max_len,
               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-              gpu_memory_utilization=args.gpu_memory_utilization, skip_tokenizer_init=True,
+              gpu_memory_utilization=args.gpu_memory_utilization,
+              skip_tokenizer_init=not args.structured_output_ratio,
+              tokenizer=default_model_path() if args.structured_output_ratio else None,
               enable_chunked_prefill=args.enable_chunked_prefill, enable_prefix_caching=args.enable_prefix_caching,
               async_scheduling=args.async_scheduling, kv_cache_dtype=args.kv_cache_dtype,
               calculate_kv_scales=args.calculate_kv_scales)
     vocab = llm.model_config.vocab_size
     prompts = [rng.integers(0, vocab, args.input_len).tolist() for _ in range(args.num_prompts)]
     params = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=args.output_len, detokenize=False)
+    constrained = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.output_len, detokenize=False,
+                                 structured_outputs=StructuredOutputsParams(json=SCHEMA))
+    structured = rng.random(args.num_prompts) < args.structured_output_ratio
+    params = [constrained if s else params for s in structured]
     # Warm-up: compile the buckets this run will use.
     llm.generate([{"prompt_token_ids": p} for p in prompts[: args.max_num_seqs]],
                  SamplingParams(ignore_eos=True, max_tokens=4, detokenize=False), use_tqdm=False)
@@ -121,6 +141,7 @@ def main() -> None:
         "ratio_to_roofline": out_tokens / elapsed / roof, "copy_bandwidth_TBps": bw / 1e12, "bandwidth_method": bw_method,
         "startup_and_warmup_s": start_s, "preemptions": stats["preemptions"],
         "steps": steps["n"], "steps_waited_for_host": stats["steps_waited"] - waited,
+        "structured_requests": int(structured.sum()),
         "pool_tokens": llm.cache_config.num_blocks * llm.cache_config.block_size, "kv_cache_dtype": args.kv_cache_dtype,
     }
     print(json.dumps(result, indent=2), flush=True)

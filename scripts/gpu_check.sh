@@ -5,11 +5,15 @@
 #               Llama-3-8B shape 1024/1024 with the defaults (chunked prefill, prefix caching, async
 #               scheduling) and with chunked prefill and prefix caching off; Qwen2.5-1.5B shape 128/128
 #               (with transformers as the peer) and 1024/128
+#               (THROUGHPUT_RUNS picks among 8b_defaults small_128 small_1024_128 8b_off)
+#   structured  Qwen2.5-1.5B shape 128/128 with a JSON schema on every request, and on none, same run
+#   sampler     scripts/bench_sampler.py: the sampler's cost at batch 256 over a 151,936-token vocabulary
 #   serving     the online benchmark (scripts/benchmark_serving.py) against `jaxllm serve --load-format
 #               dummy`, 8B shape, 1024/1024, max concurrency 1, 16, 64, 256 (needs the .whl folder carried:
 #               fastapi, uvicorn and their dependencies)
 #   fp8         the paged-attention kernel table with float8 pages beside bf16 pages of the same values,
 #               and the 8B 1024/1024 throughput with --kv-cache-dtype fp8 (compare with 8b_defaults)
+#   fp8tput     only that throughput run
 #   awq         scripts/awq_gpu_check.sh (AWQ layer table and 8B decode, AWQ vs bf16)
 #   startup     scripts/benchmark_startup.py: 8B shape from real safetensors and a converted checkpoint
 #   tests       the GPU-only tests (kernels against their references)
@@ -20,7 +24,8 @@ OUT=${OUT:-results}
 CONFIG=${CONFIG:-llama-3-8b}
 SMALL=${SMALL:-qwen2.5-1.5b}
 NUM_PROMPTS=${NUM_PROMPTS:-1000}
-SECTIONS=${SECTIONS:-throughput serving fp8 awq startup tests}
+SECTIONS=${SECTIONS:-sampler throughput structured serving fp8 awq startup tests}
+THROUGHPUT_RUNS=${THROUGHPUT_RUNS:-8b_defaults small_128 small_1024_128 8b_off}
 LOGS=${LOGS:-/tmp/jaxllm-gpu-check-logs}  # full logs stay here; $OUT gets the results (at most 8 files)
 mkdir -p "$OUT" "$LOGS"
 export PYTHONPATH=.:scripts${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -37,12 +42,13 @@ print(f"  {a.get('config')} {a['input_len']}/{a['output_len']} chunked={a.get('e
       f"prefix={a.get('enable_prefix_caching')} async={a.get('async_scheduling')}: "
       f"{r['output_tokens_per_s']:.0f} out tok/s ({100 * r['ratio_to_roofline']:.1f}% of {r['roofline_output_tokens_per_s']:.0f}), "
       f"{r['steps']} steps, {r['steps_waited_for_host']} waited, {r['preemptions']} preemptions, pool {r['pool_tokens']} tokens, "
-      f"hf {r.get('hf_output_tokens_per_s')}")
+      f"hf {r.get('hf_output_tokens_per_s')}, structured {r.get('structured_requests')}")
 PY
 }
 
 throughput() {  # name, extra args
   local name=$1; shift
+  case " $THROUGHPUT_RUNS structured_0 structured_1 8b_fp8 " in *" $name "*) ;; *) return ;; esac
   stamp "throughput $name"
   timeout "${THROUGHPUT_TIMEOUT:-300}" python scripts/benchmark_throughput.py --num-prompts "$NUM_PROMPTS" \
     --output-json "$OUT/throughput_$name.json" "$@" > "$LOGS/throughput_$name.log" 2>&1
@@ -59,6 +65,18 @@ for section in $SECTIONS; do
       throughput small_1024_128 --config "$SMALL" --input-len 1024 --output-len 128
       throughput 8b_off --config "$CONFIG" --input-len 1024 --output-len 1024 --no-enable-chunked-prefill \
         --no-enable-prefix-caching
+      ;;
+    structured)
+      throughput structured_1 --config "$SMALL" --input-len 128 --output-len 128 --structured-output-ratio 1
+      throughput structured_0 --config "$SMALL" --input-len 128 --output-len 128
+      ;;
+    sampler)
+      stamp "sampler"
+      timeout 120 python scripts/bench_sampler.py --output-json "$OUT/sampler.json" > "$LOGS/sampler.log" 2>&1
+      stamp "rc=$?"; grep -E '^\||^jax|Error' "$LOGS/sampler.log" | cut -c1-300
+      ;;
+    fp8tput)
+      throughput 8b_fp8 --config "$CONFIG" --input-len 1024 --output-len 1024 --kv-cache-dtype fp8
       ;;
     serving)
       stamp "serving"
