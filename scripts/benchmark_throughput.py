@@ -16,7 +16,9 @@ streams the weights plus the running sequences' KV at the copy bandwidth measure
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
 
 import numpy as np
@@ -97,10 +99,13 @@ def main() -> None:
     p.add_argument("--hf-peer-batch", type=int, default=64)
     p.add_argument("--structured-output-ratio", type=float, default=0.0,
                    help="share of the requests that follow a JSON schema")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile the timed run in Python (cProfile) and print its N costliest functions")
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
 
     from jaxllm import LLM, SamplingParams, default_model_path
+    from jaxllm.runner import compile_counter
     from jaxllm.sampling_params import StructuredOutputsParams
 
     folder, load_format = model_folder(args)
@@ -122,15 +127,24 @@ def main() -> None:
                                  structured_outputs=StructuredOutputsParams(json=SCHEMA))
     structured = rng.random(args.num_prompts) < args.structured_output_ratio
     params = [constrained if s else params for s in structured]
-    # Warm-up: compile the buckets this run will use.
+    # Warm-up: compile the buckets this run will use (with the constrained rows' split steps, if any).
+    warm = SamplingParams(ignore_eos=True, max_tokens=4, detokenize=False)
+    warm_constrained = SamplingParams(max_tokens=4, detokenize=False, structured_outputs=constrained.structured_outputs)
     llm.generate([{"prompt_token_ids": p} for p in prompts[: args.max_num_seqs]],
-                 SamplingParams(ignore_eos=True, max_tokens=4, detokenize=False), use_tqdm=False)
+                 [warm_constrained if s else warm for s in structured[: args.max_num_seqs]], use_tqdm=False)
     start_s = time.perf_counter() - t0
     stats = llm.llm_engine.stats
     waited, steps = stats["steps_waited"], _count_steps(llm)
+    built, build_s = compile_counter.num_compilations(), compile_counter.seconds_building()
+    profiler = cProfile.Profile() if args.profile else None
     t = time.perf_counter()
+    if profiler:
+        profiler.enable()
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=True)
     elapsed = time.perf_counter() - t
+    if profiler:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
     out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     total_tokens = out_tokens + args.num_prompts * args.input_len
     bw, bw_method = copy_bandwidth()
@@ -142,6 +156,8 @@ def main() -> None:
         "startup_and_warmup_s": start_s, "preemptions": stats["preemptions"],
         "steps": steps["n"], "steps_waited_for_host": stats["steps_waited"] - waited,
         "structured_requests": int(structured.sum()),
+        "compilations_during_run": compile_counter.num_compilations() - built,
+        "compile_s_during_run": compile_counter.seconds_building() - build_s,
         "pool_tokens": llm.cache_config.num_blocks * llm.cache_config.block_size, "kv_cache_dtype": args.kv_cache_dtype,
     }
     print(json.dumps(result, indent=2), flush=True)

@@ -26,7 +26,8 @@ class RequestGroup:
 
     @property
     def finished(self) -> bool:
-        return all(s.is_finished for s in self.sequences)
+        seqs = self.sequences
+        return seqs[0].is_finished if len(seqs) == 1 else all(s.is_finished for s in seqs)
 
 
 class OutputProcessor:

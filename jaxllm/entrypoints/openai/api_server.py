@@ -93,6 +93,7 @@ def _check_port_free(host: str, port: int) -> None:
 # After --shutdown-timeout answers the open requests with 503s: how long those answers may take to go out
 # before uvicorn cancels what is left; then the engine thread gets app.ENGINE_STOP_SECONDS to stop.
 SHUTDOWN_GRACE_SECONDS = 2.0
+GIL_SWITCH_INTERVAL_S = 0.001  # sys.setswitchinterval while serving (Python's default: 0.005)
 
 
 def create_server(args: argparse.Namespace, llm_engine: Any, tokenizer: Any, host: str | None = None) -> Any:
@@ -175,6 +176,10 @@ def run_server(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     freeze_startup_heap()
+    # The engine thread and the event loop share the GIL. When the engine's wait for the device ends, it
+    # must get the GIL back at once, not after the 5 ms the busy loop may hold it by default: with
+    # hundreds of streams that wait would be added to every step.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     server.run()
     logger.info("Server stopped.")
     return 0 if server.started else 1

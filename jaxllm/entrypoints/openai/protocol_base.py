@@ -81,6 +81,14 @@ def check_unicode(value: Any, path: str = "") -> None:
 class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
+
+class OpenAIRequestModel(OpenAIBaseModel):
+    """A request body: before validation, every text in it (however deeply nested) must be valid Unicode.
+
+    Only the top-level request classes carry the check (it walks the whole body once); the models the
+    server builds for its answers, one per streamed chunk, pay nothing for it.
+    """
+
     @model_validator(mode="before")
     @classmethod
     def _check_unicode(cls, data: Any) -> Any:
@@ -126,7 +134,7 @@ class UsageInfo(OpenAIBaseModel):
     prompt_tokens_details: PromptTokenUsageInfo | None = None
 
 
-class _SamplingFields(OpenAIBaseModel):
+class _SamplingFields(OpenAIRequestModel):
     """Fields shared by completion and chat requests (OpenAI's, then vLLM's extras)."""
 
     model: str | None = None

@@ -6,17 +6,17 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from jaxllm.entrypoints.openai.protocol_base import _MESSAGE, OpenAIBaseModel, _doc, _token_ids
+from jaxllm.entrypoints.openai.protocol_base import _MESSAGE, OpenAIBaseModel, OpenAIRequestModel, _doc, _token_ids
 
 
-class TokenizeCompletionRequest(OpenAIBaseModel):
+class TokenizeCompletionRequest(OpenAIRequestModel):
     model: str | None = None
     prompt: str
     add_special_tokens: bool = True
     return_token_strs: bool | None = False
 
 
-class TokenizeChatRequest(OpenAIBaseModel):
+class TokenizeChatRequest(OpenAIRequestModel):
     model: str | None = None
     messages: list[dict[str, Any]] = Field(**_doc(items=_MESSAGE, minItems=1))
     add_generation_prompt: bool = True
@@ -46,7 +46,7 @@ class TokenizeResponse(OpenAIBaseModel):
     token_strs: list[str] | None = None
 
 
-class DetokenizeRequest(OpenAIBaseModel):
+class DetokenizeRequest(OpenAIRequestModel):
     model: str | None = None
     tokens: list[int] = Field(**_token_ids())
 
