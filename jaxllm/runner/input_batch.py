@@ -173,10 +173,14 @@ def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: in
 
 def fill_token_bitmask(requests, mask: np.ndarray) -> None:
     """Each constrained row's allowed next tokens into its row of `mask` (other rows keep every token)."""
+    matchers, rows = [], []
     for i, r in enumerate(requests):
         grammar = r.structured_output
         if grammar is not None and not r.is_finished and not grammar.is_terminated:
-            grammar.fill_bitmask(mask, i)
+            matchers.append(grammar)
+            rows.append(i)
+    if matchers:
+        type(matchers[0]).fill_bitmasks(matchers, rows, mask)
 
 
 def _column(requests, rows: int, fn, dtype, pad) -> np.ndarray:

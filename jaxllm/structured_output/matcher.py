@@ -7,6 +7,18 @@ from typing import Any
 import numpy as np
 
 
+_BATCH_MATCHER: Any = None
+
+
+def _batch_matcher() -> Any:
+    global _BATCH_MATCHER
+    if _BATCH_MATCHER is None:
+        import xgrammar
+
+        _BATCH_MATCHER = xgrammar.BatchGrammarMatcher(max_threads="auto")
+    return _BATCH_MATCHER
+
+
 class StructuredOutputMatcher:
     """Wraps an xgrammar matcher: `accept` each generated token, `fill_bitmask` before each step.
 
@@ -28,6 +40,16 @@ class StructuredOutputMatcher:
     def fill_bitmask(self, bitmask: np.ndarray, row: int) -> None:
         """Write the allowed next tokens into `bitmask[row]` ([B, ceil(V/32)] int32, bit = allowed)."""
         self._matcher.fill_next_token_bitmask(bitmask, row)
+
+    @staticmethod
+    def fill_bitmasks(matchers: list[StructuredOutputMatcher], rows: list[int], bitmask: np.ndarray) -> None:
+        """`fill_bitmask` for many rows at once, spread over the CPU's cores (xgrammar's batch matcher
+        releases the GIL): a step of hundreds of constrained rows over a 150k-token vocabulary costs
+        tens of milliseconds one row at a time."""
+        if len(matchers) == 1:
+            matchers[0].fill_bitmask(bitmask, rows[0])
+        elif matchers:
+            _batch_matcher().batch_fill_next_token_bitmask([m._matcher for m in matchers], bitmask, rows)
 
     @property
     def is_terminated(self) -> bool:
