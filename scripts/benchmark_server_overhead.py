@@ -157,7 +157,6 @@ def main() -> None:
     if profilers:
         profilers["event loop"].disable()
     serving = result.get("serving", {})
-    online_s = serving.get("duration", float("nan"))
     report = {
         "concurrency": args.concurrency, "num_prompts": num_prompts, "input_len": args.input_len,
         "output_len": args.output_len, "device_ms": args.device_ms,

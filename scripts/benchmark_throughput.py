@@ -24,7 +24,6 @@ import time
 import numpy as np
 from bench_common import copy_bandwidth, decode_roofline_s, hf_peer_model, model_folder, param_bytes
 
-
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
     "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b", "c"]}}},

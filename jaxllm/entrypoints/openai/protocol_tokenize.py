@@ -6,7 +6,13 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from jaxllm.entrypoints.openai.protocol_base import _MESSAGE, OpenAIBaseModel, OpenAIRequestModel, _doc, _token_ids
+from jaxllm.entrypoints.openai.protocol_base import (
+    _MESSAGE,
+    OpenAIBaseModel,
+    OpenAIRequestModel,
+    _doc,
+    _token_ids,
+)
 
 
 class TokenizeCompletionRequest(OpenAIRequestModel):
