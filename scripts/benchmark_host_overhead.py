@@ -14,6 +14,10 @@ milliseconds per decode step, how much of it is input building, and how many ste
 model's tokenizer): their token bitmasks are filled on the host every step (once the step before is
 read: such steps are split), and the stub returns a random token each mask allows (that pick stands
 in for the device and is not counted).
+
+`--stream` drives the engine as `jaxllm serve` does: every step returns a DELTA `RequestOutput` for every
+sequence, with the text detokenized as it grows (the stub's tokens are words of the embedded model's
+tokenizer), instead of `LLM.generate`'s final outputs only.
 """
 
 from __future__ import annotations
@@ -35,16 +39,19 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--constrained", type=int, default=0, help="sequences that follow a JSON schema")
+    p.add_argument("--stream", action="store_true", help="DELTA outputs with text every step, as the server")
     args = p.parse_args()
 
     from jaxllm import LLM, SamplingParams, default_model_path
     from jaxllm.runner.input_batch import fill_token_bitmask
-    from jaxllm.sampling_params import StructuredOutputsParams
+    from jaxllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     folder, load_format = model_folder(SimpleNamespace(model=None, config=args.config))
     llm = LLM(folder, load_format=load_format, max_model_len=args.input_len + args.output_len,
-              max_num_seqs=args.batch_size, skip_tokenizer_init=not args.constrained, precompile="off",
-              tokenizer=default_model_path() if args.constrained else None)
+              max_num_seqs=args.batch_size, skip_tokenizer_init=not (args.constrained or args.stream),
+              precompile="off", tokenizer=default_model_path() if args.constrained or args.stream else None)
+    words = (llm.tokenizer.encode(" the model reads a page of text and writes the next word of it, one at a time",
+                                  add_special_tokens=False) if args.stream else [7])
     runner = llm.runner
     counters = {"steps": 0, "prepare_s": 0.0, "stub_s": 0.0}
 
@@ -65,7 +72,7 @@ def main() -> None:
     def collect(handle):
         complete(handle)
         n = len(handle.requests)
-        ids = [7] * n
+        ids = [words[(counters["steps"] + i) % len(words)] for i in range(n)]
         if handle.batch.flags.bitmask:  # what the device's masked sampling would do: draw an allowed token
             picked = time.perf_counter()
             bits = np.unpackbits(handle.batch.sampling["token_bitmask"][:n].view(np.uint8), axis=1, bitorder="little")
@@ -79,7 +86,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     prompts = [{"prompt_token_ids": rng.integers(1, llm.model_config.vocab_size, args.input_len).tolist()}
                for _ in range(args.batch_size)]
-    params = SamplingParams(temperature=0.8, top_p=0.95, ignore_eos=True, max_tokens=args.output_len, detokenize=False)
+    params = SamplingParams(temperature=0.8, top_p=0.95, ignore_eos=True, max_tokens=args.output_len,
+                            detokenize=args.stream, output_kind=RequestOutputKind.DELTA if args.stream else RequestOutputKind.CUMULATIVE)
     schema = {"type": "object", "properties": {"items": {"type": "array", "items": {
         "type": "object", "properties": {"id": {"type": "integer"}, "label": {"type": "string"}},
         "required": ["id", "label"]}}}, "required": ["items"]}
@@ -93,7 +101,7 @@ def main() -> None:
         counters.update(steps=0, prepare_s=0.0, stub_s=0.0)
         waited = stats["steps_waited"]
         started = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
+        outs = stream(llm, prompts, params) if args.stream else llm.generate(prompts, params, use_tqdm=False)
         per_step = (time.perf_counter() - started - counters["stub_s"]) / counters["steps"]
         if best is None or per_step < best[0]:
             best = (per_step, counters["prepare_s"] / counters["steps"], counters["steps"], stats["steps_waited"] - waited)
@@ -102,6 +110,20 @@ def main() -> None:
                       "host_ms_per_step": round(best[0] * 1e3, 3),
                       "input_building_ms_per_step": round(best[1] * 1e3, 3), "steps_waited_for_host": best[3],
                       "constrained_tokens": constrained_tokens}))
+
+
+def stream(llm, prompts, params) -> list:
+    """Run the requests through the engine as the server does (DELTA outputs, cursors); the final outputs."""
+    engine, cursors, finals = llm.llm_engine, {}, {}
+    for i, (prompt, p) in enumerate(zip(prompts, params if isinstance(params, list) else [params] * len(prompts))):
+        engine.add_request(f"s{i}", prompt, p)
+    while engine.has_unfinished_requests():
+        for out in engine.step(cursors):
+            if out.request_id in finals:
+                finals[out.request_id].add(out, aggregate=True)
+            else:
+                finals[out.request_id] = out
+    return [finals[f"s{i}"] for i in range(len(prompts))]
 
 
 if __name__ == "__main__":
