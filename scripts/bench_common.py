@@ -27,6 +27,22 @@ SHAPES = {
 }
 
 
+def best_of(fn, *args, repeats: int = 5, calls: int = 20) -> float:
+    """Seconds per call of `fn(*args)`: best of `repeats` runs of `calls` back-to-back calls, after one
+    warm-up call (outputs that are jax arrays are waited for)."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(calls):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t) / calls)
+    return best
+
+
 def model_folder(args) -> tuple[str, str]:
     """(folder, load_format): the real checkpoint of --model, or a config-only folder for --config."""
     if args.model:

@@ -21,7 +21,6 @@ import cProfile
 import json
 import os
 import pstats
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from types import SimpleNamespace
 
 import numpy as np
 from bench_common import model_folder
+from benchmark_serving_server import free_port
 
 
 def stub_runner(llm, device_ms: float, vocab: list[int]) -> dict:
@@ -54,12 +54,6 @@ def stub_runner(llm, device_ms: float, vocab: list[int]) -> dict:
 
     runner.dispatch, runner.complete, runner.collect = dispatch, lambda handle: None, collect
     return counter
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -106,7 +100,7 @@ def main() -> None:
     server = create_server(server_args, llm.llm_engine, llm.tokenizer, "127.0.0.1")
     result: dict = {}
     profilers = {"event loop": cProfile.Profile(), "engine thread": cProfile.Profile()} if args.profile else {}
-    engine, original_startup = server.config.app.state.engine, server.startup
+    engine = server.config.app.state.engine
     run, cpu = engine._run, {}
 
     def profiled_run() -> None:  # the engine thread's own CPU time (not its waits for the GIL or the device)
@@ -123,6 +117,8 @@ def main() -> None:
     engine._run = profiled_run
     if profilers:  # each profiler is enabled on the thread it profiles
         import asyncio
+
+        original_startup = server.startup
 
         async def startup(sockets=None) -> None:
             await original_startup(sockets)

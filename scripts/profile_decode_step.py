@@ -10,22 +10,7 @@ import argparse
 import time
 
 import numpy as np
-from bench_common import copy_bandwidth, decode_roofline_s, model_folder, param_bytes
-
-
-def best_of(fn, repeats: int = 5, calls: int = 20) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            out = fn()
-        if out is not None:
-            import jax
-
-            jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best
+from bench_common import best_of, copy_bandwidth, decode_roofline_s, model_folder, param_bytes
 
 
 def main() -> None:

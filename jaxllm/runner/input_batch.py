@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jaxllm.runner.buckets import bucket_for
+from jaxllm.structured_output.matcher import StructuredOutputMatcher
 from pallas_kernels.ragged_paged_attention import query_blocks
 
 _PENALTIES, _FILTERS, _TOP_LOGPROBS, _MAY_BIAS, _BITMASK = 1, 2, 4, 8, 16
@@ -180,7 +181,7 @@ def fill_token_bitmask(requests, mask: np.ndarray) -> None:
             matchers.append(grammar)
             rows.append(i)
     if matchers:
-        type(matchers[0]).fill_bitmasks(matchers, rows, mask)
+        StructuredOutputMatcher.fill_bitmasks(matchers, rows, mask)
 
 
 def _column(requests, rows: int, fn, dtype, pad) -> np.ndarray:
