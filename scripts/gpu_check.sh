@@ -7,6 +7,9 @@
 #               (with transformers as the peer) and 1024/128
 #               (THROUGHPUT_RUNS picks among 8b_defaults small_128 small_1024_128 8b_off)
 #   structured  Qwen2.5-1.5B shape 128/128 with a JSON schema on every request, and on none, same run
+#   profile     where the small model's decode step goes at batch 256: the device's kernels from a trace
+#               (scripts/profile_decode_step.py --trace), the step with XLA's command buffers off, and the
+#               paged-attention kernel alone at the small model's heads
 #   sampler     scripts/bench_sampler.py: the sampler's cost at batch 256 over a 151,936-token vocabulary
 #   serving     the online benchmark (scripts/benchmark_serving.py) against `jaxllm serve --load-format
 #               dummy`, 8B shape, 1024/1024, max concurrency 1, 16, 64, 256 (needs the .whl folder carried:
@@ -24,7 +27,7 @@ OUT=${OUT:-results}
 CONFIG=${CONFIG:-llama-3-8b}
 SMALL=${SMALL:-qwen2.5-1.5b}
 NUM_PROMPTS=${NUM_PROMPTS:-1000}
-SECTIONS=${SECTIONS:-sampler throughput structured serving fp8 awq startup tests}
+SECTIONS=${SECTIONS:-profile sampler throughput structured serving fp8 awq startup tests}
 THROUGHPUT_RUNS=${THROUGHPUT_RUNS:-8b_defaults small_128 small_1024_128 8b_off}
 LOGS=${LOGS:-/tmp/jaxllm-gpu-check-logs}  # full logs stay here; $OUT gets the results (at most 8 files)
 mkdir -p "$OUT" "$LOGS"
@@ -69,6 +72,19 @@ for section in $SECTIONS; do
     structured)
       throughput structured_1 --config "$SMALL" --input-len 128 --output-len 128 --structured-output-ratio 1
       throughput structured_0 --config "$SMALL" --input-len 128 --output-len 128
+      ;;
+    profile)
+      stamp "profile: $SMALL decode step, batch 256, context 192"
+      timeout 240 python scripts/profile_decode_step.py --config "$SMALL" --batch-size 256 --context 192 \
+        --trace /tmp/jaxllm-trace > "$LOGS/profile.log" 2>&1; stamp "rc=$?"
+      grep -vE 'Loading|it/s\]' "$LOGS/profile.log" | cut -c1-220 | tail -40
+      cp "$LOGS/profile.log" "$OUT/"
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 200 python scripts/profile_decode_step.py \
+        --config "$SMALL" --batch-size 256 --context 192 > "$LOGS/profile_no_cmdbuf.log" 2>&1; stamp "rc=$?"
+      echo "  command buffers off:"; tail -1 "$LOGS/profile_no_cmdbuf.log" | cut -c1-300
+      timeout 150 python scripts/bench_paged_attention.py --shapes 256x256,64x256 --heads 12/2 --impls ours,xla \
+        --out "$OUT" --tag paged_small > "$LOGS/paged_small.log" 2>&1; stamp "rc=$?"
+      grep -E '^\||Error' "$LOGS/paged_small.log" | cut -c1-300 | tail -12
       ;;
     sampler)
       stamp "sampler"

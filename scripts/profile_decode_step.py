@@ -21,6 +21,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--trace", default=None, help="also trace 20 back-to-back compiled steps into this folder and "
+                   "print the device's kernels (scripts/trace_summary.py)")
     p.add_argument("--attention", choices=["kernel", "reference"], default="kernel",
                    help="decode attention: the Pallas kernel, or the plain-jnp reference (gather + dense)")
     args = p.parse_args()
@@ -34,7 +36,7 @@ def main() -> None:
     from jaxllm.runner.model_step import step_inputs
 
     folder, load_format = model_folder(args)
-    llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=args.context + 64,
+    llm = LLM(folder, load_format=load_format, dtype=args.dtype, max_model_len=args.context + 512,
               max_num_seqs=args.batch_size, skip_tokenizer_init=True)
     engine, runner = llm.llm_engine, llm.runner
     rng = np.random.default_rng(0)
@@ -42,12 +44,18 @@ def main() -> None:
     for i in range(args.batch_size):
         engine.add_request(f"r{i}", {"prompt_token_ids": rng.integers(0, vocab, args.context).tolist()},
                            SamplingParams(temperature=0, ignore_eos=True, max_tokens=10_000, detokenize=False))
-    engine.step()  # prefill
+    for _ in range(1000):  # prefill (in chunks), then compile the decode bucket
+        engine.step()
+        running = engine.scheduler.running
+        if not engine.scheduler.waiting and all(r.num_computed_tokens >= args.context for r in running):
+            break
     for _ in range(3):
-        engine.step()  # compile the decode bucket
+        engine.step()
 
     engine_step = best_of(lambda: engine.step(), repeats=3, calls=20)
-    sched = engine.scheduler.schedule()
+    # With asynchronous scheduling the next decode step is already planned and on the device.
+    sched = engine._inflight[0] if engine._inflight is not None else engine.scheduler.schedule()
+    assert not sched.is_prefill and sum(sched.num_new) == args.batch_size, "not a pure decode step"
     batch = runner.prepare(sched, engine.block_manager)
     fn = runner._compiled(batch.flags)
 
@@ -79,6 +87,15 @@ def main() -> None:
                 times[k].append(v * 1e3)
         return " ".join(f"{k} {np.median(v):.3f}" for k, v in times.items())
 
+    if args.trace:
+        from trace_summary import device_events, summarize
+
+        device_step()
+        with jax.profiler.trace(args.trace, create_perfetto_trace=True):
+            for _ in range(20):
+                out = device_step()
+            jax.block_until_ready(out)
+        print(summarize(device_events(args.trace), steps=20))
     print("numpy inputs (ms):", split_times(packed))
     print("device inputs (ms):", split_times(jax.device_put(packed)))
     prepare = best_of(lambda: runner.prepare(sched, engine.block_manager) and None)
