@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
 
 from pallas_kernels.kv_quant import is_fp8, quantize
 
+try:  # Triton-specific compiler parameters (selects the Triton lowering on GPU)
+    from jax.experimental.pallas import triton as _pltriton
 
-def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping, k_scale=None, v_scale=None):
+    _TritonCompilerParams = getattr(_pltriton, "CompilerParams", None)
+except ImportError:  # pragma: no cover - depends on the installed jax
+    _TritonCompilerParams = None
+
+
+def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping, k_scale=None, v_scale=None, impl="xla"):
     """Scatter new K/V tokens into the paged pool.
 
     ::
@@ -24,6 +35,8 @@ def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping, k_scale=None, v_scal
         into the null page 0 (slots ``0 .. S-1``); writing there is harmless.
       k_scale, v_scale: float8 pools only: the layer's scales (default 1.0); new values are stored
         as ``saturate(x / scale)`` (see :mod:`pallas_kernels.kv_quant`).
+      impl: ``"xla"`` (a scatter) or ``"pallas"`` (:func:`_pallas_write`: one row copy per token and
+        kv head, in place; on an H200 XLA's scatter took 11-13 us per layer for 256 decode tokens).
 
     Returns:
       The updated ``(k_pages, v_pages)``.
@@ -41,6 +54,13 @@ def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping, k_scale=None, v_scal
     fp8 = is_fp8(k_pages.dtype)
     if not fp8 and (k_scale is not None or v_scale is not None):
         raise ValueError(f"k_scale / v_scale apply to float8 pages only, got pages of {k_pages.dtype}")
+    if impl == "pallas":
+        def cast(new, scale):
+            return quantize(new, 1.0 if scale is None else scale, k_pages.dtype) if fp8 else new.astype(k_pages.dtype)
+
+        return _pallas_write(k_pages, v_pages, cast(k, k_scale), cast(v, v_scale), slot_mapping.astype(jnp.int32))
+    if impl != "xla":
+        raise ValueError(f"impl must be 'xla' or 'pallas', got {impl!r}")
 
     def scatter(pages, new, scale):
         flat = pages.reshape(K, P * S, H)  # [K, P*S, H]
@@ -49,3 +69,48 @@ def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping, k_scale=None, v_scal
         return flat.at[:, slots].set(new, mode="promise_in_bounds").reshape(K, P, S, H)
 
     return scatter(k_pages, k, k_scale), scatter(v_pages, v, v_scale)
+
+
+def _write_kernel(slots_ref, k_ref, v_ref, k_in, v_in, k_out, v_out, *, tokens: int, block: int):
+    """Program (i, h): tokens i*block .. i*block+block-1 of kv head h, each one H-row copy into its slot."""
+    del k_in, v_in  # the same buffers as k_out, v_out (aliased)
+    i, h = pl.program_id(0), pl.program_id(1)
+
+    def body(j, carry):
+        t = i * block + j
+
+        @pl.when(t < tokens)
+        def _():
+            slot = slots_ref[t]
+            k_out[h, pl.ds(slot, 1), :] = k_ref[pl.ds(t, 1), h, :]
+            v_out[h, pl.ds(slot, 1), :] = v_ref[pl.ds(t, 1), h, :]
+
+        return carry
+
+    lax.fori_loop(0, block, body, 0)
+
+
+@functools.partial(jax.jit, static_argnames=("block", "interpret"))
+def _pallas_write(k_pages, v_pages, k, v, slots, block: int = 8, interpret: bool | None = None):
+    """``write_to_kv_pages`` as a Pallas kernel: the pools are aliased to the outputs (written in place),
+    each program copies `block` tokens' rows of one kv head. k, v are already in the pool's dtype."""
+    K, P, S, H = k_pages.shape
+    T = k.shape[0]
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
+    compiler_params = None
+    if not interpret and jax.default_backend() != "tpu":
+        if _TritonCompilerParams is None:
+            raise RuntimeError("this jax build has no Pallas Triton backend: run with interpret=True")
+        compiler_params = _TritonCompilerParams(num_warps=1, num_stages=1)
+    shape = jax.ShapeDtypeStruct((K, P * S, H), k_pages.dtype)
+    k_out, v_out = pl.pallas_call(
+        functools.partial(_write_kernel, tokens=T, block=block),
+        grid=(pl.cdiv(T, block), K),
+        out_shape=[shape, shape],
+        input_output_aliases={3: 0, 4: 1},
+        interpret=interpret,
+        compiler_params=compiler_params,
+        name="write_kv_pages",
+    )(slots, k, v, k_pages.reshape(K, P * S, H), v_pages.reshape(K, P * S, H))
+    return k_out.reshape(K, P, S, H), v_out.reshape(K, P, S, H)

@@ -61,6 +61,9 @@ def main() -> None:
             return jax.vmap(one)(lo, step)
         rows[f"Gumbel noise alone ({impl})"] = best_of(jax.jit(draw), jnp.arange(b, dtype=jnp.uint32),
                                                        jnp.full((b,), 3, jnp.int32))
+    from jaxllm.runner.sampler import gumbel_noise
+
+    rows["Gumbel noise alone (jaxllm's hash)"] = best_of(jax.jit(lambda m: gumbel_noise(m, v)), metadata(1.0, 1.0))
     mb = b * v * 4 / 1e6
     print(f"jax {jax.__version__} {jax.devices()[0].device_kind}; B={b} V={v} hidden={args.hidden}; "
           f"f32 logits {mb:.0f} MB")

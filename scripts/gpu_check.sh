@@ -8,8 +8,9 @@
 #               (THROUGHPUT_RUNS picks among 8b_defaults small_128 small_1024_128 8b_off)
 #   structured  Qwen2.5-1.5B shape 128/128 with a JSON schema on every request, and on none, same run
 #   profile     where the small model's decode step goes at batch 256: the device's kernels from a trace
-#               (scripts/profile_decode_step.py --trace), the step with XLA's command buffers off, and the
-#               paged-attention kernel alone at the small model's heads
+#               (scripts/profile_decode_step.py --trace), the step with XLA's scatter for the K/V write,
+#               without Triton GEMM fusions, without command buffers; the K/V write alone
+#               (scripts/bench_kv_write.py) and the paged-attention kernel at the small model's heads
 #   sampler     scripts/bench_sampler.py: the sampler's cost at batch 256 over a 151,936-token vocabulary
 #   serving     the online benchmark (scripts/benchmark_serving.py) against `jaxllm serve --load-format
 #               dummy`, 8B shape, 1024/1024, max concurrency 1, 16, 64, 256 (needs the .whl folder carried:
@@ -74,14 +75,19 @@ for section in $SECTIONS; do
       throughput structured_0 --config "$SMALL" --input-len 128 --output-len 128
       ;;
     profile)
+      prof() {  # log name, then extra arguments of profile_decode_step.py
+        local name=$1; shift
+        timeout 200 python scripts/profile_decode_step.py --config "$SMALL" --batch-size 256 --context 192 "$@" \
+          > "$LOGS/$name.log" 2>&1; stamp "$name rc=$?"
+        grep -vE 'Loading|it/s\]|cuda_timer' "$LOGS/$name.log" | cut -c1-220 | tail -"${PROFILE_LINES:-2}"
+      }
       stamp "profile: $SMALL decode step, batch 256, context 192"
-      timeout 240 python scripts/profile_decode_step.py --config "$SMALL" --batch-size 256 --context 192 \
-        --trace /tmp/jaxllm-trace > "$LOGS/profile.log" 2>&1; stamp "rc=$?"
-      grep -vE 'Loading|it/s\]' "$LOGS/profile.log" | cut -c1-220 | tail -40
-      cp "$LOGS/profile.log" "$OUT/"
-      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 200 python scripts/profile_decode_step.py \
-        --config "$SMALL" --batch-size 256 --context 192 > "$LOGS/profile_no_cmdbuf.log" 2>&1; stamp "rc=$?"
-      echo "  command buffers off:"; tail -1 "$LOGS/profile_no_cmdbuf.log" | cut -c1-300
+      PROFILE_LINES=40 prof profile --trace /tmp/jaxllm-trace; cp "$LOGS/profile.log" "$OUT/"
+      prof profile_xla_kv_write --kv-write xla
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" prof profile_no_triton_gemm
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" prof profile_no_cmdbuf
+      timeout 150 python scripts/bench_kv_write.py > "$LOGS/kv_write.log" 2>&1; stamp "kv write rc=$?"
+      grep -E '^\||^jax|Error' "$LOGS/kv_write.log" | cut -c1-300
       timeout 150 python scripts/bench_paged_attention.py --shapes 256x256,64x256 --heads 12/2 --impls ours,xla \
         --out "$OUT" --tag paged_small > "$LOGS/paged_small.log" 2>&1; stamp "rc=$?"
       grep -E '^\||Error' "$LOGS/paged_small.log" | cut -c1-300 | tail -12

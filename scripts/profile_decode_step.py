@@ -25,7 +25,13 @@ def main() -> None:
                    "print the device's kernels (scripts/trace_summary.py)")
     p.add_argument("--attention", choices=["kernel", "reference"], default="kernel",
                    help="decode attention: the Pallas kernel, or the plain-jnp reference (gather + dense)")
+    p.add_argument("--kv-write", choices=["xla", "pallas"], default=None,
+                   help="how K/V rows reach the pool (default: jaxllm's choice for the backend)")
     args = p.parse_args()
+    if args.kv_write:
+        from jaxllm.models import layers
+
+        layers.kv_write_impl = lambda: args.kv_write
     if args.attention == "reference":
         from jaxllm.models import layers
         from pallas_kernels.paged_attention_reference import paged_attention_reference

@@ -245,6 +245,12 @@ def paged_attention_impls():
     return paged_attention, ragged_paged_attention
 
 
+def kv_write_impl() -> str:
+    """How new K/V rows reach the pool: the Pallas row-copy kernel on GPUs (XLA's scatter took 11-13 us
+    a layer for 256 decode tokens on an H200, see scripts/bench_kv_write.py), XLA's scatter elsewhere."""
+    return "pallas" if jax.default_backend() == "gpu" else "xla"
+
+
 def attention(
     q: jax.Array,  # [T, N, H]
     k: jax.Array,  # [T, K, H]
@@ -277,7 +283,7 @@ def attention(
     paged, ragged_paged = paged_attention_impls()
 
     def write(kp, vp, k, v, slots, ks, vs):
-        return write_to_kv_pages(kp, vp, k, v, slots, k_scale=ks, v_scale=vs)
+        return write_to_kv_pages(kp, vp, k, v, slots, k_scale=ks, v_scale=vs, impl=kv_write_impl())
 
     def decode(q, kp, vp, bt, lens, slopes, ks, vs):
         return paged(q, kp, vp, bt, lens, alibi_slopes=slopes, scale=scale, k_scale=ks, v_scale=vs)

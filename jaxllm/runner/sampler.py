@@ -88,6 +88,30 @@ def row_keys(md: SamplingMetadata) -> jax.Array:
     return jax.vmap(one)(md.seed_lo, md.seed_hi, md.step)
 
 
+def _fmix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finalizer: a bijection whose every output bit depends on every input bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def gumbel_noise(md: SamplingMetadata, width: int, offset: jax.Array | int = 0) -> jax.Array:
+    """[B, width] float32 Gumbel(0, 1) noise for token ids offset .. offset + width - 1.
+
+    Each row's key (threefry, from its seed and step) gives two 32-bit words; each token's uniform is a
+    counter-based hash of (words, token id), so a vocabulary slice is drawn without the rest (tensor
+    parallelism) and the whole draw is a few integer ops per token, fused into the argmax that reads it
+    (threefry bits for every token cost more than the rest of the sampler on an H200)."""
+    words = jax.vmap(lambda key: jax.random.bits(key, (2,), jnp.uint32))(row_keys(md))  # [B, 2]
+    ids = (jnp.arange(width, dtype=jnp.uint32) + jnp.asarray(offset).astype(jnp.uint32))[None, :]
+    h = _fmix32(ids * jnp.uint32(0x9E3779B9) ^ words[:, :1])
+    h = _fmix32(h + words[:, 1:])
+    u = ((h >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1), never 0 or 1
+    return -jnp.log(-jnp.log(u))
+
+
 def sample(
     logits: jax.Array,  # [B, V] float32
     md: SamplingMetadata,
@@ -112,8 +136,7 @@ def sample(
     scaled = x / jnp.where(is_greedy, 1.0, md.temperature)[:, None]
     if use_filters:
         scaled = filter_top_k_top_p_min_p(scaled, md)
-    gumbel = jax.vmap(lambda key: jax.random.gumbel(key, (logits.shape[-1],), jnp.float32))(row_keys(md))
-    sampled_ids = jnp.argmax(scaled + gumbel, axis=-1).astype(jnp.int32)
+    sampled_ids = jnp.argmax(scaled + gumbel_noise(md, logits.shape[-1]), axis=-1).astype(jnp.int32)
     ids = jnp.where(is_greedy, greedy_ids, sampled_ids)
     chosen = jnp.take_along_axis(raw_logprobs, ids[:, None], axis=-1)[:, 0]
     ranks = 1 + jnp.sum(raw_logprobs > chosen[:, None], axis=-1).astype(jnp.int32)

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxllm import sharding
 from jaxllm.models.tensor_parallel import shard_map
-from jaxllm.runner.sampler import SamplerOutput, SamplingMetadata, row_keys
+from jaxllm.runner.sampler import SamplerOutput, SamplingMetadata, gumbel_noise
 
 _HEAD_LEAVES = ("lm_head", "embed", "lm_head_bias")
 
@@ -77,8 +77,7 @@ def sample_vocab_parallel(
         greedy_ids = _argmax_across(logits, offset)
         is_greedy = md.temperature <= 0.0
         scaled = logits / jnp.where(is_greedy, 1.0, md.temperature)[:, None]
-        gumbel = jax.vmap(lambda key: jax.random.gumbel(key, (width * tp,), jnp.float32))(row_keys(md))
-        noise = jax.lax.dynamic_slice_in_dim(gumbel, offset, width, axis=1)
+        noise = gumbel_noise(md, width, offset)
         ids = jnp.where(is_greedy, greedy_ids, _argmax_across(scaled + noise, offset))
         local = ids - offset
         mine = (local >= 0) & (local < width)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import jax
@@ -155,7 +156,8 @@ def test_reference_matches_dense_numpy(alibi):
     np.testing.assert_allclose(ref, _dense_numpy(**case), atol=1e-5, rtol=1e-5)
 
 
-def test_write_to_kv_pages_follows_block_table():
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_write_to_kv_pages_follows_block_table(impl):
     rng = np.random.default_rng(5)
     K, P, S, H = 2, 9, 4, 16
     lengths = [6, 3, 9]
@@ -176,7 +178,7 @@ def test_write_to_kv_pages_follows_block_table():
     k_pages = jnp.full((K, P, S, H), -7.0, jnp.float32)
     v_pages = jnp.full((K, P, S, H), -7.0, jnp.float32)
 
-    write = jax.jit(write_to_kv_pages, donate_argnums=(0, 1))
+    write = jax.jit(functools.partial(write_to_kv_pages, impl=impl), donate_argnums=(0, 1))
     k_pages, v_pages = write(k_pages, v_pages, jnp.asarray(k), jnp.asarray(v), jnp.asarray(slots))
     kp, vp = np.asarray(k_pages), np.asarray(v_pages)
     written = np.zeros((P, S), bool)

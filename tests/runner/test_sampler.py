@@ -144,3 +144,21 @@ def test_top_logprobs_are_sorted_log_softmax(logits):
     ref = np.asarray(jax.nn.log_softmax(jnp.asarray(logits)))[0]
     np.testing.assert_allclose(np.asarray(out.top_logprobs)[0], np.sort(ref)[::-1][:20], rtol=1e-6)
     assert int(out.ranks[0]) == 1 and abs(float(out.logprobs[0]) - ref.max()) < 1e-6
+
+
+def test_gumbel_noise_is_gumbel_independent_and_sliceable():
+    from jaxllm.runner.sampler import gumbel_noise
+
+    md = _md(256, seeds=np.arange(256) * 7919 + 3, steps=np.arange(256) % 5)
+    g = np.asarray(gumbel_noise(md, 4096), np.float64)  # [256, 4096]
+    # Gumbel(0, 1): mean Euler's gamma, variance pi^2 / 6, and its CDF exp(-exp(-x)) (Kolmogorov-Smirnov).
+    assert abs(g.mean() - 0.5772) < 0.01 and abs(g.var() - np.pi**2 / 6) < 0.02
+    x = np.sort(g.ravel()[::7])
+    ks = np.abs(np.exp(-np.exp(-x)) - np.arange(1, len(x) + 1) / len(x)).max()
+    assert ks < 3 / np.sqrt(len(x))
+    # Neighbouring token ids and neighbouring rows are uncorrelated.
+    for a, b in ((g[:, :-1], g[:, 1:]), (g[:-1], g[1:])):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.01
+    # A vocabulary slice (one tensor-parallel shard) draws exactly the columns of the whole row.
+    part = np.asarray(gumbel_noise(md, 1024, jnp.int32(2048)), np.float64)
+    np.testing.assert_array_equal(part, g[:, 2048:3072])
