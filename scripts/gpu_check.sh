@@ -8,9 +8,8 @@
 #               (THROUGHPUT_RUNS picks among 8b_defaults small_128 small_1024_128 8b_off)
 #   structured  Qwen2.5-1.5B shape 128/128 with a JSON schema on every request, and on none, same run
 #   profile     where the small model's decode step goes at batch 256: the device's kernels from a trace
-#               (scripts/profile_decode_step.py --trace), the step with XLA's scatter for the K/V write,
-#               without Triton GEMM fusions, without command buffers; the K/V write alone
-#               (scripts/bench_kv_write.py) and the paged-attention kernel at the small model's heads
+#               (scripts/profile_decode_step.py --trace), the step with XLA's scatter for the K/V write and
+#               without Triton GEMM fusions; the K/V write alone (scripts/bench_kv_write.py)
 #   sampler     scripts/bench_sampler.py: the sampler's cost at batch 256 over a 151,936-token vocabulary
 #   serving     the online benchmark (scripts/benchmark_serving.py) against `jaxllm serve --load-format
 #               dummy`, 8B shape, 1024/1024, max concurrency 1, 16, 64, 256 (needs the .whl folder carried:
@@ -85,12 +84,8 @@ for section in $SECTIONS; do
       PROFILE_LINES=40 prof profile --trace /tmp/jaxllm-trace; cp "$LOGS/profile.log" "$OUT/"
       prof profile_xla_kv_write --kv-write xla
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" prof profile_no_triton_gemm
-      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" prof profile_no_cmdbuf
       timeout 150 python scripts/bench_kv_write.py > "$LOGS/kv_write.log" 2>&1; stamp "kv write rc=$?"
       grep -E '^\||^jax|Error' "$LOGS/kv_write.log" | cut -c1-300
-      timeout 150 python scripts/bench_paged_attention.py --shapes 256x256,64x256 --heads 12/2 --impls ours,xla \
-        --out "$OUT" --tag paged_small > "$LOGS/paged_small.log" 2>&1; stamp "rc=$?"
-      grep -E '^\||Error' "$LOGS/paged_small.log" | cut -c1-300 | tail -12
       ;;
     sampler)
       stamp "sampler"
