@@ -25,8 +25,9 @@ class StructuredOutputMatcher:
     with the model's own end token.
     """
 
-    def __init__(self, matcher: Any):
+    def __init__(self, matcher: Any, width: int | None = None):
         self._matcher = matcher
+        self.width = width  # int32 words the grammar's ids fill; a mask's later words are zeroed
         self.failed = False  # a token the grammar refused was appended (should not happen when masked)
 
     def accept(self, token: int) -> bool:
@@ -38,17 +39,26 @@ class StructuredOutputMatcher:
 
     def fill_bitmask(self, bitmask: np.ndarray, row: int) -> None:
         """Write the allowed next tokens into `bitmask[row]` ([B, ceil(V/32)] int32, bit = allowed)."""
-        self._matcher.fill_next_token_bitmask(bitmask, row)
+        self.fill_bitmasks([self], [row], bitmask)
 
     @staticmethod
     def fill_bitmasks(matchers: list[StructuredOutputMatcher], rows: list[int], bitmask: np.ndarray) -> None:
         """`fill_bitmask` for many rows at once, spread over the CPU's cores (xgrammar's batch matcher
         releases the GIL): a step of hundreds of constrained rows over a 150k-token vocabulary costs
         tens of milliseconds one row at a time."""
+        if not matchers:
+            return
+        width = matchers[0].width or bitmask.shape[1]
+        target, at = bitmask, rows
+        if width < bitmask.shape[1]:  # the grammar covers fewer ids than the model: fill, then widen
+            target, at = np.empty((len(rows), width), np.int32), list(range(len(rows)))
         if len(matchers) == 1:
-            matchers[0].fill_bitmask(bitmask, rows[0])
-        elif matchers:
-            _batch_matcher().batch_fill_next_token_bitmask([m._matcher for m in matchers], bitmask, rows)
+            matchers[0]._matcher.fill_next_token_bitmask(target, at[0])
+        else:
+            _batch_matcher().batch_fill_next_token_bitmask([m._matcher for m in matchers], target, at)
+        if target is not bitmask:
+            bitmask[rows, :width] = target
+            bitmask[rows, width:] = 0
 
     @property
     def is_terminated(self) -> bool:

@@ -107,3 +107,33 @@ def test_structural_tag_in_vllms_response_format_shape(compiler):
     assert not inside.accept(tok("2", add_special_tokens=False).input_ids[0])
     with pytest.raises(ValueError, match="Invalid structural tag"):
         compiler.compile(StructuredOutputsParams(structural_tag='{"structures": [{"begin": "x"}]}'))
+
+
+def test_ids_past_the_tokenizer_are_masked_like_before():
+    """A model vocabulary far larger than its tokenizer: the matchers cover the tokenizer's ids and the
+    rest of each mask is zero, which allows exactly what a matcher over the whole vocabulary allows."""
+    tok = build_tokenizer()
+    big = len(tok) + 2000
+    small_compiler = GrammarCompiler(tok, big, [tok.eos_token_id])
+    assert small_compiler.grammar_vocab_size == len(tok)
+    import xgrammar
+
+    info = xgrammar.TokenizerInfo.from_huggingface(tok, vocab_size=big, stop_token_ids=[tok.eos_token_id])
+    whole = xgrammar.GrammarCompiler(info)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "s": {"type": "string"}}}
+    ours = small_compiler.matcher_for(small_compiler.compile(StructuredOutputsParams(json=schema)))
+    reference = xgrammar.GrammarMatcher(whole.compile_json_schema(json.dumps(schema)))
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        mask = np.full((3, bitmask_width(big)), -1, np.int32)
+        ours.fill_bitmask(mask, 2)
+        want = np.zeros((1, bitmask_width(big)), np.int32)
+        reference.fill_next_token_bitmask(want, 0)
+        np.testing.assert_array_equal(mask[2], want[0])
+        assert (mask[:2] == -1).all()  # other rows untouched
+        bits = np.unpackbits(mask[2:3].view(np.uint8), axis=1, bitorder="little")[0, :big]
+        assert not bits[len(tok):].any()
+        token = int(rng.choice(np.flatnonzero(bits)))
+        if token == tok.eos_token_id:
+            break
+        assert ours.accept(token) and reference.accept_token(token)
