@@ -4,7 +4,8 @@
 
 Times (best of several repeats of back-to-back calls, fresh random logits) `jaxllm.runner.sampler.sample`
 for all-greedy rows, temperature-1 rows (Gumbel-max over the whole vocabulary), the same with top-p
-(the sort), and the bf16 logits matmul of the same shape, so the share of the step each takes is known.
+(the filter: a bisection over the row, timed alone next to the sort it replaced), and the bf16 logits
+matmul of the same shape, so the share of the step each takes is known.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> None:
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
 
-    from jaxllm.runner.sampler import SamplingMetadata, sample
+    from jaxllm.runner.sampler import SamplingMetadata, filter_top_k_top_p_min_p, sample
 
     b, v = args.batch_size, args.vocab
     key = jax.random.PRNGKey(0)
@@ -47,11 +48,25 @@ def main() -> None:
         return best_of(fn, logits, md)
 
     matmul = jax.jit(lambda h, w: jnp.dot(h, w, preferred_element_type=jnp.float32))
+    def sorted_filter(scaled, md):  # the filter as a sort of every row defines it (what jaxllm did before)
+        desc = -jnp.sort(-scaled, axis=-1)
+        probs = jax.nn.softmax(desc, axis=-1)
+        rank = jnp.arange(v)[None, :]
+        keep = (rank < jnp.where(md.top_k > 0, md.top_k, v)[:, None]) & (
+            (jnp.cumsum(probs, axis=-1) - probs < md.top_p[:, None]) | (rank == 0))
+        threshold = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
+        return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+    qwen_defaults = metadata(0.7, 0.8)._replace(top_k=jnp.full((b,), 20, jnp.int32))  # its generation_config
     rows = {
         "logits matmul (bf16, f32 out)": best_of(matmul, hidden, head),
         "sample, greedy": timed_sample(metadata(0.0, 1.0), False),
         "sample, temperature 1": timed_sample(metadata(1.0, 1.0), False),
         "sample, temperature 1, top_p 0.95": timed_sample(metadata(1.0, 0.95), True),
+        "sample, temperature 0.7, top_k 20, top_p 0.8": timed_sample(qwen_defaults, True),
+        "filter alone, top_p 0.95 (bisection)": best_of(jax.jit(filter_top_k_top_p_min_p), logits,
+                                                         metadata(1.0, 0.95)),
+        "filter alone, top_p 0.95 (sort, before)": best_of(jax.jit(sorted_filter), logits, metadata(1.0, 0.95)),
     }
     for impl in ("threefry2x32", "unsafe_rbg"):
         def draw(lo, step, impl=impl):

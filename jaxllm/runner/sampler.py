@@ -65,18 +65,50 @@ def apply_token_bitmask(logits: jax.Array, bitmask: jax.Array) -> jax.Array:
     return jnp.where(allowed, logits, -jnp.inf)
 
 
+def _order_key(x: jax.Array) -> jax.Array:
+    """uint32 keys in the order of the float32 values (-inf lowest), and back with `_key_value`."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _key_value(key: jax.Array) -> jax.Array:
+    bits = jnp.where(key >> 31 == 1, key & jnp.uint32(0x7FFFFFFF), ~key)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
 def filter_top_k_top_p_min_p(scaled: jax.Array, md: SamplingMetadata) -> jax.Array:
-    """Mask (to -inf) every token outside the top-k, the top-p nucleus, or below min_p * p_max."""
+    """Mask (to -inf) every token outside the top-k, the top-p nucleus, or below min_p * p_max.
+
+    Without a sort: the smallest kept value is found by bisection over the float32 values' order (32
+    halvings of the key range, each one pass over the row counting the tokens above a candidate and
+    summing their probability). A value v is kept when fewer than top_k tokens lie above it, the
+    probability above it is below top_p (or nothing lies above it) and exp(v - max) >= min_p; all three
+    only grow with v, so the kept values are those at or above the smallest candidate that passes,
+    exactly the set a sort by probability keeps (vLLM's definition). A sort of every row costs more than a
+    whole small-model decode step at batch 256 over a 150k-token vocabulary.
+    """
     v = scaled.shape[-1]
-    sorted_desc = -jnp.sort(-scaled, axis=-1)  # [B, V]
-    probs = jax.nn.softmax(sorted_desc, axis=-1)
-    rank = jnp.arange(v)[None, :]
+    top = jnp.max(scaled, axis=-1, keepdims=True)  # [B, 1]
+    weights = jnp.exp(scaled - top)  # probabilities times the row's normaliser
+    total = jnp.sum(weights, axis=-1, keepdims=True)
     k = jnp.where(md.top_k > 0, md.top_k, v)[:, None]
-    keep = rank < k
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep &= (mass_before < md.top_p[:, None]) | (rank == 0)
-    keep &= probs >= md.min_p[:, None] * probs[:, :1]
-    threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    mass = jnp.where(md.top_p < 1.0, md.top_p * total[:, 0], jnp.inf)[:, None]  # top_p = 1: no nucleus
+    floor = jnp.where(md.min_p > 0, jnp.log(jnp.maximum(md.min_p, 1e-38)), -jnp.inf)[:, None]
+
+    def passes(t):  # [B, 1] candidate values -> [B, 1] bool: is every value >= t kept
+        above = scaled > t
+        count = jnp.sum(above, axis=-1, keepdims=True)
+        weight = jnp.sum(jnp.where(above, weights, 0.0), axis=-1, keepdims=True)
+        return (count < k) & ((weight < mass) | (count == 0)) & (t - top >= floor)
+
+    lo = _order_key(jnp.min(scaled, axis=-1, keepdims=True))  # lowest value: kept or not
+    hi = _order_key(top)  # the maximum is always kept
+    keep_all = passes(_key_value(lo))
+    for _ in range(32):  # invariant: the value at lo fails (unless keep_all), the value at hi passes
+        mid = lo + (hi - lo) // 2
+        ok = passes(_key_value(mid))
+        hi, lo = jnp.where(ok, mid, hi), jnp.where(ok, lo, mid)
+    threshold = jnp.where(keep_all, -jnp.inf, _key_value(hi))
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
 

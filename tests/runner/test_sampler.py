@@ -162,3 +162,50 @@ def test_gumbel_noise_is_gumbel_independent_and_sliceable():
     # A vocabulary slice (one tensor-parallel shard) draws exactly the columns of the whole row.
     part = np.asarray(gumbel_noise(md, 1024, jnp.int32(2048)), np.float64)
     np.testing.assert_array_equal(part, g[:, 2048:3072])
+
+
+def _sorted_filter(scaled, top_k, top_p, min_p):
+    """The definition by sorting (vLLM's), in float64: rank < k, probability before the rank < top_p
+    (top_p = 1: no nucleus), p >= min_p * p_max. Also each row's closest call: how near a rank's
+    probability before it comes to top_p (float32 sums in another order may decide that rank otherwise)."""
+    out = np.full_like(scaled, -np.inf)
+    margins = np.full(len(scaled), np.inf)
+    for b, row in enumerate(scaled.astype(np.float64)):
+        order = np.argsort(-row, kind="stable")
+        vals = row[order]
+        probs = np.exp(vals - vals[0])
+        probs /= probs.sum()
+        rank = np.arange(len(row))
+        before = np.cumsum(probs) - probs
+        keep = rank < (top_k[b] if top_k[b] > 0 else len(row))
+        if top_p[b] < 1:
+            keep &= (before < top_p[b]) | (rank == 0)
+            margins[b] = np.abs(before - top_p[b]).min()
+        keep &= probs >= min_p[b] * probs[0]
+        threshold = vals[keep].min()
+        out[b] = np.where(row >= threshold, scaled[b], -np.inf)
+    return out, margins
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_filter_without_sort_keeps_what_a_sort_keeps(seed):
+    from jaxllm.runner.sampler import filter_top_k_top_p_min_p
+
+    rng = np.random.default_rng(seed)
+    b, v = 24, 1000
+    scaled = (rng.normal(size=(b, v)) * rng.uniform(0.3, 8, size=(b, 1))).astype(np.float32)
+    scaled[:4] = np.round(scaled[:4])  # many ties
+    scaled[4, rng.integers(0, v, 300)] = -np.inf  # tokens masked before the filter
+    scaled[5] = 0.0  # all equal
+    scaled[6, :] = -np.inf
+    scaled[6, 7] = 1.5  # a single allowed token
+    top_k = rng.choice([0, 1, 5, 50, 2000], b)
+    top_p = rng.choice([1.0, 0.95, 0.5, 0.01, 0.999, 0.9999], b).astype(np.float32)
+    min_p = rng.choice([0.0, 0.0, 0.05, 0.5], b).astype(np.float32)
+    md = _md(b, top_k=top_k, top_p=top_p, min_p=min_p)
+    got = np.asarray(filter_top_k_top_p_min_p(jnp.asarray(scaled), md))
+    want, margins = _sorted_filter(scaled, top_k, top_p, min_p)
+    exact = margins > 1e-5  # rows decided by float rounding are left out
+    assert exact.sum() >= b // 2
+    np.testing.assert_array_equal(np.isfinite(got[exact]), np.isfinite(want[exact]))
+    np.testing.assert_array_equal(got[exact][np.isfinite(got[exact])], scaled[exact][np.isfinite(want[exact])])
