@@ -17,6 +17,9 @@
 #   fp8         the paged-attention kernel table with float8 pages beside bf16 pages of the same values,
 #               and the 8B 1024/1024 throughput with --kv-cache-dtype fp8 (compare with 8b_defaults)
 #   fp8tput     only that throughput run
+#   sweep       launch-config sweeps of the decode kernel where its defaults are untuned: float8 pages at
+#               the 8B heads (B=8 L=8192, B=64 L=2048) and bf16 pages at the small model's 12/2 heads
+#               (B=256 L=256)
 #   awq         scripts/awq_gpu_check.sh (AWQ layer table and 8B decode, AWQ vs bf16)
 #   startup     scripts/benchmark_startup.py: 8B shape from real safetensors and a converted checkpoint
 #   tests       the GPU-only tests (kernels against their references)
@@ -27,7 +30,7 @@ OUT=${OUT:-results}
 CONFIG=${CONFIG:-llama-3-8b}
 SMALL=${SMALL:-qwen2.5-1.5b}
 NUM_PROMPTS=${NUM_PROMPTS:-1000}
-SECTIONS=${SECTIONS:-profile sampler throughput structured serving fp8 awq startup tests}
+SECTIONS=${SECTIONS:-profile sampler throughput structured serving fp8 sweep awq startup tests}
 THROUGHPUT_RUNS=${THROUGHPUT_RUNS:-8b_defaults small_128 small_1024_128 8b_off}
 LOGS=${LOGS:-/tmp/jaxllm-gpu-check-logs}  # full logs stay here; $OUT gets the results (at most 8 files)
 mkdir -p "$OUT" "$LOGS"
@@ -91,6 +94,16 @@ for section in $SECTIONS; do
       stamp "sampler"
       timeout 120 python scripts/bench_sampler.py --output-json "$OUT/sampler.json" > "$LOGS/sampler.log" 2>&1
       stamp "rc=$?"; grep -E '^\||^jax|Error' "$LOGS/sampler.log" | cut -c1-300
+      ;;
+    sweep)
+      stamp "sweep: float8 pages, 32/8 heads"
+      timeout 280 python scripts/bench_paged_attention.py --kv-cache-dtype fp8 --sweep --shapes 8x8192,64x2048 \
+        --out "$OUT" --tag sweep_fp8 > "$LOGS/sweep_fp8.log" 2>&1; stamp "rc=$?"
+      grep -vE '^\s*$' "$LOGS/sweep_fp8.log" | grep -E 'best|TB/s|Error' | cut -c1-200 | tail -30
+      stamp "sweep: bf16 pages, 12/2 heads"
+      timeout 200 python scripts/bench_paged_attention.py --sweep --shapes 256x256 --heads 12/2 \
+        --out "$OUT" --tag sweep_small > "$LOGS/sweep_small.log" 2>&1; stamp "rc=$?"
+      grep -vE '^\s*$' "$LOGS/sweep_small.log" | grep -E 'best|TB/s|Error' | cut -c1-200 | tail -20
       ;;
     fp8tput)
       throughput 8b_fp8 --config "$CONFIG" --input-len 1024 --output-len 1024 --kv-cache-dtype fp8
