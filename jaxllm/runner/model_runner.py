@@ -130,7 +130,7 @@ class ModelRunner:
         if differs:
             if predicted is not None:
                 logger.warning("Parameters differ from their prediction (%s); compiling again", differs)
-            self.shutdown()
+            self.shutdown(wait=True)  # no build for the predicted shapes finishes after the new ones start
             if planned or cache.num_blocks is None:  # size the pool from the loaded weights
                 cache.num_blocks = plan()
             self._start_precompile(loaded)
@@ -165,10 +165,11 @@ class ModelRunner:
                                        store=self.executable_store, context=context, ahead=self._ahead,
                                        devices=list(self.mesh.devices.flat))
 
-    def shutdown(self) -> None:
-        """Stop precompiling (buckets already compiling finish; nothing else starts)."""
+    def shutdown(self, wait: bool = False) -> None:
+        """Stop precompiling (buckets already compiling finish, before this returns with `wait`; nothing
+        else starts)."""
         if self.precompiler is not None:
-            self.precompiler.cancel()
+            self.precompiler.cancel(wait)
             self.precompiler = None
 
     @property

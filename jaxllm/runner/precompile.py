@@ -272,9 +272,11 @@ class Precompiler:
         if self.error is not None:
             raise self.error
 
-    def cancel(self) -> None:
-        """Drop the buckets not started yet (those compiling finish, unused)."""
+    def cancel(self, wait: bool = False) -> None:
+        """Drop the buckets not started yet (those compiling finish, unused; with `wait`, before this returns)."""
         self._cancelled = True
         for bucket in self._buckets.values():
             if bucket.future is not None and bucket.future.cancel():
                 self._finish_one()
+        if wait:
+            self._pool.shutdown(wait=True)
