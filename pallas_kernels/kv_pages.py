@@ -9,13 +9,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels.kv_quant import is_fp8, quantize
+from pallas_kernels.paged_attention_kernel import _TritonCompilerParams
 
-try:  # Triton-specific compiler parameters (selects the Triton lowering on GPU)
-    from jax.experimental.pallas import triton as _pltriton
-
-    _TritonCompilerParams = getattr(_pltriton, "CompilerParams", None)
-except ImportError:  # pragma: no cover - depends on the installed jax
-    _TritonCompilerParams = None
 
 
 def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping, k_scale=None, v_scale=None, impl="xla"):
@@ -53,18 +48,18 @@ def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping, k_scale=None, v_scal
     fp8 = is_fp8(k_pages.dtype)
     if not fp8 and (k_scale is not None or v_scale is not None):
         raise ValueError(f"k_scale / v_scale apply to float8 pages only, got pages of {k_pages.dtype}")
-    if impl == "pallas":
-        def cast(new, scale):
-            return quantize(new, 1.0 if scale is None else scale, k_pages.dtype) if fp8 else new.astype(k_pages.dtype)
-
-        return _pallas_write(k_pages, v_pages, cast(k, k_scale), cast(v, v_scale), slot_mapping.astype(jnp.int32))
-    if impl != "xla":
+    if impl not in ("xla", "pallas"):
         raise ValueError(f"impl must be 'xla' or 'pallas', got {impl!r}")
+
+    def cast(new, scale):  # new values in the pool's element type (float8: saturate(x / scale))
+        return quantize(new, 1.0 if scale is None else scale, k_pages.dtype) if fp8 else new.astype(k_pages.dtype)
+
+    if impl == "pallas":
+        return _pallas_write(k_pages, v_pages, cast(k, k_scale), cast(v, v_scale), slots)
 
     def scatter(pages, new, scale):
         flat = pages.reshape(K, P * S, H)  # [K, P*S, H]
-        new = jnp.swapaxes(new, 0, 1)  # [K, T, H]
-        new = quantize(new, 1.0 if scale is None else scale, pages.dtype) if fp8 else new.astype(pages.dtype)
+        new = cast(jnp.swapaxes(new, 0, 1), scale)  # [K, T, H]
         return flat.at[:, slots].set(new, mode="promise_in_bounds").reshape(K, P, S, H)
 
     return scatter(k_pages, k, k_scale), scatter(v_pages, v, v_scale)

@@ -191,14 +191,7 @@ def time_call(fn, *args, repeats=5, target_s=0.02, max_calls=100) -> float:
     t = time.perf_counter()
     jax.block_until_ready(fn(*args))
     calls = int(min(max_calls, max(1, target_s / max(time.perf_counter() - t, 1e-6))))
-    best = float("inf")
-    for _ in range(2 if ARGS.small else repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best
+    return bench_common.best_of(fn, *args, repeats=2 if ARGS.small else repeats, calls=calls)
 
 
 def nbytes(w) -> int:

@@ -246,7 +246,7 @@ def paged_attention_impls():
 
 
 def kv_write_impl() -> str:
-    """How new K/V rows reach the pool: the Pallas row-copy kernel on GPUs (XLA's scatter took 11-13 us
+    """How new K/V rows reach the pool: the Pallas write kernel on GPUs (XLA's scatter took 11-13 us
     a layer for 256 decode tokens on an H200, see scripts/bench_kv_write.py), XLA's scatter elsewhere."""
     return "pallas" if jax.default_backend() == "gpu" else "xla"
 
