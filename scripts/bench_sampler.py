@@ -3,8 +3,9 @@
     python scripts/bench_sampler.py --batch-size 256 --vocab 151936 --hidden 1536
 
 Times (best of several repeats of back-to-back calls, fresh random logits) `jaxllm.runner.sampler.sample`
-for all-greedy rows, temperature-1 rows (Gumbel-max over the whole vocabulary), the same with top-p
-(the filter: a bisection over the row, timed alone next to the sort it replaced), and the bf16 logits
+for all-greedy rows, temperature-1 rows (Gumbel-max over the whole vocabulary), the same with the
+sampled tokens' logprobs and ranks, the same with top-p (the filter: a search over the row's float
+order, timed alone with 1 and 15 candidates per pass next to the sort it replaced), and the bf16 logits
 matmul of the same shape, so the share of the step each takes is known.
 """
 
@@ -27,7 +28,7 @@ def main() -> None:
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
 
-    from jaxllm.runner.sampler import SamplingMetadata, filter_top_k_top_p_min_p, sample
+    from jaxllm.runner.sampler import SamplingMetadata, filter_passes, filter_top_k_top_p_min_p, sample
 
     b, v = args.batch_size, args.vocab
     key = jax.random.PRNGKey(0)
@@ -42,9 +43,9 @@ def main() -> None:
             seed_lo=jnp.arange(b, dtype=jnp.uint32), seed_hi=jnp.zeros((b,), jnp.uint32),
             step=jnp.full((b,), 3, jnp.int32))
 
-    def timed_sample(md, use_filters):
+    def timed_sample(md, use_filters, use_logprobs=False):
         fn = jax.jit(lambda x, m: sample(x, m, use_penalties=False, use_bias=False, use_filters=use_filters,
-                                         use_top_logprobs=False))
+                                         use_top_logprobs=False, use_logprobs=use_logprobs))
         return best_of(fn, logits, md)
 
     matmul = jax.jit(lambda h, w: jnp.dot(h, w, preferred_element_type=jnp.float32))
@@ -62,10 +63,12 @@ def main() -> None:
         "logits matmul (bf16, f32 out)": best_of(matmul, hidden, head),
         "sample, greedy": timed_sample(metadata(0.0, 1.0), False),
         "sample, temperature 1": timed_sample(metadata(1.0, 1.0), False),
+        "sample, temperature 1, with logprobs and ranks": timed_sample(metadata(1.0, 1.0), False, True),
         "sample, temperature 1, top_p 0.95": timed_sample(metadata(1.0, 0.95), True),
         "sample, temperature 0.7, top_k 20, top_p 0.8": timed_sample(qwen_defaults, True),
-        "filter alone, top_p 0.95 (bisection)": best_of(jax.jit(filter_top_k_top_p_min_p), logits,
-                                                         metadata(1.0, 0.95)),
+        **{f"filter alone, top_p 0.95 ({w} candidates a pass, {filter_passes(w)} passes)": best_of(
+            jax.jit(lambda x, m, w=w: filter_top_k_top_p_min_p(x, m, w)), logits, metadata(1.0, 0.95))
+           for w in (1, 3, 7, 15)},
         "filter alone, top_p 0.95 (sort, before)": best_of(jax.jit(sorted_filter), logits, metadata(1.0, 0.95)),
     }
     for impl in ("threefry2x32", "unsafe_rbg"):

@@ -105,6 +105,34 @@ def test_logprobs_and_prompt_logprobs(llm):
     assert sum(probs) <= 1.0 + 1e-5
 
 
+def test_sampled_token_logprobs_do_not_depend_on_the_batch(llm):
+    """logprobs=0 asks only for the sampled token's logprob: the same as with top logprobs, next to
+    requests that ask for none (whose tokens stay those of a run without it)."""
+    sampled = SamplingParams(temperature=1.0, seed=7, max_tokens=6, ignore_eos=True)
+    alone = llm.generate(PROMPTS, sampled, use_tqdm=False)
+    asking = SamplingParams(temperature=1.0, seed=7, max_tokens=6, ignore_eos=True, logprobs=0)
+    mixed = llm.generate(PROMPTS, [asking, sampled, sampled, sampled], use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in mixed] == [o.outputs[0].token_ids for o in alone]
+    assert all(o.outputs[0].logprobs is None for o in mixed[1:])
+    top = llm.generate(PROMPTS[0], SamplingParams(temperature=1.0, seed=7, max_tokens=6, ignore_eos=True, logprobs=2),
+                       use_tqdm=False)[0].outputs[0]
+    c = mixed[0].outputs[0]
+    for tok, entry, wide in zip(c.token_ids, c.logprobs, top.logprobs):
+        assert set(entry) == {tok} and entry[tok].logprob < 0
+        assert math.isclose(entry[tok].logprob, wide[tok].logprob, rel_tol=1e-5)
+        assert entry[tok].rank == wide[tok].rank
+    assert math.isclose(c.cumulative_logprob, sum(e[t].logprob for t, e in zip(c.token_ids, c.logprobs)), rel_tol=1e-5)
+
+
+def test_best_of_keeps_the_most_likely_sequences(llm):
+    params = dict(temperature=1.0, seed=11, max_tokens=8, ignore_eos=True)
+    every = llm.generate("The quick brown fox", SamplingParams(n=4, logprobs=0, **params), use_tqdm=False)[0].outputs
+    ranked = sorted(every, key=lambda c: c.cumulative_logprob, reverse=True)
+    assert len({tuple(c.token_ids) for c in every}) > 1
+    best = llm.generate("The quick brown fox", SamplingParams(n=2, best_of=4, **params), use_tqdm=False)[0].outputs
+    assert [c.token_ids for c in best] == [c.token_ids for c in ranked[:2]]
+
+
 def test_top_k_sampling_stays_within_greedy_alternatives(llm):
     # With top_k=1 every sampled token must equal the greedy token.
     greedy = llm.generate("import os", SamplingParams(temperature=0, max_tokens=10, ignore_eos=True), use_tqdm=False)

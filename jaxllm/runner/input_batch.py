@@ -28,7 +28,7 @@ from jaxllm.runner.buckets import bucket_for
 from jaxllm.structured_output.matcher import StructuredOutputMatcher
 from pallas_kernels.ragged_paged_attention import query_blocks
 
-_PENALTIES, _FILTERS, _TOP_LOGPROBS, _MAY_BIAS, _BITMASK = 1, 2, 4, 8, 16
+_PENALTIES, _FILTERS, _TOP_LOGPROBS, _MAY_BIAS, _BITMASK, _LOGPROBS = 1, 2, 4, 8, 16, 32
 
 
 @dataclass
@@ -40,10 +40,12 @@ class StepFlags:
     filters: bool = False
     top_logprobs: bool = False
     prompt_logprobs: bool = False
+    logprobs: bool = False  # some row needs its sampled token's logprob and rank
     bitmask: bool = False  # some row follows a grammar: token_bitmask masks the logits
 
     def key(self) -> tuple[bool, ...]:
-        return (self.penalties, self.bias, self.filters, self.top_logprobs, self.prompt_logprobs, self.bitmask)
+        return (self.penalties, self.bias, self.filters, self.top_logprobs, self.prompt_logprobs, self.bitmask,
+                self.logprobs)
 
 
 @dataclass
@@ -84,6 +86,8 @@ def _static(r) -> tuple[int, tuple]:
             bits |= _FILTERS
         if p.logprobs:
             bits |= _TOP_LOGPROBS
+        if p.logprobs is not None or (p.best_of or p.n) > p.n:  # shown, or ranks the best_of sequences
+            bits |= _LOGPROBS
         if p.allowed_token_ids or p.logit_bias or p.min_tokens > 0 or getattr(r, "bad_words_ids", None):
             bits |= _MAY_BIAS
         if r.structured_output is not None:
@@ -145,6 +149,7 @@ def _sampling(requests, statics, rows: int, is_prefill: bool, bias_fn, vocab: in
         top_logprobs=bool(bits & _TOP_LOGPROBS),
         prompt_logprobs=is_prefill and any(r.wants_prompt_logprobs for r in requests),
         bitmask=bool(bits & _BITMASK),
+        logprobs=bool(bits & _LOGPROBS),
     )
     if flags.penalties:
         arrays["presence_penalty"] = _column(requests, rows, lambda p: p.presence_penalty, np.float32, 0.0)

@@ -137,6 +137,7 @@ def sample_step(logits, token_buffer, smd, dst_slots, *, flags, top):
         use_top_logprobs=flags.top_logprobs,
         num_top_logprobs=top,
         use_bitmask=flags.bitmask,
+        use_logprobs=flags.logprobs,
     )
     finite = jnp.all(jnp.isfinite(logits), axis=-1).astype(jnp.float32)  # a NaN row fails alone
     return _pack(out, finite, token_buffer, dst_slots)

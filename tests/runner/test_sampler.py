@@ -187,8 +187,11 @@ def _sorted_filter(scaled, top_k, top_p, min_p):
     return out, margins
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_filter_without_sort_keeps_what_a_sort_keeps(seed):
+@pytest.mark.parametrize("width", [1, 2, 15])
+@pytest.mark.parametrize("seed", range(6))
+def test_filter_without_sort_keeps_what_a_sort_keeps(seed, width):
+    """The search keeps the sorted definition's set with any number of candidates per pass (1, the
+    default: a bisection)."""
     from jaxllm.runner.sampler import filter_top_k_top_p_min_p
 
     rng = np.random.default_rng(seed)
@@ -203,9 +206,26 @@ def test_filter_without_sort_keeps_what_a_sort_keeps(seed):
     top_p = rng.choice([1.0, 0.95, 0.5, 0.01, 0.999, 0.9999], b).astype(np.float32)
     min_p = rng.choice([0.0, 0.0, 0.05, 0.5], b).astype(np.float32)
     md = _md(b, top_k=top_k, top_p=top_p, min_p=min_p)
-    got = np.asarray(filter_top_k_top_p_min_p(jnp.asarray(scaled), md))
+    got = np.asarray(filter_top_k_top_p_min_p(jnp.asarray(scaled), md, width))
     want, margins = _sorted_filter(scaled, top_k, top_p, min_p)
     exact = margins > 1e-5  # rows decided by float rounding are left out
     assert exact.sum() >= b // 2
     np.testing.assert_array_equal(np.isfinite(got[exact]), np.isfinite(want[exact]))
     np.testing.assert_array_equal(got[exact][np.isfinite(got[exact])], scaled[exact][np.isfinite(want[exact])])
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 15, 255])
+def test_filter_separates_neighbouring_floats_across_the_whole_range(width):
+    """The search narrows the widest key range (-inf .. the largest float) down to one float: top_k=2
+    keeps the maximum and the upper of two floats one ulp apart, never the lower."""
+    from jaxllm.runner.sampler import filter_top_k_top_p_min_p
+
+    rows = []
+    for x in (-1e-30, 0.75, 2.5e37):
+        upper = np.nextafter(np.float32(x), np.float32(np.inf))
+        rows.append(np.array([-np.inf, -3e38, x, upper, 3.4e38, -1.0, x], np.float32))
+    scaled = np.stack(rows)
+    md = _md(len(rows), top_k=np.full(len(rows), 2), top_p=np.ones(len(rows), np.float32),
+             min_p=np.zeros(len(rows), np.float32))
+    got = np.isfinite(np.asarray(filter_top_k_top_p_min_p(jnp.asarray(scaled), md, width)))
+    np.testing.assert_array_equal(got, np.tile([False, False, False, True, True, False, False], (len(rows), 1)))
