@@ -12,7 +12,6 @@ from pallas_kernels.kv_quant import is_fp8, quantize
 from pallas_kernels.paged_attention_kernel import _TritonCompilerParams
 
 
-
 def write_to_kv_pages(k_pages, v_pages, k, v, slot_mapping, k_scale=None, v_scale=None, impl="xla"):
     """Scatter new K/V tokens into the paged pool.
 

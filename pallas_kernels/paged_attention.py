@@ -64,6 +64,7 @@ __all__ = ["default_config", "paged_attention", "paged_attention_reference", "wr
         "token_rows",
         "compact",
         "combine",
+        "compute_dtype",
         "interpret",
     ),
 )
@@ -85,6 +86,7 @@ def paged_attention(
     token_rows=None,
     compact=None,
     combine=None,
+    compute_dtype=None,
     interpret=None,
 ) -> jax.Array:
     """Decode attention of one query token per sequence over a paged KV pool.
@@ -121,6 +123,9 @@ def paged_attention(
         of two); otherwise the padded rows are written and sliced off in XLA.
       combine: how split partial results are merged: ``"pallas"`` (one small kernel, the
         default) or ``"xla"`` (plain jnp ops).
+      compute_dtype: float8 pools only: the dtype the tiles are widened to and both dots take (default
+        q's dtype). ``float16`` widens with one conversion per pair of values (e4m3 and e5m2 are
+        exact in it) and suits queries within its range.
       interpret: run the Pallas interpreter; default True when the default backend is CPU.
 
     Returns:
@@ -150,7 +155,13 @@ def paged_attention(
 
     scales = kernel_scales(k_pages, k_scale, v_scale)  # [2] float32, or None
     # float8 pages are computed on in q's dtype; the launch table is kept per token of that dtype.
-    compute_dtype = q.dtype if scales is not None else k_pages.dtype
+    if compute_dtype is not None and scales is None:
+        raise ValueError(f"compute_dtype is for float8 pools; these pages are {k_pages.dtype}")
+    if compute_dtype is None:
+        compute_dtype = q.dtype if scales is not None else k_pages.dtype
+    compute_dtype = jnp.dtype(compute_dtype)
+    if compute_dtype not in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)):
+        raise ValueError(f"compute_dtype must be float16, bfloat16 or float32, got {compute_dtype}")
     defaults = default_config(B, K, W, S, H, jnp.dtype(compute_dtype).itemsize)
     if interpret:
         defaults.update(k_splits=1)

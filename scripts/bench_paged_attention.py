@@ -234,7 +234,8 @@ def main(argv=None):
     sweep_configs = None
     if args.sweep:
         impls = ["ours"]
-        sweep_configs = json.loads(args.sweep_configs) if args.sweep_configs else default_sweep()
+        sweep_configs = (json.loads(args.sweep_configs) if args.sweep_configs
+                         else default_sweep(fp8=args.kv_cache_dtype != "auto"))
     heads = [tuple(int(x) for x in h.split("/")) for h in args.heads.split(",")]
     batches = [int(x) for x in args.batch.split(",")]
     contexts = [int(x) for x in args.context.split(",")]
@@ -302,8 +303,9 @@ def main(argv=None):
     return 0
 
 
-def default_sweep():
-    """Launch configs of ours tried first (at the default k_splits); k_splits is swept after."""
+def default_sweep(fp8: bool = False):
+    """Launch configs of ours tried first (at the default k_splits); k_splits is swept after. With float8
+    pages some are also tried with the tiles widened to float16 instead of q's bfloat16."""
     cfgs = []
     for ppcb, w, st in [
         (4, 4, 3),
@@ -319,6 +321,9 @@ def default_sweep():
     ]:
         cfgs.append({"pages_per_compute_block": ppcb, "num_warps": w, "num_stages": st, "token_rows": True})
     cfgs.append({"pages_per_compute_block": 8, "num_warps": 4, "num_stages": 2, "token_rows": False})
+    if fp8:
+        cfgs += [{"pages_per_compute_block": ppcb, "num_warps": 4, "num_stages": st, "token_rows": True,
+                  "compute_dtype": "float16"} for ppcb, st in [(4, 3), (8, 3), (8, 5), (16, 3)]]
     return cfgs
 
 

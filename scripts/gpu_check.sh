@@ -97,7 +97,7 @@ for section in $SECTIONS; do
       ;;
     sweep)
       stamp "sweep: float8 pages, 32/8 heads"
-      timeout 280 python scripts/bench_paged_attention.py --kv-cache-dtype fp8 --sweep --shapes 8x8192,64x2048 \
+      timeout 400 python scripts/bench_paged_attention.py --kv-cache-dtype fp8 --sweep --shapes 8x8192,64x2048 \
         --out "$OUT" --tag sweep_fp8 > "$LOGS/sweep_fp8.log" 2>&1; stamp "rc=$?"
       grep -vE '^\s*$' "$LOGS/sweep_fp8.log" | grep -E 'best|TB/s|Error' | cut -c1-200 | tail -30
       stamp "sweep: bf16 pages, 12/2 heads"

@@ -156,6 +156,23 @@ def test_decode_kernel_matches_references(fmt, q_dtype, shape):
     assert (out[np.asarray(case["lengths"]) == 0] == 0).all()
 
 
+@pytest.mark.parametrize("fmt", sorted(FP8))
+def test_decode_kernel_computes_in_float16_on_request(fmt):
+    """compute_dtype=float16: the tiles widen to float16 (exact for both formats), q is rounded to 11 bits."""
+    case = _decode_case(np.random.SeedSequence().entropy % 2**32, fmt, q_dtype=jnp.bfloat16,
+                        B=5, N=6, K=3, H=32, S=4, W=6)
+    out = paged_attention(**case, k_splits=2, pages_per_compute_block=2, compute_dtype=jnp.float16)
+    assert out.dtype == jnp.bfloat16
+    exact = _numpy_decode(**case)
+    np.testing.assert_allclose(np.asarray(out, np.float32), exact, atol=2e-2, rtol=2e-2)
+    with pytest.raises(ValueError, match="compute_dtype must be"):
+        paged_attention(**case, compute_dtype=jnp.int8)
+    widened = {**case, "k_pages": case["k_pages"].astype(jnp.bfloat16), "v_pages": case["v_pages"].astype(jnp.bfloat16)}
+    del widened["k_scale"], widened["v_scale"]
+    with pytest.raises(ValueError, match="for float8 pools"):
+        paged_attention(**widened, compute_dtype=jnp.float16)
+
+
 def test_decode_kernel_fp8_close_to_unquantized_pages():
     """Quantizing random unit-scale pages moves the output by about the format's relative step (2**-4)."""
     rng = np.random.default_rng()
@@ -245,6 +262,12 @@ def test_fp8_kernels_lower_to_triton(fmt):
     q = jax.ShapeDtypeStruct((B, N, H), jnp.bfloat16)
     assert "xla.gpu.triton" in export_for_cuda(decode, q, pool, pool, i32(B, W), i32(B), f32, f32)
 
+    def decode_f16(q, kp, vp, bt, lens, ks, vs):
+        return paged_attention(q, kp, vp, bt, lens, k_scale=ks, v_scale=vs, compute_dtype=jnp.float16,
+                               interpret=False)
+
+    assert "xla.gpu.triton" in export_for_cuda(decode_f16, q, pool, pool, i32(B, W), i32(B), f32, f32)
+
     def ragged(q, kp, vp, pos, bt, rows, starts, lens, ks, vs):
         return ragged_paged_attention(q, kp, vp, pos, bt, rows, starts, lens, k_scale=ks, v_scale=vs,
                                       interpret=False)
@@ -256,7 +279,8 @@ def test_fp8_kernels_lower_to_triton(fmt):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
-@pytest.mark.parametrize(("fmt", "knobs"), [("e4m3", {}), ("e5m2", {"k_splits": 4, "pages_per_compute_block": 2})])
+@pytest.mark.parametrize(("fmt", "knobs"), [("e4m3", {}), ("e5m2", {"k_splits": 4, "pages_per_compute_block": 2}),
+                                           ("e4m3", {"compute_dtype": jnp.float16})])
 def test_fp8_kernels_on_gpu(fmt, knobs):
     """The Triton kernels on float8 pages against the references: decode (default and split launches) and
     chunks after a cached prefix, at the kernels' real tile sizes."""
