@@ -5,10 +5,12 @@
 #               Llama-3-8B shape 1024/1024 with the defaults (chunked prefill, prefix caching, async
 #               scheduling) and with chunked prefill and prefix caching off; Qwen2.5-1.5B shape 128/128
 #               (with transformers as the peer) and 1024/128
-#               (THROUGHPUT_RUNS picks among 8b_defaults small_128 small_1024_128 8b_off)
+#               (THROUGHPUT_RUNS picks among 8b_defaults small_128 small_1024_128 8b_off, and 8b_seqs512 /
+#               8b_seqs1024: the 8B run at max_num_seqs 512 / 1024 with 16,384 batched tokens, vLLM's
+#               offline defaults on GPUs of 70 GiB and more)
 #   structured  Qwen2.5-1.5B shape 128/128 with a JSON schema on every request, and on none, same run
 #   profile     where the small model's decode step goes at batch 256: the device's kernels from a trace
-#               (scripts/profile_decode_step.py --trace), the step with XLA's scatter for the K/V write and
+#               (scripts/profile_decode_step.py --trace, and the step's optimized HLO), the step with XLA's scatter for the K/V write and
 #               without Triton GEMM fusions; the K/V write alone (scripts/bench_kv_write.py)
 #   sampler     scripts/bench_sampler.py: the sampler's cost at batch 256 over a 151,936-token vocabulary
 #   serving     the online benchmark (scripts/benchmark_serving.py) against `jaxllm serve --load-format
@@ -71,6 +73,10 @@ for section in $SECTIONS; do
       throughput small_1024_128 --config "$SMALL" --input-len 1024 --output-len 128
       throughput 8b_off --config "$CONFIG" --input-len 1024 --output-len 1024 --no-enable-chunked-prefill \
         --no-enable-prefix-caching
+      throughput 8b_seqs512 --config "$CONFIG" --input-len 1024 --output-len 1024 --max-num-seqs 512 \
+        --max-num-batched-tokens 16384
+      throughput 8b_seqs1024 --config "$CONFIG" --input-len 1024 --output-len 1024 --max-num-seqs 1024 \
+        --max-num-batched-tokens 16384
       ;;
     structured)
       throughput structured_1 --config "$SMALL" --input-len 128 --output-len 128 --structured-output-ratio 1
@@ -84,7 +90,8 @@ for section in $SECTIONS; do
         grep -vE 'Loading|it/s\]|cuda_timer' "$LOGS/$name.log" | cut -c1-220 | tail -"${PROFILE_LINES:-2}"
       }
       stamp "profile: $SMALL decode step, batch 256, context 192"
-      PROFILE_LINES=40 prof profile --trace /tmp/jaxllm-trace; cp "$LOGS/profile.log" "$OUT/"
+      PROFILE_LINES=40 prof profile --trace /tmp/jaxllm-trace --hlo "$LOGS/decode_step_hlo.txt"
+      cp "$LOGS/profile.log" "$OUT/"; gzip -c "$LOGS/decode_step_hlo.txt" > "$OUT/decode_step_hlo.txt.gz"
       prof profile_xla_kv_write --kv-write xla
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" prof profile_no_triton_gemm
       timeout 150 python scripts/bench_kv_write.py > "$LOGS/kv_write.log" 2>&1; stamp "kv write rc=$?"

@@ -23,6 +23,8 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--trace", default=None, help="also trace 20 back-to-back compiled steps into this folder and "
                    "print the device's kernels (scripts/trace_summary.py)")
+    p.add_argument("--hlo", default=None, help="write the decode step's optimized HLO (XLA's fusions, named as in "
+                   "the trace) to this file")
     p.add_argument("--attention", choices=["kernel", "reference"], default="kernel",
                    help="decode attention: the Pallas kernel, or the plain-jnp reference (gather + dense)")
     p.add_argument("--kv-write", choices=["xla", "pallas"], default=None,
@@ -93,6 +95,9 @@ def main() -> None:
                 times[k].append(v * 1e3)
         return " ".join(f"{k} {np.median(v):.3f}" for k, v in times.items())
 
+    if args.hlo:
+        with open(args.hlo, "w") as f:
+            f.write(fn.lower(runner.params, runner.kv_caches, runner.token_buffer, *packed).compile().as_text())
     if args.trace:
         from trace_summary import device_events, summarize
 
