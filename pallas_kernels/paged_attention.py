@@ -125,7 +125,9 @@ def paged_attention(
         default) or ``"xla"`` (plain jnp ops).
       compute_dtype: float8 pools only: the dtype the tiles are widened to and both dots take (default
         q's dtype). ``float16`` widens with one conversion per pair of values (e4m3 and e5m2 are
-        exact in it) and suits queries within its range.
+        exact in it) and suits queries within its range. ``float8_e4m3fn`` (e4m3 pools) widens
+        nothing: the queries (scaled per row) and the probabilities are rounded to e4m3 and both dots
+        take float8 operands, as FlashAttention-3's float8 path does; less accurate.
       interpret: run the Pallas interpreter; default True when the default backend is CPU.
 
     Returns:
@@ -160,9 +162,13 @@ def paged_attention(
     if compute_dtype is None:
         compute_dtype = q.dtype if scales is not None else k_pages.dtype
     compute_dtype = jnp.dtype(compute_dtype)
-    if compute_dtype not in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)):
-        raise ValueError(f"compute_dtype must be float16, bfloat16 or float32, got {compute_dtype}")
-    defaults = default_config(B, K, W, S, H, jnp.dtype(compute_dtype).itemsize)
+    e4m3 = jnp.dtype(jnp.float8_e4m3fn)
+    if compute_dtype not in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32), e4m3):
+        raise ValueError(f"compute_dtype must be float16, bfloat16, float32 or float8_e4m3fn, got {compute_dtype}")
+    if compute_dtype == e4m3 and k_pages.dtype != e4m3:
+        raise ValueError(f"float8 dots need float8_e4m3fn pages, got {k_pages.dtype}")
+    # The launch table is kept per token of a 2-byte dtype for float8 pages whatever they are computed in.
+    defaults = default_config(B, K, W, S, H, max(2, jnp.dtype(compute_dtype).itemsize))
     if interpret:
         defaults.update(k_splits=1)
     if k_splits is None:

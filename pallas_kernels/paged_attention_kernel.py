@@ -45,6 +45,10 @@ except ImportError:  # pragma: no cover - depends on the installed jax
 # Initial running max: finite so that empty splits / padding rows merge without NaN.
 _M_INIT = -1e30
 _LOG2E = 1.4426950408889634
+# float8 dots: queries are scaled per row so that their largest value is e4m3's largest (448), and the
+# probabilities (at most 1) are multiplied by 256 before rounding, which keeps them off e4m3's subnormals.
+_E4M3_MAX = 448.0
+_P_SCALE = 256.0
 
 
 def _compact_rows(x, group: int):
@@ -97,6 +101,9 @@ def _decode_kernel(
 
     With ``use_scales`` the pool holds float8 pages: tiles are widened to ``compute_dtype`` after the
     load, k_scale is folded into the logit scale and v_scale into the output (both dots are linear).
+    With ``compute_dtype`` float8_e4m3fn the tiles stay float8 and both dots take float8 operands: each
+    query row is rounded to e4m3 after a per-row scale (folded into its logit scale), the probabilities
+    after a fixed one (taken out of the output; the running sum keeps the unrounded probabilities).
     """
     refs = list(refs)
     slopes_ref = refs.pop(0) if use_alibi else None
@@ -116,10 +123,17 @@ def _decode_kernel(
     num_blocks = pl.cdiv(valid_pages, ppcb)
 
     rows = head * group + lax.rem(jnp.arange(block_g, dtype=jnp.int32), group)  # [Gp]
-    q = q_ref[rows].astype(compute_dtype)  # [Gp, H]
+    fp8_dots = jnp.dtype(compute_dtype) == jnp.dtype(jnp.float8_e4m3fn)
+    logit_scale = scale_log2 * scales_ref[0] if use_scales else scale_log2
+    if fp8_dots:
+        q32 = q_ref[rows].astype(jnp.float32)
+        q_scale = jnp.maximum(jnp.max(jnp.abs(q32), axis=-1), 1e-30) / _E4M3_MAX  # [Gp]
+        q = (q32 / q_scale[:, None]).astype(compute_dtype)
+        logit_scale = (logit_scale * q_scale)[:, None]  # [Gp, 1]
+    else:
+        q = q_ref[rows].astype(compute_dtype)  # [Gp, H]
     if use_alibi:
         slopes = slopes_ref[rows].astype(jnp.float32) * _LOG2E  # [Gp]
-    logit_scale = scale_log2 * scales_ref[0] if use_scales else scale_log2
 
     def page_ids(i):
         # Clamped to the table: entries past the table (or past the length) are masked below.
@@ -151,7 +165,8 @@ def _decode_kernel(
             k = _plgpu.load(k_ref.at[ids], mask=mask, other=fill)
             v = _plgpu.load(v_ref.at[ids], mask=mask, other=fill)
         # float8 pages are widened here, in registers (a no-op for pages already in compute_dtype).
-        k, v = k.astype(compute_dtype), v.astype(compute_dtype)
+        if not fp8_dots:
+            k, v = k.astype(compute_dtype), v.astype(compute_dtype)
         return k.reshape(block_k, head_dim), v.reshape(block_k, head_dim)
 
     def update(carry, k, v, pos):
@@ -169,7 +184,11 @@ def _decode_kernel(
         correction = jnp.exp2(m_prev - m_next)  # [Gp]
         p = jnp.exp2(s - m_next[:, None])  # [Gp, block_k]
         l_next = correction * l_prev + p.sum(axis=-1)
-        pv = jnp.dot(p.astype(compute_dtype), v, precision=precision, preferred_element_type=jnp.float32)
+        if fp8_dots:
+            p8 = (p * _P_SCALE).astype(compute_dtype)
+            pv = jnp.dot(p8, v, preferred_element_type=jnp.float32) * (1.0 / _P_SCALE)
+        else:
+            pv = jnp.dot(p.astype(compute_dtype), v, precision=precision, preferred_element_type=jnp.float32)
         return correction[:, None] * o_prev + pv, m_next, l_next
 
     init = (

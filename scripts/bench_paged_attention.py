@@ -109,7 +109,7 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
     ref = jax.device_get(ref)
     rec_base = {"B": B, "L": L, "N": N, "K": K, "kv_bytes": nbytes, "sets": R, "kv_dtype": str(kv_dtype)}
 
-    def measure(name, label, fn, use_sets):
+    def measure(name, label, fn, use_sets, tol=2e-2):
         rec = {**rec_base, "impl": name, "config": label}
         if name == "ours_bf16":
             rec.update(kv_bytes=kv_bytes(B, L, K), kv_dtype="bfloat16")
@@ -125,7 +125,7 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
                 tbps=nbytes / t / 1e12,
                 ratio_to_copy=(nbytes / t / 1e12) / copy_tbps if copy_tbps else None,
                 rel_err=rel,
-                ok=bool(finite and finite_all and rel < 2e-2),
+                ok=bool(finite and finite_all and rel < tol),
             )
             log(
                 f"  {name:10s} {label[:100]:100s} {rec['time_us']:9.1f} us {rec['tbps']:5.2f} TB/s"
@@ -143,7 +143,7 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
         phase1 = []
         for cfg in sweep_configs:
             [(label, fn)] = build_impl("ours", B, L, N, K, cfg, fp8=fp8)
-            phase1.append(measure("ours", label, fn, sets))
+            phase1.append(measure("ours", label, fn, sets, tolerance(cfg)))
         records += phase1
         good = [r for r in phase1 if r.get("ok")]
         if good:
@@ -155,14 +155,14 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
                 if ks != d["k_splits"]:
                     cfg = {**best_cfg, "k_splits": ks}
                     [(label, fn)] = build_impl("ours", B, L, N, K, cfg, fp8=fp8)
-                    records.append(measure("ours", label, fn, sets))
+                    records.append(measure("ours", label, fn, sets, tolerance(cfg)))
                 ks *= 2
             good = [r for r in records if r.get("ok")]
             best_cfg = json.loads(max(good, key=lambda r: r["tbps"])["config"])
             if best_cfg.get("k_splits", d["k_splits"]) > 1:
                 cfg = {**best_cfg, "k_splits": best_cfg.get("k_splits", d["k_splits"]), "combine": "xla"}
                 [(label, fn)] = build_impl("ours", B, L, N, K, cfg, fp8=fp8)
-                records.append(measure("ours", label, fn, sets))
+                records.append(measure("ours", label, fn, sets, tolerance(cfg)))
         del sets
         return records
 
@@ -303,9 +303,15 @@ def main(argv=None):
     return 0
 
 
+def tolerance(cfg: dict) -> float:
+    """Relative error a launch config may show: float8 dots round queries and probabilities to e4m3."""
+    return 0.12 if str(cfg.get("compute_dtype", "")).startswith("float8") else 2e-2
+
+
 def default_sweep(fp8: bool = False):
     """Launch configs of ours tried first (at the default k_splits); k_splits is swept after. With float8
-    pages some are also tried with the tiles widened to float16 instead of q's bfloat16."""
+    pages some are also tried with the tiles widened to float16 instead of q's bfloat16, and with float8
+    dots (the measured error column says what those cost in accuracy)."""
     cfgs = []
     for ppcb, w, st in [
         (4, 4, 3),
@@ -321,9 +327,10 @@ def default_sweep(fp8: bool = False):
     ]:
         cfgs.append({"pages_per_compute_block": ppcb, "num_warps": w, "num_stages": st, "token_rows": True})
     cfgs.append({"pages_per_compute_block": 8, "num_warps": 4, "num_stages": 2, "token_rows": False})
-    if fp8:
+    if fp8:  # widened to float16 instead, or not widened (float8 dots; e4m3 pages only)
         cfgs += [{"pages_per_compute_block": ppcb, "num_warps": 4, "num_stages": st, "token_rows": True,
-                  "compute_dtype": "float16"} for ppcb, st in [(4, 3), (8, 3), (8, 5), (16, 3)]]
+                  "compute_dtype": dtype} for ppcb, st in [(4, 3), (8, 3), (8, 5), (16, 3)]
+                 for dtype in ("float16", "float8_e4m3fn")]
     return cfgs
 
 

@@ -173,6 +173,26 @@ def test_decode_kernel_computes_in_float16_on_request(fmt):
         paged_attention(**widened, compute_dtype=jnp.float16)
 
 
+def test_decode_kernel_float8_dots():
+    """compute_dtype=float8_e4m3fn: against float64 attention whose queries are rounded as the kernel
+    rounds them (per-row scale to e4m3's largest value); what is left is the probabilities' rounding to
+    e4m3 (relative step 2**-4 per probability, averaged over the keys)."""
+    case = _decode_case(np.random.SeedSequence().entropy % 2**32, "e4m3", q_dtype=jnp.bfloat16,
+                        B=5, N=8, K=2, H=64, S=4, W=9)
+    q = np.asarray(case["q"], np.float32)
+    q_scale = np.maximum(np.abs(q).max(-1, keepdims=True), 1e-30) / 448
+    rounded = (q / q_scale).astype(NP_FP8["e4m3"]).astype(np.float32) * q_scale
+    exact = _numpy_decode(**{**case, "q": jnp.asarray(rounded)})
+    out = np.asarray(paged_attention(**case, k_splits=2, pages_per_compute_block=2,
+                                     compute_dtype=jnp.float8_e4m3fn), np.float32)
+    assert np.isfinite(out).all()
+    assert np.abs(out - exact).max() <= 0.05 * np.abs(exact).max()
+    assert (out[np.asarray(case["lengths"]) == 0] == 0).all()
+    e5m2 = _decode_case(1, "e5m2", q_dtype=jnp.bfloat16, B=2, N=4, K=2, H=16, S=4, W=3)
+    with pytest.raises(ValueError, match="float8_e4m3fn pages"):
+        paged_attention(**e5m2, compute_dtype=jnp.float8_e4m3fn)
+
+
 def test_decode_kernel_fp8_close_to_unquantized_pages():
     """Quantizing random unit-scale pages moves the output by about the format's relative step (2**-4)."""
     rng = np.random.default_rng()
@@ -267,6 +287,12 @@ def test_fp8_kernels_lower_to_triton(fmt):
                                interpret=False)
 
     assert "xla.gpu.triton" in export_for_cuda(decode_f16, q, pool, pool, i32(B, W), i32(B), f32, f32)
+    if fmt == "e4m3":
+        def decode_fp8_dots(q, kp, vp, bt, lens, ks, vs):
+            return paged_attention(q, kp, vp, bt, lens, k_scale=ks, v_scale=vs, compute_dtype=jnp.float8_e4m3fn,
+                                   interpret=False)
+
+        assert "xla.gpu.triton" in export_for_cuda(decode_fp8_dots, q, pool, pool, i32(B, W), i32(B), f32, f32)
 
     def ragged(q, kp, vp, pos, bt, rows, starts, lens, ks, vs):
         return ragged_paged_attention(q, kp, vp, pos, bt, rows, starts, lens, k_scale=ks, v_scale=vs,
@@ -302,3 +328,19 @@ def test_fp8_kernels_on_gpu(fmt, knobs):
     got, want = np.asarray(got, np.float32)[real], np.asarray(want, np.float32)[real]
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+def test_fp8_dots_on_gpu():
+    """The Triton decode kernel with float8 dots, at the kernel's real tile sizes, against float64 attention
+    over queries rounded as the kernel rounds them."""
+    case = _decode_case(5, "e4m3", B=6, N=32, K=8, H=128, S=16, W=37, q_dtype=jnp.bfloat16)
+    q = np.asarray(case["q"], np.float32)
+    q_scale = np.maximum(np.abs(q).max(-1, keepdims=True), 1e-30) / 448
+    rounded = (q / q_scale).astype(NP_FP8["e4m3"]).astype(np.float32) * q_scale
+    exact = _numpy_decode(**{**case, "q": jnp.asarray(rounded)})
+    for knobs in ({}, {"k_splits": 4, "pages_per_compute_block": 2}):
+        out = np.asarray(paged_attention(**case, compute_dtype=jnp.float8_e4m3fn, **knobs), np.float32)
+        assert np.isfinite(out).all()
+        assert np.abs(out - exact).max() <= 0.05 * np.abs(exact).max()
