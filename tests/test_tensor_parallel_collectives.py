@@ -96,3 +96,10 @@ def test_vocab_parallel_sampler_matches_replicated_sampler():
     np.testing.assert_array_equal(got.top_ids, want.top_ids)
     np.testing.assert_allclose(got.top_logprobs, want.top_logprobs, rtol=1e-5, atol=1e-5)
     assert np.all(np.asarray(finite) == 1.0)
+    with jax.set_mesh(mesh):  # a step where no row asks for logprobs: the same tokens, no logprobs
+        plain, finite = jax.jit(lambda p, x, m: sample_vocab_parallel(
+            logits, p, x, m, tp=tp, use_top_logprobs=False, num_top_logprobs=k, use_logprobs=False))(
+            params, hidden, md)
+    np.testing.assert_array_equal(plain.token_ids, want.token_ids)
+    assert plain.top_ids is None and not np.asarray(plain.logprobs).any()
+    assert np.all(np.asarray(finite) == 1.0)

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import logging
 import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,10 +32,10 @@ from jaxllm.runner.kv_cache import (
 from jaxllm.runner.kv_scales import initial_kv_scales
 from jaxllm.runner.logit_bias import step_logit_bias
 from jaxllm.runner.model_step import _step, logits_step, sample_step, step_inputs
-from jaxllm.runner.sampler import SamplingMetadata
-from jaxllm.runner.weight_loader import WeightLoader
 from jaxllm.runner.precompile import Precompiler, default_workers, example_steps
 from jaxllm.runner.runner_output import ModelRunnerOutput, PendingStep, PromptLogprobs
+from jaxllm.runner.sampler import SamplingMetadata
+from jaxllm.runner.weight_loader import WeightLoader
 
 logger = logging.getLogger(__name__)
 

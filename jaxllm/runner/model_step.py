@@ -23,7 +23,6 @@ from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
 from jaxllm.runner.vocab_parallel_sampler import applies as vocab_parallel_applies
 from jaxllm.runner.vocab_parallel_sampler import sample_vocab_parallel
 
-
 _LARGE = 1 << 14  # elements: a leaf this big (a vocabulary-wide bias, bitmask or token table) travels alone
 
 
@@ -165,7 +164,7 @@ def _step(params, kv_caches, token_buffer, packed: PackedStepInputs, *, module, 
                                             src_slots, from_buffer, module=module, cfg=cfg, flags=flags, top=top)
         out, finite = sample_vocab_parallel(
             lambda head, x: module.compute_logits(head, cfg, x), params, hidden[logits_indices], smd, tp=tp,
-            use_top_logprobs=flags.top_logprobs, num_top_logprobs=top,
+            use_top_logprobs=flags.top_logprobs, num_top_logprobs=top, use_logprobs=flags.logprobs,
         )
         results, token_buffer = _pack(out, finite, token_buffer, dst_slots)
         return results, prompt, kv_caches, token_buffer

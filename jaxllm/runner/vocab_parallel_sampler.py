@@ -2,10 +2,11 @@
 [B]-sized maxima, sums and k candidates cross devices, never the [B, V] logits.
 
     hidden [B, D] (replicated) ── lm_head columns of device i ──> logits_i [B, V/tp]
+        greedy / Gumbel-max: one per-slice argmax (greedy rows add no noise), pmax of the best value, pmin
+                             of the ids holding it (the first index on ties, as jnp.argmax); each slice
+                             draws the Gumbel noise of its own token ids, equal to the replicated draw's
         max, log-sum-exp:   pmax / psum of per-slice maxima and sums      -> raw logprobs of the slice
-        greedy / Gumbel-max: per-slice argmax, pmax of the best value, pmin of the ids holding it
-                             (the first index on ties, as jnp.argmax); the Gumbel noise of a row is
-                             drawn for the whole vocabulary and cut, so draws equal the replicated sampler's
+                             (only in steps that need logprobs)
         chosen logprob, rank: psum of the one slice that holds the token / of the counts above it
         top-k logprobs:     k candidates per slice, all-gathered (tp * k), then the top k of those
 
@@ -57,35 +58,39 @@ def _argmax_across(x: jax.Array, offset) -> jax.Array:
 
 def sample_vocab_parallel(
     compute_logits, params: dict, hidden: jax.Array, md: SamplingMetadata, *, tp: int, use_top_logprobs: bool,
-    num_top_logprobs: int,
+    num_top_logprobs: int, use_logprobs: bool = True,
 ) -> tuple[SamplerOutput, jax.Array]:
     """(the sampler's output, finite [B] float32) for hidden [B, D]; `compute_logits(head, hidden)` -> [B, V'].
 
-    Called under `jax.set_mesh` of a mesh with a "tp" axis of size `tp`."""
+    As `sampler.sample`: one argmax for greedy and sampled rows, and without `use_logprobs` (and
+    `use_top_logprobs`) zero logprobs and ranks, with no log-sum-exp. Called under `jax.set_mesh` of a
+    mesh with a "tp" axis of size `tp`."""
     head = head_params(params)
     specs = {name: sharding.leaf_spec(name, leaf, tp) for name, leaf in head.items()}
 
     def per_shard(head, hidden, md):
         logits = compute_logits(head, hidden)  # [B, V/tp] float32
-        b, width = logits.shape
+        width = logits.shape[-1]
         offset = jax.lax.axis_index(sharding.TP) * width
         finite = jax.lax.psum(jnp.sum(~jnp.isfinite(logits), axis=-1), sharding.TP) == 0
+        is_greedy = (md.temperature <= 0.0)[:, None]
+        scaled = logits / jnp.where(is_greedy, 1.0, md.temperature[:, None])
+        noise = jnp.where(is_greedy, 0.0, gumbel_noise(md, width, offset))
+        ids = _argmax_across(scaled + noise, offset)
+        top_ids = top_lp = None
+        if not (use_logprobs or use_top_logprobs):
+            zeros = jnp.zeros(ids.shape, jnp.float32)
+            return SamplerOutput(ids, zeros, zeros.astype(jnp.int32), top_ids, top_lp), finite.astype(jnp.float32)
         top = jax.lax.pmax(jnp.max(logits, axis=-1, keepdims=True), sharding.TP)
         shifted = logits - jax.lax.stop_gradient(top)
         total = jax.lax.psum(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True), sharding.TP)
         raw_logprobs = shifted - jnp.log(total)  # [B, V/tp]
-        greedy_ids = _argmax_across(logits, offset)
-        is_greedy = md.temperature <= 0.0
-        scaled = logits / jnp.where(is_greedy, 1.0, md.temperature)[:, None]
-        noise = gumbel_noise(md, width, offset)
-        ids = jnp.where(is_greedy, greedy_ids, _argmax_across(scaled + noise, offset))
         local = ids - offset
         mine = (local >= 0) & (local < width)
         picked = jnp.take_along_axis(raw_logprobs, jnp.clip(local, 0, width - 1)[:, None], axis=-1)[:, 0]
         chosen = jax.lax.psum(jnp.where(mine, picked, 0.0), sharding.TP)
         above = jnp.sum(raw_logprobs > chosen[:, None], axis=-1).astype(jnp.int32)
         ranks = 1 + jax.lax.psum(above, sharding.TP)
-        top_ids = top_lp = None
         if use_top_logprobs:
             lp, idx = jax.lax.top_k(raw_logprobs, num_top_logprobs)  # [B, k] of this slice
             lp = jax.lax.all_gather(lp, sharding.TP, axis=1, tiled=True)  # [B, tp*k], slices in vocab order
