@@ -91,6 +91,9 @@ def main() -> None:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"])
     p.add_argument("--calculate-kv-scales", action="store_true")
+    p.add_argument("--fp8-compute-dtype", default=None, choices=["float16", "float8_e4m3fn"],
+                   help="float8 pages: what the decode kernel widens them to (default: the query's dtype), or "
+                        "float8 dots (see pallas_kernels/paged_attention.py)")
     p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True)
@@ -107,6 +110,16 @@ def main() -> None:
     from jaxllm.runner import compile_counter
     from jaxllm.sampling_params import StructuredOutputsParams
 
+    if args.fp8_compute_dtype:
+        import functools
+
+        from jaxllm.models import layers
+
+        decode, ragged = layers.paged_attention_impls()
+        if getattr(decode, "__name__", "") != "paged_attention":
+            p.error("--fp8-compute-dtype applies to the Pallas decode kernel, which runs on GPUs")
+        chosen = (functools.partial(decode, compute_dtype=args.fp8_compute_dtype), ragged)
+        layers.paged_attention_impls = lambda: chosen
     folder, load_format = model_folder(args)
     rng = np.random.default_rng(0)
     max_len = args.max_model_len or args.input_len + args.output_len
