@@ -250,12 +250,13 @@ def check_stop_strings(
     return output_text[:end] if include_stop_str_in_output else output_text[:start], s
 
 
-def holdback_text(output_text: str, buffer_length: int, finished: bool) -> str:
-    """The part of `output_text` that may be shown: all of it once finished, else without the last
-    `buffer_length` characters (they may be the start of a stop string)."""
+def visible_length(text_length: int, buffer_length: int, finished: bool) -> int:
+    """How much of an output text of `text_length` characters may be shown: all of it once finished,
+    else all but the last `buffer_length` characters (they may be the start of a stop string). A length,
+    so that a stream slices only its new part and never copies the whole text."""
     if finished or buffer_length <= 0:
-        return output_text
-    return output_text[:-buffer_length]
+        return text_length
+    return max(0, text_length - buffer_length)
 
 
 class StopChecker:
@@ -304,7 +305,7 @@ class StopChecker:
         Once stopped the text is final, so nothing is held back.
         """
         finished = finished or self.stop_reason is not None
-        visible = len(holdback_text(self.output_text, self.buffer_length, finished))
+        visible = visible_length(len(self.output_text), self.buffer_length, finished)
         if not delta:
             return self.output_text[:visible]
         start = self._last_output_offset

@@ -10,7 +10,7 @@ from jaxllm.tokenizer import (
     check_stop_strings,
     convert_ids_list_to_tokens,
     get_tokenizer,
-    holdback_text,
+    visible_length,
 )
 from tests.conftest_tokenizers import (
     MULTIBYTE_TEXT,
@@ -271,11 +271,11 @@ def test_check_stop_strings_first_completed_wins():
     assert check_stop_strings("1 END 2 STOP", 12, ["STOP", "END"], False) == ("1 ", "END")
 
 
-def test_holdback_text():
-    assert holdback_text("hello", 2, finished=False) == "hel"
-    assert holdback_text("hello", 2, finished=True) == "hello"
-    assert holdback_text("hello", 0, finished=False) == "hello"
-    assert holdback_text("h", 3, finished=False) == ""
+def test_visible_length_holds_back_a_possible_stop_string():
+    assert visible_length(5, 2, finished=False) == 3
+    assert visible_length(5, 2, finished=True) == 5
+    assert visible_length(5, 0, finished=False) == 5
+    assert visible_length(1, 3, finished=False) == 0
 
 
 def test_stop_checker_holdback_and_deltas():

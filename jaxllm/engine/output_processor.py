@@ -8,7 +8,7 @@ from typing import Any
 from jaxllm.engine.request import Request, RequestStatus
 from jaxllm.outputs import CompletionOutput, Logprob, RequestOutput
 from jaxllm.sampling_params import RequestOutputKind
-from jaxllm.tokenizer import check_stop_strings, holdback_text
+from jaxllm.tokenizer import check_stop_strings, visible_length
 
 
 @dataclass(eq=False)
@@ -118,12 +118,14 @@ class OutputProcessor:
     def _completion(self, seq: Request, index: int, delta_from: tuple[int, int] | None) -> CompletionOutput:
         p = seq.sampling_params
         # while running, hold back the tail that may be the start of a stop string
-        text = holdback_text(seq.output_text, p.output_text_buffer_length, seq.is_finished)
+        end = visible_length(len(seq.output_text), p.output_text_buffer_length, seq.is_finished)
         token_ids = seq.output_token_ids
         logprobs = seq.logprobs
-        if delta_from is not None:
+        if delta_from is None:
+            text = seq.output_text[:end]
+        else:  # only the new part is sliced: a long text is not copied at every step
             text_start, tok_start = delta_from
-            text, token_ids = text[text_start:], token_ids[tok_start:]
+            text, token_ids = seq.output_text[text_start:end], token_ids[tok_start:]
             logprobs = logprobs[tok_start:] if logprobs is not None else None
         finish = seq.status.value if seq.is_finished else None
         return CompletionOutput(
