@@ -314,6 +314,9 @@ def default_sweep(fp8: bool = False):
     dots (the measured error column says what those cost in accuracy)."""
     cfgs = []
     for ppcb, w, st in [
+        (2, 4, 2),  # short contexts: small blocks and a shallow pipeline leave shared memory for more programs
+        (2, 4, 3),
+        (4, 4, 2),
         (4, 4, 3),
         (4, 8, 3),
         (4, 4, 5),
