@@ -60,15 +60,28 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(server, tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
-def timed_server(start_server, tiny_model_dir):
-    command = [sys.executable, "-m", "jaxllm.entrypoints.cli", "serve", tiny_model_dir]
+def long_model_dir(tmp_path_factory):
+    """The tiny Llama with room for long outputs: streams that run for seconds on any machine."""
+    from tests.tiny_models import make_tiny_model
+
+    path = str(tmp_path_factory.mktemp("tiny-llama-long"))
+    make_tiny_model(path, "LlamaForCausalLM", max_position_embeddings=2048)
+    return path
+
+
+@pytest.fixture(scope="module")
+def timed_server(start_server, long_model_dir):
+    command = [sys.executable, "-m", "jaxllm.entrypoints.cli", "serve", long_model_dir]
     return start_server(["--shutdown-timeout", "0.2"], command=command)
 
 
-def test_sigterm_aborts_what_outlasts_the_shutdown_timeout(timed_server, tiny_model_dir):
-    """--shutdown-timeout 0.2: streams still running 0.2 s after SIGTERM end with a 503 error event."""
+def test_sigterm_aborts_what_outlasts_the_shutdown_timeout(timed_server, long_model_dir):
+    """--shutdown-timeout 0.2: streams still running 0.2 s after SIGTERM end with a 503 error event.
+
+    Each stream asks for 900 tokens: hundreds of steps, far longer than a loaded machine takes to start
+    them all and to handle the signal, so some are certainly still running when the timeout ends."""
     server = timed_server
-    body = {"model": tiny_model_dir, "prompt": "Abort me", "max_tokens": 240, "ignore_eos": True, "stream": True}
+    body = {"model": long_model_dir, "prompt": "Abort me", "max_tokens": 900, "ignore_eos": True, "stream": True}
     streams: list[list[str]] = [[] for _ in range(16)]
     started = threading.Barrier(len(streams) + 1)
 
