@@ -118,19 +118,20 @@ def test_sigterm_aborts_what_outlasts_the_shutdown_timeout(timed_server, long_mo
     assert "Shutdown timeout (0.2s) reached: aborted" in server.log_path.read_text()
 
 
-def test_sigterm_while_the_first_step_compiles(start_server, tiny_model_dir, tmp_path):
+def test_sigterm_while_the_first_step_compiles(start_server, long_model_dir, tmp_path):
     """A fresh server (no compilation cache) compiles in its first step while requests wait to be admitted:
-    SIGTERM with --shutdown-timeout 1 answers every one with a 503 and the process exits promptly."""
+    SIGTERM with --shutdown-timeout 1 answers every one with a 503 and the process exits promptly (900
+    tokens each: none can finish within the timeout, however fast the compilation)."""
     from jaxllm.entrypoints.openai.api_server import SHUTDOWN_GRACE_SECONDS
     from jaxllm.entrypoints.openai.app import ENGINE_STOP_SECONDS
 
-    command = [sys.executable, "-m", "jaxllm.entrypoints.cli", "serve", tiny_model_dir]
+    command = [sys.executable, "-m", "jaxllm.entrypoints.cli", "serve", long_model_dir]
     server = start_server(["--shutdown-timeout", "1", "--enable-log-requests"], command=command,
                           env={"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla"), "JAXLLM_COMPILATION_CACHE": "0"})
     results: list[tuple[int, str, str]] = []
 
     def request(i: int) -> None:
-        body = {"model": tiny_model_dir, "prompt": f"Request {i} waits", "max_tokens": 200, "ignore_eos": True,
+        body = {"model": long_model_dir, "prompt": f"Request {i} waits", "max_tokens": 900, "ignore_eos": True,
                 "stream": i % 2 == 0}
         with httpx.stream("POST", server.url_for("v1/completions"), json=body, timeout=120) as r:
             results.append((r.status_code, r.headers.get("content-type", ""), r.read().decode()))
