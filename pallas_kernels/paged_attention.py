@@ -156,7 +156,7 @@ def paged_attention(
     block_g = max(16, _next_pow2(G))
 
     scales = kernel_scales(k_pages, k_scale, v_scale)  # [2] float32, or None
-    # float8 pages are computed on in q's dtype; the launch table is kept per token of that dtype.
+    # float8 pages are computed on in q's dtype unless compute_dtype says otherwise.
     if compute_dtype is not None and scales is None:
         raise ValueError(f"compute_dtype is for float8 pools; these pages are {k_pages.dtype}")
     if compute_dtype is None:
@@ -168,7 +168,7 @@ def paged_attention(
     if compute_dtype == e4m3 and k_pages.dtype != e4m3:
         raise ValueError(f"float8 dots need float8_e4m3fn pages, got {k_pages.dtype}")
     # The launch table is kept per token of a 2-byte dtype for float8 pages whatever they are computed in.
-    defaults = default_config(B, K, W, S, H, max(2, jnp.dtype(compute_dtype).itemsize))
+    defaults = default_config(B, K, W, S, H, max(2, compute_dtype.itemsize))
     if interpret:
         defaults.update(k_splits=1)
     if k_splits is None:

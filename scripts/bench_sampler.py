@@ -5,7 +5,7 @@
 Times (best of several repeats of back-to-back calls, fresh random logits) `jaxllm.runner.sampler.sample`
 for all-greedy rows, temperature-1 rows (Gumbel-max over the whole vocabulary), the same with the
 sampled tokens' logprobs and ranks, the same with top-p (the filter: a search over the row's float
-order, timed alone with 1 and 15 candidates per pass next to the sort it replaced), and the bf16 logits
+order, timed alone with 1, 3, 7 and 15 candidates per pass next to the sort it replaced), and the bf16 logits
 matmul of the same shape, so the share of the step each takes is known.
 """
 

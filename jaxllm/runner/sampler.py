@@ -160,6 +160,18 @@ def gumbel_noise(md: SamplingMetadata, width: int, offset: jax.Array | int = 0) 
     return -jnp.log(-jnp.log(u))
 
 
+def temperature_scaled(x: jax.Array, md: SamplingMetadata) -> tuple[jax.Array, jax.Array]:
+    """(is_greedy [B, 1], x divided by each row's temperature): greedy rows (temperature 0) divide by 1."""
+    is_greedy = (md.temperature <= 0.0)[:, None]
+    return is_greedy, x / jnp.where(is_greedy, 1.0, md.temperature[:, None])
+
+
+def gumbel_scores(scaled: jax.Array, is_greedy: jax.Array, md: SamplingMetadata, offset: jax.Array | int = 0):
+    """What one argmax reads for greedy and sampled rows: sampled rows get Gumbel noise for their token ids
+    offset .. offset + width - 1 (Gumbel-max), greedy rows none."""
+    return scaled + jnp.where(is_greedy, 0.0, gumbel_noise(md, scaled.shape[-1], offset))
+
+
 def sample(
     logits: jax.Array,  # [B, V] float32
     md: SamplingMetadata,
@@ -183,12 +195,10 @@ def sample(
         x = x + md.logit_bias
     if use_bitmask:
         x = apply_token_bitmask(x, md.token_bitmask)
-    is_greedy = (md.temperature <= 0.0)[:, None]
-    scaled = x / jnp.where(is_greedy, 1.0, md.temperature[:, None])
+    is_greedy, scaled = temperature_scaled(x, md)
     if use_filters:  # the filters keep every maximum, so a greedy row's argmax is unchanged
         scaled = filter_top_k_top_p_min_p(scaled, md)
-    noise = jnp.where(is_greedy, 0.0, gumbel_noise(md, logits.shape[-1]))
-    ids = jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32)
+    ids = jnp.argmax(gumbel_scores(scaled, is_greedy, md), axis=-1).astype(jnp.int32)
     top_ids = top_lp = None
     if not (use_logprobs or use_top_logprobs):
         zeros = jnp.zeros(ids.shape, jnp.float32)

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxllm import sharding
 from jaxllm.models.tensor_parallel import shard_map
-from jaxllm.runner.sampler import SamplerOutput, SamplingMetadata, gumbel_noise
+from jaxllm.runner.sampler import SamplerOutput, SamplingMetadata, gumbel_scores, temperature_scaled
 
 _HEAD_LEAVES = ("lm_head", "embed", "lm_head_bias")
 
@@ -73,10 +73,8 @@ def sample_vocab_parallel(
         width = logits.shape[-1]
         offset = jax.lax.axis_index(sharding.TP) * width
         finite = jax.lax.psum(jnp.sum(~jnp.isfinite(logits), axis=-1), sharding.TP) == 0
-        is_greedy = (md.temperature <= 0.0)[:, None]
-        scaled = logits / jnp.where(is_greedy, 1.0, md.temperature[:, None])
-        noise = jnp.where(is_greedy, 0.0, gumbel_noise(md, width, offset))
-        ids = _argmax_across(scaled + noise, offset)
+        is_greedy, scaled = temperature_scaled(logits, md)
+        ids = _argmax_across(gumbel_scores(scaled, is_greedy, md, offset), offset)
         top_ids = top_lp = None
         if not (use_logprobs or use_top_logprobs):
             zeros = jnp.zeros(ids.shape, jnp.float32)
