@@ -164,7 +164,10 @@ class LLM:
 
     def _build_runner(self, compilation_cache_dir, precompile, enforce_eager, max_logprobs, load_format,
                       tensor_parallel_size, quantization):
-        from jaxllm.runner.model_runner import ModelRunner  # the first import of jax
+        from jaxllm.runner.device_memory import claim_device_memory
+
+        claim_device_memory(self.cache_config.gpu_memory_utilization)  # before JAX's backends start
+        from jaxllm.runner.model_runner import ModelRunner
         from jaxllm.runner.compilation_cache import enable_compilation_cache
         from jaxllm.runner.executable_store import open_store
         from jaxllm.runner.precompile import resolve_mode

@@ -15,19 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
+from jaxllm.runner.device_memory import activation_reserve, budget_bytes
 
 logger = logging.getLogger(__name__)
 
 CPU_KV_CACHE_GIB = float(os.environ.get("JAXLLM_CPU_KVCACHE_SPACE", "1"))  # as vLLM's CPU backend
-
-
-def _activation_reserve(model: ModelConfig, sched: SchedulerConfig) -> int:
-    """Rough upper bound of the largest step's temporaries (prefill scores and logits dominate)."""
-    t = sched.max_num_batched_tokens
-    scores = 4 * model.num_heads * t * t
-    logits = 4 * 3 * max(t, sched.max_num_seqs) * model.vocab_size
-    hidden = 4 * 8 * t * max(model.hidden_size, model.intermediate_size)
-    return scores + logits + hidden
 
 
 def plan_num_blocks(
@@ -59,8 +51,9 @@ def plan_num_blocks(
             num_blocks = min(budget // per_block, 1 + sched.max_num_seqs * pages_per_seq)
             source = f"the CPU KV space of {CPU_KV_CACHE_GIB:g} GiB"
         else:
-            total, used = stats["bytes_limit"], stats.get("bytes_in_use", 0) + weights_to_come
-            free = cache.gpu_memory_utilization * total - used - _activation_reserve(model, sched)
+            budget = budget_bytes(stats["bytes_limit"], cache.gpu_memory_utilization, device.platform)
+            used = stats.get("bytes_in_use", 0) + weights_to_come
+            free = budget - used - activation_reserve(model, sched, device.platform)
             num_blocks = int(max(0, free) // per_block)
             source = f"gpu_memory_utilization={cache.gpu_memory_utilization}"
     capacity = (num_blocks - 1) * cache.block_size

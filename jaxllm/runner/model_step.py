@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxllm.models.layers import AttentionMetadata
 from jaxllm.runner.input_batch import InputBatch
-from jaxllm.runner.sampler import SamplingMetadata, prompt_logprobs, sample
+from jaxllm.runner.sampler import SamplingMetadata, chunked_prompt_logprobs, sample
 from jaxllm.runner.vocab_parallel_sampler import applies as vocab_parallel_applies
 from jaxllm.runner.vocab_parallel_sampler import sample_vocab_parallel
 
@@ -121,7 +121,7 @@ def _hidden(params, kv_caches, token_buffer, tokens, positions, md, next_tokens,
     hidden, kv_caches = module.forward(params, cfg, tokens, positions, kv_caches, md)  # [T, D]
     prompt = None
     if flags.prompt_logprobs:
-        prompt = prompt_logprobs(module.compute_logits(params, cfg, hidden), next_tokens, top)
+        prompt = chunked_prompt_logprobs(lambda x: module.compute_logits(params, cfg, x), hidden, next_tokens, top)
     return hidden, prompt, kv_caches
 
 

@@ -212,6 +212,28 @@ def sample(
     return SamplerOutput(ids, chosen, ranks, top_ids, top_lp)
 
 
+PROMPT_LOGPROBS_CHUNK = 512  # prompt positions whose full-vocabulary logits exist at once
+
+
+def chunked_prompt_logprobs(
+    logits_fn, hidden: jax.Array, next_tokens: jax.Array, num_top_logprobs: int = 20,
+    chunk: int = PROMPT_LOGPROBS_CHUNK,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """`prompt_logprobs` of `logits_fn(hidden)` ([T, D] -> [T, V] float32), `chunk` positions at a time.
+
+    The logits of a whole 8192-token step over a 128k vocabulary would be a 4 GiB temporary; in chunks
+    of 512 they are 256 MiB, the size the KV pool planner reserves for them.
+    """
+    t = hidden.shape[0]
+    if t <= chunk:
+        return prompt_logprobs(logits_fn(hidden), next_tokens, num_top_logprobs)
+    n = -(-t // chunk)
+    h = jnp.pad(hidden, ((0, n * chunk - t), (0, 0))).reshape(n, chunk, hidden.shape[-1])
+    nxt = jnp.pad(next_tokens, (0, n * chunk - t)).reshape(n, chunk)
+    outs = jax.lax.map(lambda a: prompt_logprobs(logits_fn(a[0]), a[1], num_top_logprobs), (h, nxt))
+    return tuple(o.reshape(n * chunk, *o.shape[2:])[:t] for o in outs)
+
+
 def prompt_logprobs(
     logits: jax.Array,  # [T, V] float32, logits at every prompt position
     next_tokens: jax.Array,  # [T] int32: the token that follows each position

@@ -1,0 +1,70 @@
+"""How much of an accelerator's memory the engine owns, and what the KV pool gets of it.
+
+`gpu_memory_utilization` is a share of the whole device, as in vLLM: at 0.9 the weights, the step's
+temporaries and the KV pool together take 90% of the card. JAX's GPU allocator, though, is capped when
+its backend starts at XLA_PYTHON_CLIENT_MEM_FRACTION of the memory (0.75 unless set), and the device only
+reports that cap (`memory_stats()["bytes_limit"]`). So the engine sets the fraction to
+`gpu_memory_utilization` before JAX starts its backends:
+
+    budget = bytes_limit                                    the engine set the fraction (the usual case)
+           = min(utilization / fraction, 1) * bytes_limit   the user set XLA_PYTHON_CLIENT_MEM_FRACTION
+           = utilization * bytes_limit                      the backend started earlier; not a GPU
+    pool   = budget - bytes in use - weights still to load - activation reserve
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from jaxllm.config import ModelConfig, SchedulerConfig
+from jaxllm.runner.sampler import PROMPT_LOGPROBS_CHUNK
+
+logger = logging.getLogger(__name__)
+
+MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+_GPU_HEADROOM = 2 * 2**30  # XLA's autotuning scratch and library workspaces, outside any step's temporaries
+
+
+def _backends_started() -> bool:
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
+
+
+def claim_device_memory(utilization: float) -> None:
+    """Let JAX's GPU allocator take `utilization` of the device, unless the user chose a fraction or JAX's
+    backends already started (then the cap they started with stays, and the budget is a share of it)."""
+    if MEM_FRACTION_ENV in os.environ:
+        return
+    if _backends_started():
+        logger.info("JAX's backends started before the engine: gpu_memory_utilization=%g applies to the "
+                    "allocator's cap, not to the whole device (set %s before starting JAX to change it)",
+                    utilization, MEM_FRACTION_ENV)
+        return
+    os.environ[MEM_FRACTION_ENV] = f"{utilization:.4f}"
+
+
+def budget_bytes(bytes_limit: int, utilization: float, platform: str) -> int:
+    """The bytes the engine may use on a device whose allocator is capped at `bytes_limit`."""
+    fraction = os.environ.get(MEM_FRACTION_ENV)
+    if platform == "gpu" and fraction is not None:
+        try:
+            share = min(utilization / float(fraction), 1.0)
+        except (ValueError, ZeroDivisionError):
+            share = utilization
+        return int(share * bytes_limit)
+    return int(utilization * bytes_limit)
+
+
+def activation_reserve(model: ModelConfig, sched: SchedulerConfig, platform: str) -> int:
+    """Upper bound of the largest step's temporaries, kept out of the KV pool.
+
+    T = max_num_batched_tokens tokens through the layers (a few [T, max(hidden, intermediate)] float32
+    buffers), the sampler's float32 copies of the logits of max_num_seqs rows, and one chunk of prompt
+    logprobs. The Pallas attention kernels keep their scores on chip, so no [T, T] buffer is counted.
+    """
+    t = sched.max_num_batched_tokens
+    hidden = 4 * 8 * t * max(model.hidden_size, model.intermediate_size)
+    logits = 4 * 3 * (sched.max_num_seqs + min(t, PROMPT_LOGPROBS_CHUNK)) * model.vocab_size
+    return hidden + logits + (_GPU_HEADROOM if platform == "gpu" else 0)
