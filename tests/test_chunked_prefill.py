@@ -50,3 +50,32 @@ def test_prompt_longer_than_the_budget_needs_chunking(tiny_model_dir):
     llm = LLM(tiny_model_dir, max_model_len=128, max_num_batched_tokens=32)
     out = llm.generate({"prompt_token_ids": list(range(3, 103))}, GREEDY, use_tqdm=False)[0]
     assert len(out.outputs[0].token_ids) == 10
+
+
+def test_a_large_step_of_fresh_prompts_attends_through_the_ragged_kernel(tiny_model_dir):
+    """Past DENSE_PREFILL_MAX_TOKENS a step of fresh prompts leaves dense attention ([heads, T, T] scores)
+    for the ragged kernel; the tokens are those of small dense steps."""
+    from jaxllm.runner.input_batch import DENSE_PREFILL_MAX_TOKENS
+
+    rng = np.random.default_rng(1)
+    n = DENSE_PREFILL_MAX_TOKENS // 100 + 2
+    prompts = [{"prompt_token_ids": rng.integers(3, 390, size=int(k)).tolist()} for k in rng.integers(100, 118, n)]
+    small = LLM(tiny_model_dir, max_model_len=128, max_num_batched_tokens=512, max_num_seqs=n)
+    expected = [o.outputs[0].token_ids for o in small.generate(prompts, GREEDY, use_tqdm=False)]
+    del small
+    llm = LLM(tiny_model_dir, max_model_len=128, max_num_batched_tokens=2 * DENSE_PREFILL_MAX_TOKENS, max_num_seqs=n)
+    batches = []
+    original = llm.runner.prepare
+
+    def spy(sched, bm):
+        batch = original(sched, bm)
+        batches.append(batch)
+        return batch
+
+    llm.runner.prepare = spy
+    outs = llm.generate(prompts, GREEDY, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == expected
+    big = [b for b in batches if b.is_prefill and len(b.tokens) > DENSE_PREFILL_MAX_TOKENS]
+    assert big and all(b.segment_ids is None and b.q_block_rows is not None for b in big)
+    assert all(b.segment_ids is not None for b in batches if b.is_prefill and b.num_seqs == n and
+               len(b.tokens) <= DENSE_PREFILL_MAX_TOKENS)

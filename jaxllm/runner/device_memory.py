@@ -18,12 +18,13 @@ import logging
 import os
 
 from jaxllm.config import ModelConfig, SchedulerConfig
+from jaxllm.runner.input_batch import DENSE_PREFILL_MAX_TOKENS
 from jaxllm.runner.sampler import PROMPT_LOGPROBS_CHUNK
 
 logger = logging.getLogger(__name__)
 
 MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
-_GPU_HEADROOM = 2 * 2**30  # XLA's autotuning scratch and library workspaces, outside any step's temporaries
+_GPU_HEADROOM = 2 * 2**30  # library workspaces and allocator fragmentation
 
 
 def _backends_started() -> bool:
@@ -61,10 +62,17 @@ def activation_reserve(model: ModelConfig, sched: SchedulerConfig, platform: str
     """Upper bound of the largest step's temporaries, kept out of the KV pool.
 
     T = max_num_batched_tokens tokens through the layers (a few [T, max(hidden, intermediate)] float32
-    buffers), the sampler's float32 copies of the logits of max_num_seqs rows, and one chunk of prompt
-    logprobs. The Pallas attention kernels keep their scores on chip, so no [T, T] buffer is counted.
+    buffers); the dense attention of fresh prompts, [heads, T', T'] float32 scores and 16-bit
+    probabilities for T' = min(T, DENSE_PREFILL_MAX_TOKENS) (larger steps use the ragged kernel, which keeps
+    its scores on chip); the sampler's float32 copies of the logits of max_num_seqs rows and of one chunk
+    of prompt logprobs. On a GPU, XLA's autotuning also allocates operands of the step's largest GEMMs
+    while other steps compile beside the pool.
     """
     t = sched.max_num_batched_tokens
-    hidden = 4 * 8 * t * max(model.hidden_size, model.intermediate_size)
+    wide = max(model.hidden_size, model.intermediate_size)
+    hidden = 4 * 8 * t * wide
+    dense = min(t, DENSE_PREFILL_MAX_TOKENS)
+    scores = 6 * model.num_heads * dense * dense
     logits = 4 * 3 * (sched.max_num_seqs + min(t, PROMPT_LOGPROBS_CHUNK)) * model.vocab_size
-    return hidden + logits + (_GPU_HEADROOM if platform == "gpu" else 0)
+    autotune = _GPU_HEADROOM + 2 * 8 * t * wide if platform == "gpu" else 0
+    return hidden + scores + logits + autotune

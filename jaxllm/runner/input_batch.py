@@ -211,6 +211,9 @@ def _token(r, position: int) -> int:
 
 
 RAGGED_QUERY_BLOCK = 16  # query tokens per program of the ragged kernel
+# Fresh prompts packed into at most this many tokens attend densely (a [heads, T, T] float32 score matrix,
+# 512 MiB at 32 heads); larger prefill steps go through the ragged kernel, whose memory does not grow with T².
+DENSE_PREFILL_MAX_TOKENS = 2048
 
 
 def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, max_len, bias_fn, table_width):
@@ -256,9 +259,10 @@ def build_prefill(requests, block_manager, token_buckets, max_num_seqs, vocab, m
     sampling, flags, late = _sampling(requests, statics, b, True, bias_fn, vocab, max_len)
     spans = list(zip(starts.tolist(), count.tolist()))
     ragged = {}
-    if first.any():
-        # Some row continues after pages already in the pool: every token attends through the pool, prompt
-        # chunks through the ragged kernel's query blocks, rows of one token (decode) through the decode kernel.
+    if first.any() or t > DENSE_PREFILL_MAX_TOKENS:
+        # Some row continues after pages already in the pool (or the step is too large for dense attention):
+        # every token attends through the pool, prompt chunks through the ragged kernel's query blocks, rows
+        # of one token (decode) through the decode kernel.
         tables = np.zeros((b, table_width), np.int32)
         tables[:n] = block_manager.block_table(rows, table_width)
         single = count == 1

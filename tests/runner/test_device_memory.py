@@ -41,16 +41,16 @@ def test_budget_is_the_allocator_cap_when_the_engine_set_the_fraction(monkeypatc
     assert budget_bytes(100 * 2**30, 0.8, "tpu") == 80 * 2**30  # the variable is a GPU allocator's
 
 
-def test_reserve_counts_sampled_rows_not_every_batched_token():
+def test_reserve_grows_with_sampled_rows_and_never_with_the_square_of_the_step():
     cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
                                  "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
-                                 "num_hidden_layers": 32, "vocab_size": 128256, "max_position_embeddings": 8192})
-    small = activation_reserve(cfg, SchedulerConfig(max_model_len=8192, max_num_seqs=256,
-                                                    max_num_batched_tokens=8192), "gpu")
-    more_rows = activation_reserve(cfg, SchedulerConfig(max_model_len=8192, max_num_seqs=1024,
-                                                        max_num_batched_tokens=8192), "gpu")
-    assert small < 8 * 2**30  # 8192 tokens' logits in float32 alone would be 4 GiB, three copies 12
-    assert more_rows - small == 4 * 3 * 768 * 128256
+                                 "num_hidden_layers": 32, "vocab_size": 128256, "max_position_embeddings": 32768})
+    reserve = lambda seqs, tokens: activation_reserve(
+        cfg, SchedulerConfig(max_model_len=32768, max_num_seqs=seqs, max_num_batched_tokens=tokens), "gpu")
+    assert reserve(1024, 8192) - reserve(256, 8192) == 4 * 3 * 768 * 128256  # float32 logits, three copies
+    step = [reserve(256, t) for t in (8192, 16384, 32768)]
+    assert step[2] - step[1] == 2 * (step[1] - step[0])  # linear in the step's tokens
+    assert step[1] < 32 * 16384**2 * 4  # far below one dense [heads, T, T] float32 score matrix (32 GiB)
 
 
 def test_engine_claims_its_share_before_jax_starts():
