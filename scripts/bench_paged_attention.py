@@ -148,7 +148,7 @@ def run_shape(args, B, L, N, K, impls, sweep_configs, copy_tbps, log):
         good = [r for r in phase1 if r.get("ok")]
         if good:
             best_cfg = json.loads(max(good, key=lambda r: r["tbps"])["config"])
-            d = default_config(B, K, W, PAGE)
+            d = default_config(B, K, W, PAGE, fp8_pages=fp8)
             ppcb = best_cfg.get("pages_per_compute_block", d["pages_per_compute_block"])
             ks = 1
             while ks <= max(1, W // ppcb) and ks <= 128:
@@ -310,8 +310,8 @@ def tolerance(cfg: dict) -> float:
 
 def default_sweep(fp8: bool = False):
     """Launch configs of ours tried first (at the default k_splits); k_splits is swept after. With float8
-    pages some are also tried with the tiles widened to float16 instead of q's bfloat16, and with float8
-    dots (the measured error column says what those cost in accuracy)."""
+    pages (widened to float16 by default) some are also tried widened to bfloat16, and with float8 dots
+    (the measured error column says what those cost in accuracy)."""
     cfgs = []
     for ppcb, w, st in [
         (2, 4, 2),  # short contexts: small blocks and a shallow pipeline leave shared memory for more programs
@@ -330,10 +330,10 @@ def default_sweep(fp8: bool = False):
     ]:
         cfgs.append({"pages_per_compute_block": ppcb, "num_warps": w, "num_stages": st, "token_rows": True})
     cfgs.append({"pages_per_compute_block": 8, "num_warps": 4, "num_stages": 2, "token_rows": False})
-    if fp8:  # widened to float16 instead, or not widened (float8 dots; e4m3 pages only)
+    if fp8:  # widened to bfloat16 instead, or not widened (float8 dots; e4m3 pages only)
         cfgs += [{"pages_per_compute_block": ppcb, "num_warps": 4, "num_stages": st, "token_rows": True,
                   "compute_dtype": dtype} for ppcb, st in [(4, 3), (8, 3), (8, 5), (16, 3)]
-                 for dtype in ("float16", "float8_e4m3fn")]
+                 for dtype in ("bfloat16", "float8_e4m3fn")]
     return cfgs
 
 

@@ -91,8 +91,8 @@ def main() -> None:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"])
     p.add_argument("--calculate-kv-scales", action="store_true")
-    p.add_argument("--fp8-compute-dtype", default=None, choices=["float16", "float8_e4m3fn"],
-                   help="float8 pages: what the decode kernel widens them to (default: the query's dtype), or "
+    p.add_argument("--fp8-compute-dtype", default=None, choices=["float16", "bfloat16", "float8_e4m3fn"],
+                   help="float8 pages: what the decode kernel widens them to (default: float16), or "
                         "float8 dots (see pallas_kernels/paged_attention.py)")
     p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
@@ -112,6 +112,10 @@ def main() -> None:
 
     if args.fp8_compute_dtype:
         import functools
+
+        from jaxllm.runner.device_memory import claim_device_memory
+
+        claim_device_memory(args.gpu_memory_utilization)  # as LLM() would: before the lines below start JAX
 
         from jaxllm.models import layers
 

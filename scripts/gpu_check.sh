@@ -19,7 +19,8 @@
 #   fp8         the paged-attention kernel table with float8 pages beside bf16 pages of the same values,
 #               and the 8B 1024/1024 throughput with --kv-cache-dtype fp8 (compare with 8b_defaults)
 #   fp8tput     only that throughput run
-#   fp8modes    that run with the decode kernel widening float8 pages to float16, and with float8 dots
+#   fp8modes    that run with the decode kernel widening float8 pages to bfloat16 (the default is
+#               float16), and with float8 dots
 #   sweep       launch-config sweeps of the decode kernel where its defaults are untuned: float8 pages at
 #               the 8B heads (B=8 L=8192, B=64 L=2048) and bf16 pages at the small model's 12/2 heads
 #               (B=256 L=256)
@@ -57,7 +58,7 @@ PY
 
 throughput() {  # name, extra args
   local name=$1; shift
-  case " $THROUGHPUT_RUNS structured_0 structured_1 8b_fp8 8b_fp8_f16 8b_fp8_dots " in *" $name "*) ;; *) return ;; esac
+  case " $THROUGHPUT_RUNS structured_0 structured_1 8b_fp8 8b_fp8_bf16 8b_fp8_dots " in *" $name "*) ;; *) return ;; esac
   stamp "throughput $name"
   timeout "${THROUGHPUT_TIMEOUT:-300}" python scripts/benchmark_throughput.py --num-prompts "$NUM_PROMPTS" \
     --output-json "$OUT/throughput_$name.json" "$@" > "$LOGS/throughput_$name.log" 2>&1
@@ -117,8 +118,8 @@ for section in $SECTIONS; do
       throughput 8b_fp8 --config "$CONFIG" --input-len 1024 --output-len 1024 --kv-cache-dtype fp8
       ;;
     fp8modes)
-      throughput 8b_fp8_f16 --config "$CONFIG" --input-len 1024 --output-len 1024 --kv-cache-dtype fp8 \
-        --fp8-compute-dtype float16
+      throughput 8b_fp8_bf16 --config "$CONFIG" --input-len 1024 --output-len 1024 --kv-cache-dtype fp8 \
+        --fp8-compute-dtype bfloat16
       throughput 8b_fp8_dots --config "$CONFIG" --input-len 1024 --output-len 1024 --kv-cache-dtype fp8 \
         --fp8-compute-dtype float8_e4m3fn
       ;;

@@ -173,6 +173,20 @@ def test_decode_kernel_computes_in_float16_on_request(fmt):
         paged_attention(**widened, compute_dtype=jnp.float16)
 
 
+def test_decode_kernel_widens_float8_pages_to_float16_by_default():
+    """bfloat16 queries over float8 pages: the default is the float16 path; bfloat16 stays on request."""
+    case = _decode_case(np.random.SeedSequence().entropy % 2**32, "e4m3", q_dtype=jnp.bfloat16,
+                        B=3, N=8, K=2, H=32, S=4, W=5)
+    default = np.asarray(paged_attention(**case, k_splits=2, pages_per_compute_block=2), np.float32)
+    f16 = np.asarray(paged_attention(**case, k_splits=2, pages_per_compute_block=2, compute_dtype=jnp.float16),
+                     np.float32)
+    bf16 = np.asarray(paged_attention(**case, k_splits=2, pages_per_compute_block=2, compute_dtype=jnp.bfloat16),
+                      np.float32)
+    np.testing.assert_array_equal(default, f16)
+    exact = _numpy_decode(**case)
+    assert np.abs(f16 - exact).max() <= np.abs(bf16 - exact).max() + 1e-3  # 11-bit tiles: never worse
+
+
 def test_decode_kernel_float8_dots():
     """compute_dtype=float8_e4m3fn: against float64 attention whose queries are rounded as the kernel
     rounds them (per-row scale to e4m3's largest value); what is left is the probabilities' rounding to
