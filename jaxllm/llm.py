@@ -9,11 +9,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from jaxllm import timeline
-from jaxllm.config import CacheConfig, ModelConfig, SchedulerConfig
+from jaxllm.config import CacheConfig, ModelConfig
 from jaxllm.engine.llm_engine import LLMEngine
+from jaxllm.engine.scheduler_defaults import scheduler_config
 from jaxllm.model_loader import load_generation_config, resolve_model_path
 from jaxllm.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
 from jaxllm.sampling_params import BeamSearchParams, SamplingParams, final_only
+from jaxllm.runner.device_memory import claim_device_memory
 from jaxllm.tokenizer_loader import TokenizerLoader
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class LLM:
     the tokens in the same memory (docs/kv_cache_dtype.md); their per-layer K/V scales come from the
     checkpoint's `k_scale` / `v_scale` tensors, else 1.0, or with `calculate_kv_scales=True` from the
     first step's K/V.
+
+    `max_num_seqs` / `max_num_batched_tokens` default as in vLLM, by device and `usage_context`
+    ("LLM_CLASS", or "OPENAI_API_SERVER" for `jaxllm serve`): 1024 / 16384 (8192 served) on GPUs of 70 GiB
+    and more, 256 / 8192 (2048) on other GPUs, 256 / max(max_model_len, 2048) on CPU and TPU.
 
     `async_scheduling` (on by default) plans and launches each step while the previous one still runs on
     the device, so the device never waits for Python; tokens are the same with it off.
@@ -104,6 +110,7 @@ class LLM:
         distributed_coordinator_address: str | None = None,
         distributed_num_processes: int | None = None,
         distributed_process_id: int | None = None,
+        usage_context: str = "LLM_CLASS",
         **kwargs: Any,
     ):
         unknown = sorted(set(kwargs) - _IGNORED_ENGINE_ARGS)
@@ -115,13 +122,6 @@ class LLM:
         if hf_overrides:
             merged = {**self.model_config.hf_config, **hf_overrides}
             self.model_config = ModelConfig.from_dict(merged, path=path, dtype=dtype)
-        self.scheduler_config = SchedulerConfig(
-            max_model_len=self._max_model_len(max_model_len),
-            max_num_seqs=max_num_seqs or 256,
-            max_num_batched_tokens=max_num_batched_tokens,
-            enable_chunked_prefill=True if enable_chunked_prefill is None else bool(enable_chunked_prefill),
-            async_scheduling=bool(async_scheduling),
-        )
         self.cache_config = CacheConfig(
             block_size=block_size,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -138,6 +138,7 @@ class LLM:
 
             set_max_logprobs_limit(max_logprobs)
 
+        claim_device_memory(gpu_memory_utilization)  # before JAX's backends start
         # The tokenizer loads on its own thread (Rust, mostly without the GIL) while the weights load.
         loading = None if skip_tokenizer_init else TokenizerLoader(
             tokenizer or path, trust_remote_code=trust_remote_code, revision=tokenizer_revision,
@@ -149,6 +150,10 @@ class LLM:
             initialize(DistributedConfig.resolve(
                 distributed_coordinator_address, distributed_num_processes, distributed_process_id
             ))
+            self.scheduler_config = scheduler_config(  # vLLM's defaults for this device: starts JAX's backends
+                usage_context, self._max_model_len(max_model_len), max_num_seqs, max_num_batched_tokens,
+                True if enable_chunked_prefill is None else bool(enable_chunked_prefill), bool(async_scheduling),
+            )
             self._build_runner(compilation_cache_dir, precompile, enforce_eager, max_logprobs, load_format,
                                tensor_parallel_size, quantization)
         except BaseException:
@@ -164,9 +169,6 @@ class LLM:
 
     def _build_runner(self, compilation_cache_dir, precompile, enforce_eager, max_logprobs, load_format,
                       tensor_parallel_size, quantization):
-        from jaxllm.runner.device_memory import claim_device_memory
-
-        claim_device_memory(self.cache_config.gpu_memory_utilization)  # before JAX's backends start
         from jaxllm.runner.model_runner import ModelRunner
         from jaxllm.runner.compilation_cache import enable_compilation_cache
         from jaxllm.runner.executable_store import open_store

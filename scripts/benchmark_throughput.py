@@ -33,11 +33,12 @@ SCHEMA = {"type": "object", "properties": {
 def roofline_output_tps(llm, args, bw: float) -> float:
     cfg = llm.model_config
     weights = param_bytes(cfg, cfg.dtype_bytes)
-    batch = min(llm.scheduler_config.max_num_seqs, args.num_prompts)
+    context = args.input_len + args.output_len / 2  # a sequence's mean length over its decode steps
+    pool = (llm.cache_config.num_blocks - 1) * llm.cache_config.block_size
+    batch = max(1, min(llm.scheduler_config.max_num_seqs, args.num_prompts, int(pool // context)))
     waves = -(-args.num_prompts // batch)
     kv_itemsize = 1 if args.kv_cache_dtype != "auto" else None  # float8 pages: one byte per element
-    step = decode_roofline_s(weights, cfg.kv_bytes_per_token(kv_itemsize), batch, args.input_len + args.output_len / 2,
-                             bw)
+    step = decode_roofline_s(weights, cfg.kv_bytes_per_token(kv_itemsize), batch, context, bw)
     return args.num_prompts * args.output_len / (waves * args.output_len * step)
 
 
@@ -85,7 +86,7 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--num-prompts", type=int, default=1000)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-seqs", type=int, default=None, help="default: the engine's (vLLM's, by device)")
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -148,9 +149,9 @@ def main() -> None:
     warm_constrained = SamplingParams(max_tokens=4, detokenize=False, structured_outputs=constrained.structured_outputs)
     # other prompts than the timed ones, so that no timed prompt finds its pages in the prefix cache
     warm_prompts = [rng.integers(0, vocab, args.input_len).tolist()
-                    for _ in range(min(args.max_num_seqs, args.num_prompts))]
+                    for _ in range(min(llm.scheduler_config.max_num_seqs, args.num_prompts))]
     llm.generate([{"prompt_token_ids": p} for p in warm_prompts],
-                 [warm_constrained if s else warm for s in structured[: args.max_num_seqs]], use_tqdm=False)
+                 [warm_constrained if s else warm for s in structured[: llm.scheduler_config.max_num_seqs]], use_tqdm=False)
     start_s = time.perf_counter() - t0
     stats = llm.llm_engine.stats
     waited, steps = stats["steps_waited"], _count_steps(llm)

@@ -3,11 +3,11 @@
 # SECTIONS picks what runs, in order (default: all of them):
 #   throughput  offline throughput, vLLM's protocol (scripts/benchmark_throughput.py, random weights):
 #               Llama-3-8B shape 1024/1024 with the defaults (chunked prefill, prefix caching, async
-#               scheduling) and with chunked prefill and prefix caching off; Qwen2.5-1.5B shape 128/128
+#               scheduling, and vLLM's limits for GPUs of 70 GiB and more: 1024 sequences, 16,384 batched
+#               tokens) and with chunked prefill and prefix caching off; Qwen2.5-1.5B shape 128/128
 #               (with transformers as the peer) and 1024/128
-#               (THROUGHPUT_RUNS picks among 8b_defaults small_128 small_1024_128 8b_off, and 8b_seqs512 /
-#               8b_seqs1024: the 8B run at max_num_seqs 512 / 1024 with 16,384 batched tokens, vLLM's
-#               offline defaults on GPUs of 70 GiB and more)
+#               (THROUGHPUT_RUNS picks among 8b_defaults small_128 small_1024_128 8b_off, and 8b_seqs256 /
+#               8b_seqs512 / small_128_seqs256: the same runs at max_num_seqs 256 / 512)
 #   structured  Qwen2.5-1.5B shape 128/128 with a JSON schema on every request, and on none, same run
 #   profile     where the small model's decode step goes at batch 256: the device's kernels from a trace
 #               (scripts/profile_decode_step.py --trace, and the step's optimized HLO), the step with XLA's scatter for the K/V write and
@@ -75,10 +75,11 @@ for section in $SECTIONS; do
       throughput small_1024_128 --config "$SMALL" --input-len 1024 --output-len 128
       throughput 8b_off --config "$CONFIG" --input-len 1024 --output-len 1024 --no-enable-chunked-prefill \
         --no-enable-prefix-caching
-      throughput 8b_seqs512 --config "$CONFIG" --input-len 1024 --output-len 1024 --max-num-seqs 512 \
-        --max-num-batched-tokens 16384
-      throughput 8b_seqs1024 --config "$CONFIG" --input-len 1024 --output-len 1024 --max-num-seqs 1024 \
-        --max-num-batched-tokens 16384
+      throughput 8b_seqs256 --config "$CONFIG" --input-len 1024 --output-len 1024 --max-num-seqs 256 \
+        --max-num-batched-tokens 2048
+      throughput 8b_seqs512 --config "$CONFIG" --input-len 1024 --output-len 1024 --max-num-seqs 512
+      throughput small_128_seqs256 --config "$SMALL" --input-len 128 --output-len 128 --max-num-seqs 256 \
+        --max-num-batched-tokens 2048
       ;;
     structured)
       throughput structured_1 --config "$SMALL" --input-len 128 --output-len 128 --structured-output-ratio 1

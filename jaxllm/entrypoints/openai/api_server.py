@@ -155,7 +155,7 @@ def load_llm(args: argparse.Namespace) -> Any:
     set_max_logprobs_limit(args.max_logprobs)
     logger.info("Loading model %s", args.model or "(embedded default model)")
     return LLM(args.model, max_logprobs=args.max_logprobs, tokenizer_mode=args.tokenizer_mode,
-               load_format=args.load_format, **engine_kwargs(args))
+               load_format=args.load_format, usage_context="OPENAI_API_SERVER", **engine_kwargs(args))
 
 
 def run_server(args: argparse.Namespace) -> int:
