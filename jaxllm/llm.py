@@ -11,11 +11,11 @@ from typing import Any
 from jaxllm import timeline
 from jaxllm.config import CacheConfig, ModelConfig
 from jaxllm.engine.llm_engine import LLMEngine
-from jaxllm.engine.scheduler_defaults import scheduler_config
 from jaxllm.model_loader import load_generation_config, resolve_model_path
 from jaxllm.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
-from jaxllm.sampling_params import BeamSearchParams, SamplingParams, final_only
 from jaxllm.runner.device_memory import claim_device_memory
+from jaxllm.runner.scheduler_defaults import scheduler_config
+from jaxllm.sampling_params import BeamSearchParams, SamplingParams, final_only
 from jaxllm.tokenizer_loader import TokenizerLoader
 
 logger = logging.getLogger(__name__)

@@ -56,38 +56,24 @@ def default_config(
         return max(1, min(tokens(n) // page_size, _next_pow2(width)))
 
     programs = batch * num_kv_heads
+
+    def launch(ppcb, k_splits, num_stages):
+        return {"pages_per_compute_block": ppcb, "k_splits": k_splits, "num_warps": 4, "num_stages": num_stages,
+                "token_rows": True}
+
     if fp8_pages:
         ppcb = ppcb_for(128)
         k_splits = 1
         while programs * k_splits < 2 * _PROGRAMS_PER_WAVE_DEEP and pl.cdiv(width, 2 * k_splits) >= 2 * ppcb:
             k_splits *= 2
-        return {
-            "pages_per_compute_block": ppcb,
-            "k_splits": k_splits,
-            "num_warps": 4,
-            "num_stages": 5,
-            "token_rows": True,
-        }
+        return launch(ppcb, k_splits, 5)
     k_splits = 1
     while programs * k_splits < _PROGRAMS_PER_WAVE_DEEP and width >= 2 * k_splits:
         k_splits *= 2
     if pl.cdiv(width, k_splits) * page_size >= tokens(4096):
-        ppcb = ppcb_for(128)
-        return {
-            "pages_per_compute_block": ppcb,
-            "k_splits": k_splits,
-            "num_warps": 4,
-            "num_stages": 5,
-            "token_rows": True,
-        }
+        return launch(ppcb_for(128), k_splits, 5)
     ppcb = ppcb_for(64)
     k_splits = 1
     while programs * k_splits < _PROGRAMS_PER_WAVE and pl.cdiv(width, 2 * k_splits) >= 2 * ppcb:
         k_splits *= 2
-    return {
-        "pages_per_compute_block": ppcb,
-        "k_splits": k_splits,
-        "num_warps": 4,
-        "num_stages": 3,
-        "token_rows": True,
-    }
+    return launch(ppcb, k_splits, 3)

@@ -18,8 +18,6 @@ import logging
 import os
 
 from jaxllm.config import ModelConfig, SchedulerConfig
-from jaxllm.runner.input_batch import DENSE_PREFILL_MAX_TOKENS
-from jaxllm.runner.sampler import PROMPT_LOGPROBS_CHUNK
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +26,12 @@ _GPU_HEADROOM = 2 * 2**30  # library workspaces and allocator fragmentation
 
 
 def _backends_started() -> bool:
-    from jax._src import xla_bridge
+    try:
+        from jax._src import xla_bridge
 
-    return xla_bridge.backends_are_initialized()
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # a JAX without the probe: assume started, change nothing
+        return True
 
 
 def claim_device_memory(utilization: float) -> None:
@@ -68,6 +69,9 @@ def activation_reserve(model: ModelConfig, sched: SchedulerConfig, platform: str
     of prompt logprobs. On a GPU, XLA's autotuning also allocates operands of the step's largest GEMMs
     while other steps compile beside the pool.
     """
+    from jaxllm.runner.input_batch import DENSE_PREFILL_MAX_TOKENS  # both import jax, which the CLI
+    from jaxllm.runner.sampler import PROMPT_LOGPROBS_CHUNK  # imports only once it builds an engine
+
     t = sched.max_num_batched_tokens
     wide = max(model.hidden_size, model.intermediate_size)
     hidden = 4 * 8 * t * wide

@@ -3,7 +3,7 @@
 import pytest
 
 from jaxllm import LLM
-from jaxllm.engine.scheduler_defaults import LLM_CLASS, OPENAI_API_SERVER, default_limits, device_memory_bytes
+from jaxllm.runner.scheduler_defaults import LLM_CLASS, OPENAI_API_SERVER, default_limits, device_memory_bytes
 
 GIB = 2**30
 
