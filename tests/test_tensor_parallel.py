@@ -86,3 +86,26 @@ def test_every_architecture_runs_tensor_parallel(tmp_path, variant, sizes):
                 tok = next(iter(la))
                 assert abs(lb[tok].logprob - la[tok].logprob) <= 1e-4 * max(1.0, abs(la[tok].logprob))
         assert len(llm.runner.kv_caches[0][0].addressable_shards) == tp
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_prompt_logprobs_of_a_step_larger_than_one_chunk(tiny_model_dir, tp):
+    """A step of more prompt positions than one prompt-logprob chunk (512) gives each prompt the logprobs
+    it gets alone, on one device and sharded."""
+    from jaxllm.runner.sampler import PROMPT_LOGPROBS_CHUNK
+
+    rng = np.random.default_rng(5)
+    n = PROMPT_LOGPROBS_CHUNK // 100 + 2
+    prompts = [{"prompt_token_ids": rng.integers(3, 390, size=int(k)).tolist()} for k in rng.integers(90, 120, n)]
+    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, prompt_logprobs=2)
+    llm = LLM(tiny_model_dir, max_model_len=128, max_num_seqs=n, max_num_batched_tokens=2048, tensor_parallel_size=tp)
+    together = llm.generate(prompts, params, use_tqdm=False)
+    assert sum(len(p["prompt_token_ids"]) for p in prompts) > PROMPT_LOGPROBS_CHUNK
+    for prompt, out in zip(prompts[:3], together[:3]):
+        alone = llm.generate(prompt, params, use_tqdm=False)[0]
+        assert len(out.prompt_logprobs) == len(prompt["prompt_token_ids"])
+        for a, b in zip(alone.prompt_logprobs[1:], out.prompt_logprobs[1:]):
+            assert set(a) == set(b)
+            for tok in a:
+                assert abs(a[tok].logprob - b[tok].logprob) <= 1e-4 * max(1.0, abs(a[tok].logprob))
+                assert a[tok].rank == b[tok].rank
