@@ -178,6 +178,8 @@ def main() -> None:
         "structured_requests": int(structured.sum()),
         "compilations_during_run": compile_counter.num_compilations() - built,
         "compile_s_during_run": compile_counter.seconds_building() - build_s,
+        "max_num_seqs": llm.scheduler_config.max_num_seqs,
+        "max_num_batched_tokens": llm.scheduler_config.max_num_batched_tokens,
         "pool_tokens": llm.cache_config.num_blocks * llm.cache_config.block_size, "kv_cache_dtype": args.kv_cache_dtype,
     }
     print(json.dumps(result, indent=2), flush=True)

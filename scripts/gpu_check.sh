@@ -48,7 +48,8 @@ summary() {  # the headline numbers of a benchmark_throughput JSON
 import json, sys
 r = json.load(open(sys.argv[1]))
 a = r["args"]
-print(f"  {a.get('config')} {a['input_len']}/{a['output_len']} chunked={a.get('enable_chunked_prefill')} "
+print(f"  {a.get('config')} {a['input_len']}/{a['output_len']} seqs={r.get('max_num_seqs', a.get('max_num_seqs'))} "
+      f"tokens={r.get('max_num_batched_tokens', a.get('max_num_batched_tokens'))} chunked={a.get('enable_chunked_prefill')} "
       f"prefix={a.get('enable_prefix_caching')} async={a.get('async_scheduling')}: "
       f"{r['output_tokens_per_s']:.0f} out tok/s ({100 * r['ratio_to_roofline']:.1f}% of {r['roofline_output_tokens_per_s']:.0f}), "
       f"{r['steps']} steps, {r['steps_waited_for_host']} waited, {r['preemptions']} preemptions, pool {r['pool_tokens']} tokens, "
