@@ -19,6 +19,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import sys
 import time
 
 import numpy as np
@@ -144,14 +145,24 @@ def main() -> None:
                                  structured_outputs=StructuredOutputsParams(json=SCHEMA))
     structured = rng.random(args.num_prompts) < args.structured_output_ratio
     params = [constrained if s else params for s in structured]
-    # Warm-up: compile the buckets this run will use (with the constrained rows' split steps, if any).
+    # Warm-up: compile the buckets this run will use (with the constrained rows' split steps, if any). Where
+    # every bucket is compiled ahead (GPU, TPU), a few prompts run the path and the buckets are waited for;
+    # elsewhere the warm-up compiles them itself, with a whole wave of prompts.
     warm = SamplingParams(ignore_eos=True, max_tokens=4, detokenize=False)
     warm_constrained = SamplingParams(max_tokens=4, detokenize=False, structured_outputs=constrained.structured_outputs)
+    precompiler = llm.runner.precompiler
+    count = min(llm.scheduler_config.max_num_seqs, args.num_prompts)
+    if precompiler is not None and not structured.any():
+        count = min(count, 16)
     # other prompts than the timed ones, so that no timed prompt finds its pages in the prefix cache
-    warm_prompts = [rng.integers(0, vocab, args.input_len).tolist()
-                    for _ in range(min(llm.scheduler_config.max_num_seqs, args.num_prompts))]
+    warm_prompts = [rng.integers(0, vocab, args.input_len).tolist() for _ in range(count)]
     llm.generate([{"prompt_token_ids": p} for p in warm_prompts],
-                 [warm_constrained if s else warm for s in structured[: llm.scheduler_config.max_num_seqs]], use_tqdm=False)
+                 [warm_constrained if s else warm for s in structured[:count]], use_tqdm=False)
+    if precompiler is not None:
+        try:
+            precompiler.wait()
+        except Exception as err:  # the steps that need a failed bucket fail in the run too; say so here
+            print(f"warning: a step bucket failed to compile: {err}", file=sys.stderr)
     start_s = time.perf_counter() - t0
     stats = llm.llm_engine.stats
     waited, steps = stats["steps_waited"], _count_steps(llm)
