@@ -37,8 +37,6 @@ def device_memory_bytes(device) -> int | None:
 def default_limits(usage_context: str, platform: str, device_kind: str, memory: int | None,
                    max_model_len: int, chunked_prefill: bool) -> tuple[int, int | None]:
     """(max_num_seqs, max_num_batched_tokens or None for max(max_model_len, 2048))."""
-    if usage_context not in (LLM_CLASS, OPENAI_API_SERVER):
-        raise ValueError(f"usage_context must be {LLM_CLASS!r} or {OPENAI_API_SERVER!r}, got {usage_context!r}")
     if platform != "gpu":
         return 256, None
     server = usage_context == OPENAI_API_SERVER
@@ -53,6 +51,8 @@ def scheduler_config(usage_context: str, max_model_len: int, max_num_seqs: int |
                      max_num_batched_tokens: int | None, chunked_prefill: bool, async_scheduling: bool):
     """The `SchedulerConfig` of the user's values, the rest from `default_limits` for this process's first
     device (which starts JAX's backends, so after `jax.distributed.initialize`)."""
+    if usage_context not in (LLM_CLASS, OPENAI_API_SERVER):
+        raise ValueError(f"usage_context must be {LLM_CLASS!r} or {OPENAI_API_SERVER!r}, got {usage_context!r}")
     seqs, tokens = max_num_seqs, max_num_batched_tokens
     if seqs is None or tokens is None:
         import jax
@@ -61,6 +61,7 @@ def scheduler_config(usage_context: str, max_model_len: int, max_num_seqs: int |
         memory = device_memory_bytes(device) if device.platform == "gpu" else None
         default_seqs, default_tokens = default_limits(usage_context, device.platform, device.device_kind, memory,
                                                       max_model_len, chunked_prefill)
-        seqs, tokens = seqs or default_seqs, tokens or default_tokens
+        seqs = default_seqs if seqs is None else seqs
+        tokens = default_tokens if tokens is None else tokens
     return SchedulerConfig(max_model_len=max_model_len, max_num_seqs=seqs, max_num_batched_tokens=tokens,
                            enable_chunked_prefill=chunked_prefill, async_scheduling=async_scheduling)

@@ -29,10 +29,10 @@ def test_without_chunked_prefill_a_step_holds_a_whole_prompt():
     assert default_limits(LLM_CLASS, "gpu", "NVIDIA H200", 139 * GIB, 4096, False) == (1024, 16384)
 
 
-def test_cpu_keeps_its_own_defaults_and_bad_usage_is_named():
+def test_cpu_keeps_its_own_defaults_and_bad_usage_is_named(tiny_model_dir):
     assert default_limits(LLM_CLASS, "cpu", "cpu", None, 4096, True) == (256, None)
     with pytest.raises(ValueError, match="usage_context"):
-        default_limits("SERVER", "gpu", "NVIDIA H200", 139 * GIB, 4096, True)
+        LLM(tiny_model_dir, max_model_len=128, max_num_seqs=4, max_num_batched_tokens=256, usage_context="SERVER")
 
 
 def test_device_memory_is_the_cap_over_jax_fraction(monkeypatch):
@@ -51,3 +51,10 @@ def test_llm_defaults_and_user_values(tiny_model_dir):
     assert (llm.scheduler_config.max_num_seqs, llm.scheduler_config.max_num_batched_tokens) == (256, 2048)
     llm = LLM(tiny_model_dir, max_model_len=128, max_num_seqs=3, usage_context=OPENAI_API_SERVER)
     assert (llm.scheduler_config.max_num_seqs, llm.scheduler_config.max_num_batched_tokens) == (3, 2048)
+
+
+def test_zero_limits_are_refused_not_replaced_by_defaults(tiny_model_dir):
+    with pytest.raises(ValueError, match="max_num_seqs must be at least 1"):
+        LLM(tiny_model_dir, max_model_len=128, max_num_seqs=0)
+    with pytest.raises(ValueError, match="max_num_batched_tokens must be at least 1"):
+        LLM(tiny_model_dir, max_model_len=128, max_num_batched_tokens=0)
