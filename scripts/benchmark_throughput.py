@@ -112,12 +112,11 @@ def main() -> None:
     from jaxllm.runner import compile_counter
     from jaxllm.sampling_params import StructuredOutputsParams
 
+    from jaxllm.runner.device_memory import claim_device_memory
+
+    claim_device_memory(args.gpu_memory_utilization)  # as LLM() does, before anything below starts JAX
     if args.fp8_compute_dtype:
         import functools
-
-        from jaxllm.runner.device_memory import claim_device_memory
-
-        claim_device_memory(args.gpu_memory_utilization)  # as LLM() would: before the lines below start JAX
 
         from jaxllm.models import layers
 

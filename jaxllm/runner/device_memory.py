@@ -22,6 +22,7 @@ from jaxllm.config import ModelConfig, SchedulerConfig
 logger = logging.getLogger(__name__)
 
 MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+_JAX_DEFAULT_FRACTION = 0.75
 _GPU_HEADROOM = 2 * 2**30  # library workspaces and allocator fragmentation
 
 
@@ -47,16 +48,29 @@ def claim_device_memory(utilization: float) -> None:
     os.environ[MEM_FRACTION_ENV] = f"{utilization:.4f}"
 
 
+def _allocator_fraction() -> float | None:
+    """XLA_PYTHON_CLIENT_MEM_FRACTION as a number, or None where it is unset or unreadable."""
+    try:
+        fraction = float(os.environ[MEM_FRACTION_ENV])
+    except (KeyError, ValueError):
+        return None
+    return fraction if fraction > 0 else None
+
+
 def budget_bytes(bytes_limit: int, utilization: float, platform: str) -> int:
     """The bytes the engine may use on a device whose allocator is capped at `bytes_limit`."""
-    fraction = os.environ.get(MEM_FRACTION_ENV)
+    fraction = _allocator_fraction()
     if platform == "gpu" and fraction is not None:
-        try:
-            share = min(utilization / float(fraction), 1.0)
-        except (ValueError, ZeroDivisionError):
-            share = utilization
-        return int(share * bytes_limit)
+        return int(min(utilization / fraction, 1.0) * bytes_limit)
     return int(utilization * bytes_limit)
+
+
+def device_memory_bytes(device) -> int | None:
+    """The whole memory of a GPU: its allocator cap over the fraction JAX started with (0.75 unless set)."""
+    stats = device.memory_stats() or {}
+    if "bytes_limit" not in stats:
+        return None
+    return int(stats["bytes_limit"] / (_allocator_fraction() or _JAX_DEFAULT_FRACTION))
 
 
 def activation_reserve(model: ModelConfig, sched: SchedulerConfig, platform: str) -> int:

@@ -12,26 +12,11 @@ A value the user gives is kept as it is.
 
 from __future__ import annotations
 
-import os
-
 from jaxllm.config import SchedulerConfig
-from jaxllm.runner.device_memory import MEM_FRACTION_ENV
+from jaxllm.runner.device_memory import device_memory_bytes
 
 LLM_CLASS, OPENAI_API_SERVER = "LLM_CLASS", "OPENAI_API_SERVER"
 _LARGE_GPU = 70 * 2**30
-_JAX_DEFAULT_FRACTION = 0.75
-
-
-def device_memory_bytes(device) -> int | None:
-    """The whole memory of a GPU: its allocator cap over the fraction JAX started with."""
-    stats = device.memory_stats() or {}
-    if "bytes_limit" not in stats:
-        return None
-    try:
-        fraction = float(os.environ.get(MEM_FRACTION_ENV, _JAX_DEFAULT_FRACTION))
-    except ValueError:
-        fraction = _JAX_DEFAULT_FRACTION
-    return int(stats["bytes_limit"] / max(fraction, 1e-3))
 
 
 def default_limits(usage_context: str, platform: str, device_kind: str, memory: int | None,

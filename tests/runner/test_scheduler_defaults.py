@@ -3,7 +3,8 @@
 import pytest
 
 from jaxllm import LLM
-from jaxllm.runner.scheduler_defaults import LLM_CLASS, OPENAI_API_SERVER, default_limits, device_memory_bytes
+from jaxllm.runner.device_memory import device_memory_bytes
+from jaxllm.runner.scheduler_defaults import LLM_CLASS, OPENAI_API_SERVER, default_limits
 
 GIB = 2**30
 
