@@ -317,10 +317,21 @@ class SamplingParams:
         return 0
 
     def clone(self) -> SamplingParams:
-        return copy.deepcopy(self)
+        """An independent copy: scalar fields are shared, containers and nested objects copied deeply.
+        (Every request is given its own copy, so this is on the path of each `add_request`.)"""
+        out = copy.copy(self)
+        for name, value in self.__dict__.items():
+            kind = type(value)
+            if value is not None and kind not in _IMMUTABLE:
+                setattr(out, name, kind() if kind in _CONTAINERS and not value else copy.deepcopy(value))
+        return out
 
     def __repr__(self) -> str:
         return f"SamplingParams({', '.join(f'{k}={getattr(self, k)}' for k in _REPR_FIELDS)})"
+
+
+_IMMUTABLE = frozenset({int, float, bool, str, bytes, RequestOutputKind})
+_CONTAINERS = frozenset({list, dict, set})
 
 
 def final_only(params: list[SamplingParams]) -> list[SamplingParams]:

@@ -16,6 +16,7 @@ streams the weights plus the running sequences' KV at the copy bandwidth measure
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import pstats
@@ -105,6 +106,9 @@ def main() -> None:
                    help="share of the requests that follow a JSON schema")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="profile the timed run in Python (cProfile) and print its N costliest functions")
+    p.add_argument("--trace", default=None, metavar="DIR",
+                   help="trace the timed run with jax.profiler into DIR and print where the device's time went "
+                        "(scripts/trace_summary.py; for short runs: the trace holds every kernel)")
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
 
@@ -167,11 +171,21 @@ def main() -> None:
     waited, steps = stats["steps_waited"], _count_steps(llm)
     built, build_s = compile_counter.num_compilations(), compile_counter.seconds_building()
     profiler = cProfile.Profile() if args.profile else None
+    tracing = contextlib.nullcontext()
+    if args.trace:
+        import jax
+
+        tracing = jax.profiler.trace(args.trace, create_perfetto_trace=True)
     t = time.perf_counter()
     if profiler:
         profiler.enable()
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=True)
+    with tracing:
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=True)
     elapsed = time.perf_counter() - t
+    if args.trace:
+        from trace_summary import device_events, summarize
+
+        print(summarize(device_events(args.trace), steps=max(1, steps["n"])))
     if profiler:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)

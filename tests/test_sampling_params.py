@@ -11,6 +11,7 @@ from jaxllm.sampling_params import (
     SamplingType,
     set_max_logprobs_limit,
 )
+from jaxllm.structured_output.params import StructuredOutputsParams
 
 VLLM_DEFAULTS = {
     "n": 1, "best_of": None, "presence_penalty": 0.0, "frequency_penalty": 0.0,
@@ -237,6 +238,18 @@ def test_clone_is_deep():
     c.all_stop_token_ids.add(99)
     assert sp.stop == ["x"] and 99 not in sp.all_stop_token_ids
     assert c.eos_token_id == 5
+    c.logit_bias[1] = -1.0
+    c.stop_token_ids.append(7)
+    assert sp.logit_bias == {1: 2.0} and 7 not in sp.stop_token_ids
+
+
+def test_clone_copies_nested_params():
+    sp = SamplingParams(structured_outputs=StructuredOutputsParams(choice=["a", "b"]), extra_args={"k": [1]})
+    c = sp.clone()
+    assert c == sp
+    c.structured_outputs.choice.append("c")
+    c.extra_args["k"].append(2)
+    assert sp.structured_outputs.choice == ["a", "b"] and sp.extra_args == {"k": [1]}
 
 
 def test_from_optional_none_means_default():

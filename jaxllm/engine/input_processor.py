@@ -31,9 +31,11 @@ class InputProcessor:
             ids = self.tokenizer(text).input_ids
         ids = list(ids)
         vocab = self.vocab_size
-        for t in ids:
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
-                raise ValueError(f"Token id {t!r} in prompt_token_ids is out of vocabulary (size {vocab}).")
+        # Plain ints in range (the common case, checked at C speed); otherwise find the first bad one.
+        if ids and (set(map(type, ids)) != {int} or min(ids) < 0 or max(ids) >= vocab):
+            for t in ids:
+                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+                    raise ValueError(f"Token id {t!r} in prompt_token_ids is out of vocabulary (size {vocab}).")
         return text, ids
 
     def bad_words_ids(self, words) -> list[list[int]]:

@@ -169,6 +169,9 @@ def test_n_gives_n_completions_and_max_model_len_caps_length(runner_kind):
     [
         ({"prompt_token_ids": []}, "cannot be empty"),
         ({"prompt_token_ids": [1, 500]}, "out of vocabulary"),
+        ({"prompt_token_ids": [1, -2]}, "out of vocabulary"),
+        ({"prompt_token_ids": [1, True]}, "out of vocabulary"),
+        ({"prompt_token_ids": [1, 2.0]}, "out of vocabulary"),
         ({"prompt_token_ids": list(range(65))}, "longer than the maximum model length"),
         (12, "Each prompt must be"),
     ],
