@@ -175,7 +175,10 @@ def main() -> None:
     if args.trace:
         import jax
 
-        tracing = jax.profiler.trace(args.trace, create_perfetto_trace=True)
+        options = jax.profiler.ProfileOptions()
+        options.python_tracer_level = 0  # device kernels only: Python tracing would slow the host tenfold
+        options.host_tracer_level = 0
+        tracing = jax.profiler.trace(args.trace, create_perfetto_trace=True, profiler_options=options)
     t = time.perf_counter()
     if profiler:
         profiler.enable()

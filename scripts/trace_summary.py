@@ -28,6 +28,28 @@ def device_events(trace_dir: str) -> list[dict]:
     return [e for e in events if e.get("ph") == "X" and e.get("pid") in devices and "dur" in e]
 
 
+LONG_GAP_US = 100.0
+
+
+def idle_gaps(events: list[dict]) -> tuple[float, float, int]:
+    """(idle us in gaps up to LONG_GAP_US, idle us in longer gaps, how many longer gaps) between the
+    device's kernels, over the union of their intervals (streams that overlap count once)."""
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events)
+    short = long_ = 0.0
+    n_long = 0
+    reach = spans[0][1]
+    for begin, finish in spans[1:]:
+        if begin > reach:
+            gap = begin - reach
+            if gap > LONG_GAP_US:
+                long_ += gap
+                n_long += 1
+            else:
+                short += gap
+        reach = max(reach, finish)
+    return short, long_, n_long
+
+
 def summarize(events: list[dict], steps: int, top: int = 25) -> str:
     if not events:
         return "no device events in the trace (CPU backend?)"
@@ -37,8 +59,11 @@ def summarize(events: list[dict], steps: int, top: int = 25) -> str:
     busy = sum(sum(v) for v in by_name.values())
     start = min(float(e["ts"]) for e in events)
     end = max(float(e["ts"]) + float(e["dur"]) for e in events)
+    short, long_, n_long = idle_gaps(events)
     lines = [f"device: {len(events) / steps:.0f} events a step, busy {busy / steps / 1e3:.3f} ms a step, "
              f"span {(end - start) / steps / 1e3:.3f} ms a step (span - busy = gaps between kernels)",
+             f"idle: {(short + long_) / 1e3:.1f} ms in all, {long_ / 1e3:.1f} ms of it in {n_long} gaps over "
+             f"{LONG_GAP_US:.0f} us (the device waiting for the host), {short / 1e3:.1f} ms in shorter ones (launches)",
              "| kernel | calls a step | ms a step | share of busy |", "| --- | --- | --- | --- |"]
     ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
     for name, durs in ranked[:top]:
