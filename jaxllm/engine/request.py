@@ -60,6 +60,7 @@ class Request:
     error: str | None = None
     block_hashes: list[int] = field(default_factory=list)  # prefix-cache names of the full pages so far
     num_registered_blocks: int = 0  # leading pages already offered to the prefix cache
+    reserve_pages: int = 0  # pages the scheduler expects this sequence to hold when it finishes
     table_row: int = -1  # this sequence's row in the block manager's NumPy block table (-1: no pages)
     step_static: Any = None  # per-step values that never change, cached by the runner's input builder
     host_tokens_until: int | None = None  # the engine's cache: outputs below this count are needed on the host

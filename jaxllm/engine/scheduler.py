@@ -4,16 +4,29 @@ Each step is either a prefill (waiting sequences, whole prompts packed together,
 `max_num_seqs` and `max_num_batched_tokens`) or a decode (one token for every running sequence).
 When the pool has no page for a decode token, the youngest running sequence is preempted: its pages
 are freed and it goes back to the front of the queue, to be recomputed from its tokens later.
+
+Admission keeps room for growth. A recomputed sequence costs its whole prefill again, so a new prompt
+is admitted only if, after its pages, the pool still holds what the running sequences are expected to
+write: each one's remaining output budget (`max_tokens`, at most GROWTH_CLIP tokens counted) times
+`growth_ratio`, the share of their budget that finished sequences used (1.0 until one finishes, and
+again after any preemption). Workloads that run to `max_tokens` then never preempt; chat workloads
+that stop early at EOS soon reserve little. With nothing running, a prompt is admitted whenever its
+pages fit.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from jaxllm.config import SchedulerConfig
 from jaxllm.engine.block_manager import BlockManager
 from jaxllm.engine.request import Request, RequestStatus
+
+GROWTH_CLIP = 4096  # output tokens a sequence's reservation counts at most
+GROWTH_SMOOTHING = 1 / 16  # weight of each finished sequence in growth_ratio's moving average
+_COMPLETED = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH)
 
 
 @dataclass
@@ -38,6 +51,10 @@ class SchedulerOutput:
         return bool(self.requests)
 
 
+def cdiv_pages(tokens: int, page: int) -> int:
+    return -(-tokens // page)
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
         self.config = config
@@ -45,6 +62,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
+        self.growth_ratio = 1.0  # expected share of a running sequence's output budget still to be written
 
     def add(self, request: Request) -> None:
         request.status = RequestStatus.WAITING
@@ -55,6 +73,9 @@ class Scheduler:
 
     def remove(self, request: Request) -> None:
         """Take a sequence out of the queues (finished or aborted) and free its pages."""
+        if request.status in _COMPLETED and request.beam is None and request.max_tokens > 0:
+            used = min(1.0, len(request.output_token_ids) / min(request.max_tokens, GROWTH_CLIP))
+            self.growth_ratio += GROWTH_SMOOTHING * (used - self.growth_ratio)
         if request in self.running:
             self.running.remove(request)
         elif request in self.waiting:
@@ -126,6 +147,7 @@ class Scheduler:
             scheduled.append(request)
             budget -= n_new
         self.running = held + skipped + out.requests + list(queue)  # those past the budget wait
+        reserve = None
         while self.waiting and budget > 0 and self._num_active(exclude) < self.config.max_num_seqs:
             request = self.waiting[0]
             cached = 0 if request.wants_prompt_logprobs else bm.match_prefix(request)
@@ -134,9 +156,12 @@ class Scheduler:
             whole = n_new == request.num_tokens - cached
             while not overlap and not bm.can_allocate(request, target) and self._release_held_pages(held):
                 pass
-            if (request.wants_prompt_logprobs and not whole) or not bm.can_allocate(request, target):
+            if reserve is None:
+                reserve = self._growth_reserve(exclude)
+            if (request.wants_prompt_logprobs and not whole) or not self._admits(request, target, reserve, exclude):
                 bm.free(request)  # give back the shared prefix pages
                 break
+            reserve += max(0, request.reserve_pages - cdiv_pages(target, bm.block_size))
             request.num_computed_tokens = cached
             if request.num_preemptions == 0:
                 request.num_cached_tokens = cached
@@ -167,15 +192,19 @@ class Scheduler:
         out = SchedulerOutput(is_prefill=True)
         budget = self.config.max_num_batched_tokens
         bm = self.block_manager
+        reserve = None
         while self.waiting and self._num_active(exclude) < self.config.max_num_seqs:
             request = self.waiting[0]
             n = request.num_tokens
             cached = 0 if request.wants_prompt_logprobs else bm.match_prefix(request)
             while not bm.can_allocate(request, n) and self._release_held_pages(self.running):
                 pass
-            if n - cached > budget or not bm.can_allocate(request, n):
+            if reserve is None:
+                reserve = self._growth_reserve(exclude)
+            if n - cached > budget or not self._admits(request, n, reserve, exclude):
                 bm.free(request)  # give back the shared prefix pages
                 break
+            reserve += max(0, request.reserve_pages - cdiv_pages(n, bm.block_size))
             request.num_computed_tokens = cached
             if request.num_preemptions == 0:
                 request.num_cached_tokens = cached
@@ -217,6 +246,23 @@ class Scheduler:
             out.block_copies.append(copy)
         return True
 
+    def _growth_reserve(self, exclude) -> int:
+        """Pages the running sequences are expected to add (see the module docstring)."""
+        return sum(max(0, r.reserve_pages - len(r.block_ids)) for r in self.running if r not in exclude)
+
+    def _admits(self, request: Request, target: int, reserve: int, exclude) -> bool:
+        """Whether `request` may start now with pages for `target` tokens: they fit, and (while anything
+        else runs) so do the running sequences' expected growth and its own. Sets its reservation."""
+        bm = self.block_manager
+        need = bm.blocks_needed(request, target)
+        if need > bm.num_free_blocks:
+            return False
+        budget = min(request.max_tokens - len(request.output_token_ids), GROWTH_CLIP)
+        expected = request.num_tokens + math.ceil(self.growth_ratio * max(0, budget))
+        request.reserve_pages = cdiv_pages(expected, bm.block_size)
+        own = max(0, request.reserve_pages - cdiv_pages(target, bm.block_size))
+        return need + reserve + own <= bm.num_free_blocks or not self._num_active(exclude)
+
     def _num_active(self, exclude=frozenset()) -> int:
         """Running sequences that take part in steps (beams waiting for their round do not, nor those
         the step in flight certainly finishes)."""
@@ -237,6 +283,7 @@ class Scheduler:
         return need <= bm.num_free_blocks
 
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
+        self.growth_ratio = 1.0  # the pool ran short: reserve whole budgets again
         self.block_manager.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
