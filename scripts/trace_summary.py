@@ -50,6 +50,22 @@ def idle_gaps(events: list[dict]) -> tuple[float, float, int]:
     return short, long_, n_long
 
 
+def longest_gaps(events: list[dict], count: int = 12) -> list[str]:
+    """The `count` longest idle gaps: how long, when (ms from the first kernel), and the kernels either side."""
+    ordered = sorted(events, key=lambda e: float(e["ts"]))
+    start = float(ordered[0]["ts"])
+    gaps, reach, last = [], float(ordered[0]["ts"]) + float(ordered[0]["dur"]), ordered[0]
+    for e in ordered[1:]:
+        begin = float(e["ts"])
+        if begin > reach:
+            gaps.append((begin - reach, reach - start, last["name"], e["name"]))
+        if begin + float(e["dur"]) >= reach:
+            reach, last = begin + float(e["dur"]), e
+    gaps.sort(reverse=True)
+    return [f"  {gap / 1e3:.3f} ms at {at / 1e3:.1f} ms: {before[:50]} -> {after[:50]}"
+            for gap, at, before, after in gaps[:count]]
+
+
 def summarize(events: list[dict], steps: int, top: int = 25) -> str:
     if not events:
         return "no device events in the trace (CPU backend?)"
@@ -65,6 +81,7 @@ def summarize(events: list[dict], steps: int, top: int = 25) -> str:
              f"idle: {(short + long_) / 1e3:.1f} ms in all, {long_ / 1e3:.1f} ms of it in {n_long} gaps over "
              f"{LONG_GAP_US:.0f} us (the device waiting for the host), {short / 1e3:.1f} ms in shorter ones (launches)",
              "| kernel | calls a step | ms a step | share of busy |", "| --- | --- | --- | --- |"]
+    lines[2:2] = ["longest idle gaps:", *longest_gaps(events)]
     ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
     for name, durs in ranked[:top]:
         lines.append(f"| {name[:90]} | {len(durs) / steps:.1f} | {sum(durs) / steps / 1e3:.4f} | "
