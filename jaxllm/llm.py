@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
@@ -218,6 +219,11 @@ class LLM:
         self._counter = itertools.count()
         if self.precompile == "wait" and self.runner.precompiler is not None:
             self.runner.precompiler.wait()
+        # What starting made (modules, parameter trees, compiled steps) lives as long as the engine: kept
+        # out of the collector's reach, a full collection while generating scans the requests alone
+        # (otherwise a pause of tens of milliseconds in which the device waits).
+        gc.collect()
+        gc.freeze()
 
     def _max_model_len(self, requested: int | None) -> int:
         cfg = self.model_config
