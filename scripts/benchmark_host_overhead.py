@@ -23,7 +23,9 @@ tokenizer), instead of `LLM.generate`'s final outputs only.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
 from types import SimpleNamespace
 
@@ -40,6 +42,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--constrained", type=int, default=0, help="sequences that follow a JSON schema")
     p.add_argument("--stream", action="store_true", help="DELTA outputs with text every step, as the server")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile the last repeat in Python (cProfile) and print its N costliest functions")
     args = p.parse_args()
 
     from jaxllm import LLM, SamplingParams, default_model_path
@@ -97,11 +101,19 @@ def main() -> None:
     llm.generate(prompts[:2], params[-2:], use_tqdm=False)  # warm-up
     stats = llm.llm_engine.stats
     best, constrained_tokens = None, 0
-    for _ in range(args.repeats):
+    profiler = cProfile.Profile() if args.profile else None
+    for repeat in range(args.repeats):
         counters.update(steps=0, prepare_s=0.0, stub_s=0.0)
         waited = stats["steps_waited"]
+        profiling = profiler is not None and repeat == args.repeats - 1
+        if profiling:
+            profiler.enable()
         started = time.perf_counter()
         outs = stream(llm, prompts, params) if args.stream else llm.generate(prompts, params, use_tqdm=False)
+        if profiling:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+            continue  # the profiler's own cost is not host time
         per_step = (time.perf_counter() - started - counters["stub_s"]) / counters["steps"]
         if best is None or per_step < best[0]:
             best = (per_step, counters["prepare_s"] / counters["steps"], counters["steps"], stats["steps_waited"] - waited)
