@@ -99,10 +99,10 @@ def query_blocks(row_starts: np.ndarray, row_lens: np.ndarray, qb: int, num_bloc
     return rows, starts, lens
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "qb", "interpret"))
+@functools.partial(jax.jit, static_argnames=("scale", "qb", "pages_per_step", "num_warps", "num_stages", "interpret"))
 def ragged_paged_attention(
     q, k_pages, v_pages, positions, block_tables, block_rows, block_starts, block_lens, *, alibi_slopes=None,
-    scale=None, k_scale=None, v_scale=None, qb=16, interpret=None,
+    scale=None, k_scale=None, v_scale=None, qb=16, pages_per_step=None, num_warps=4, num_stages=3, interpret=None,
 ):
     """Attention of packed query chunks over the paged pool.
 
@@ -110,7 +110,9 @@ def ragged_paged_attention(
     block_tables [R, W]; block_rows / block_starts / block_lens [Qn] from `query_blocks` (a block never
     spans two sequences); alibi_slopes [N] adds slope * (key_pos - query_pos); k_scale, v_scale: float8 pools
     only, the scalars the pages were divided by (default 1.0). Returns [T, N, H]; tokens not covered by any
-    block come back as zeros.
+    block come back as zeros. The launch: `qb` query tokens a program (the plan's block size),
+    `pages_per_step` pages a step of its loop (a power of two; default up to 8), and Triton's
+    `num_warps` / `num_stages` (scripts/bench_ragged_attention.py times them).
     """
     t, n, h = q.shape
     kh, p_, s_, _ = k_pages.shape
@@ -125,12 +127,15 @@ def ragged_paged_attention(
         sp = None if alibi_slopes is None else jnp.pad(alibi_slopes.reshape(kh, g), ((0, 0), (0, gp - g))).reshape(-1)
         out = ragged_paged_attention(qp, k_pages, v_pages, positions, block_tables, block_rows, block_starts,
                                      block_lens, alibi_slopes=sp, scale=scale, k_scale=k_scale, v_scale=v_scale,
-                                     qb=qb, interpret=interpret)
+                                     qb=qb, pages_per_step=pages_per_step, num_warps=num_warps,
+                                     num_stages=num_stages, interpret=interpret)
         return out.reshape(t, kh, gp, h)[:, :, :g].reshape(t, n, h)
     scales = kernel_scales(k_pages, k_scale, v_scale)  # [2] float32, or None
     qn = block_rows.shape[0]
     w = block_tables.shape[1]
-    ppcb = min(8, 1 << (w - 1).bit_length())  # pages per inner step: a power of two (Triton tile sizes)
+    ppcb = pages_per_step or min(8, 1 << (w - 1).bit_length())  # a power of two (Triton tile sizes)
+    if ppcb & (ppcb - 1):
+        raise ValueError(f"pages_per_step must be a power of two, got {ppcb}")
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     w_pad = -(-w // ppcb) * ppcb
@@ -140,7 +145,7 @@ def ragged_paged_attention(
     slopes = jnp.zeros((n,), jnp.float32) if alibi_slopes is None else alibi_slopes.astype(jnp.float32)
     params = {}
     if not interpret and jax.default_backend() != "tpu" and _TritonCompilerParams is not None:
-        params["compiler_params"] = _TritonCompilerParams(num_warps=4, num_stages=3)  # Pallas-Triton defaults
+        params["compiler_params"] = _TritonCompilerParams(num_warps=num_warps, num_stages=num_stages)
     whole = pl.BlockSpec(memory_space=pl.ANY) if interpret else None
     full = lambda shape: whole or pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))
     smem = lambda shape: pl.BlockSpec(shape, lambda i, hh: (0,) * len(shape))

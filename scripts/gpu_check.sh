@@ -24,6 +24,9 @@
 #   sweep       launch-config sweeps of the decode kernel where its defaults are untuned: float8 pages at
 #               the 8B heads (B=8 L=8192, B=64 L=2048) and bf16 pages at the small model's 12/2 heads
 #               (B=256 L=256)
+#   ragged      scripts/bench_ragged_attention.py: launches of the ragged (prefill) kernel on 16,384-token
+#               steps of fresh prompts, beside XLA
+#   trace       the small model's 128/128 run traced (benchmark_throughput.py --trace): kernels, idle gaps
 #   awq         scripts/awq_gpu_check.sh (AWQ layer table and 8B decode, AWQ vs bf16)
 #   startup     scripts/benchmark_startup.py: 8B shape from real safetensors and a converted checkpoint
 #   tests       the GPU-only tests (kernels against their references)
@@ -115,6 +118,17 @@ for section in $SECTIONS; do
       timeout 200 python scripts/bench_paged_attention.py --sweep --shapes 256x256 --heads 12/2 \
         --out "$OUT" --tag sweep_small > "$LOGS/sweep_small.log" 2>&1; stamp "rc=$?"
       grep -vE '^\s*$' "$LOGS/sweep_small.log" | grep -E 'best|TB/s|Error' | cut -c1-200 | tail -20
+      ;;
+    ragged)
+      stamp "ragged: prefill launches, 32/8 and 12/2 heads, 16,384-token steps"
+      timeout 400 python scripts/bench_ragged_attention.py --out "$OUT" > "$LOGS/ragged.log" 2>&1; stamp "rc=$?"
+      grep -E '^\||Error' "$LOGS/ragged.log" | cut -c1-200 | tail -40
+      ;;
+    trace)
+      stamp "trace: the small model's 128/128 run, device kernels and idle gaps"
+      timeout 200 python scripts/benchmark_throughput.py --config "$SMALL" --input-len 128 --output-len 128 \
+        --num-prompts "$NUM_PROMPTS" --trace /tmp/jaxllm-trace > "$LOGS/trace.log" 2>&1; stamp "rc=$?"
+      grep -E '^(device|idle|longest|  [0-9]|\|)|output_tokens_per_s' "$LOGS/trace.log" | cut -c1-200 | head -45
       ;;
     fp8tput)
       throughput 8b_fp8 --config "$CONFIG" --input-len 1024 --output-len 1024 --kv-cache-dtype fp8

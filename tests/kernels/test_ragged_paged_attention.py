@@ -84,6 +84,28 @@ def test_kernel_matches_reference_and_numpy(groups, qb):
     assert not np.any(got[-3:])  # padding tokens are zeros
 
 
+@pytest.mark.parametrize(("qb", "pages_per_step"), [(32, 2), (64, 16), (8, 1)])
+def test_other_launches_match_numpy(qb, pages_per_step):
+    """Launches the benchmark sweeps (larger query blocks, other page steps) give the same attention."""
+    rng = np.random.default_rng(qb + pages_per_step)
+    chunks = [(0, 37), (5, 70), (0, 1), (11, 3)]
+    q, kp, vp, pos, seg, tables, starts, lens = _case(rng, chunks, kv_heads=2, groups=4, width=24, pages=80)
+    rows, bstarts, blens = query_blocks(starts, lens, qb, num_blocks=20)
+    got = np.asarray(ragged_paged_attention(jnp.asarray(q), jnp.asarray(kp), jnp.asarray(vp), jnp.asarray(pos),
+                                            jnp.asarray(tables), rows, bstarts, blens, qb=qb,
+                                            pages_per_step=pages_per_step))
+    np.testing.assert_allclose(got, _numpy_attention(q, kp, vp, pos, seg, tables), rtol=1e-5, atol=1e-5)
+
+
+def test_pages_per_step_must_be_a_power_of_two():
+    rng = np.random.default_rng(0)
+    q, kp, vp, pos, seg, tables, starts, lens = _case(rng, [(0, 5)], kv_heads=1, groups=2)
+    rows, bstarts, blens = query_blocks(starts, lens, 4, num_blocks=4)
+    with pytest.raises(ValueError, match="power of two"):
+        ragged_paged_attention(jnp.asarray(q), jnp.asarray(kp), jnp.asarray(vp), jnp.asarray(pos),
+                               jnp.asarray(tables), rows, bstarts, blens, qb=4, pages_per_step=3)
+
+
 def test_query_blocks_never_span_two_sequences():
     rows, starts, lens = query_blocks(np.array([0, 5, 6]), np.array([5, 1, 9]), 4, num_blocks=8)
     assert rows.tolist() == [0, 0, 1, 2, 2, 2, 0, 0]
@@ -108,3 +130,20 @@ def test_triton_lowering_without_gpu(heads, kv_heads, width):
     ] + [jax.ShapeDtypeStruct((8,), jnp.int32)] * 3
 
     assert "xla.gpu.triton" in export_for_cuda(lambda *a: ragged_paged_attention(*a, qb=16, interpret=False), *args)
+
+
+@pytest.mark.skipif(not triton_backend_available(), reason="jax has no Pallas Triton backend")
+@pytest.mark.parametrize(("qb", "pages_per_step", "num_warps", "num_stages"), [(32, 4, 8, 2), (64, 2, 4, 4)])
+def test_swept_launches_lower_for_cuda(qb, pages_per_step, num_warps, num_stages):
+    import jax
+
+    t, h, pages, page = 256, 128, 40, 16
+    args = [
+        jax.ShapeDtypeStruct((t, 32, h), jnp.bfloat16),
+        jax.ShapeDtypeStruct((8, pages, page, h), jnp.bfloat16),
+        jax.ShapeDtypeStruct((8, pages, page, h), jnp.bfloat16),
+        jax.ShapeDtypeStruct((t,), jnp.int32),
+        jax.ShapeDtypeStruct((4, 16), jnp.int32),
+    ] + [jax.ShapeDtypeStruct((12,), jnp.int32)] * 3
+    launch = dict(qb=qb, pages_per_step=pages_per_step, num_warps=num_warps, num_stages=num_stages, interpret=False)
+    assert "xla.gpu.triton" in export_for_cuda(lambda *a: ragged_paged_attention(*a, **launch), *args)
