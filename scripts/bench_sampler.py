@@ -28,7 +28,8 @@ def main() -> None:
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
 
-    from jaxllm.runner.sampler import SamplingMetadata, filter_passes, filter_top_k_top_p_min_p, sample
+    from jaxllm.runner.sampler import (FILTER_ROUNDS, SamplingMetadata, filter_passes, filter_top_k_top_p_min_p,
+                                       filtered_gumbel_max, sample, temperature_scaled)
 
     b, v = args.batch_size, args.vocab
     key = jax.random.PRNGKey(0)
@@ -59,7 +60,18 @@ def main() -> None:
         return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
     qwen_defaults = metadata(0.7, 0.8)._replace(top_k=jnp.full((b,), 20, jnp.int32))  # its generation_config
+
+    def filtered_draw(md, rounds):  # the filtered Gumbel-max alone: proposals, then the search for rows left
+        fn = jax.jit(lambda x, m: filtered_gumbel_max(*temperature_scaled(x, m)[::-1], m, rounds=rounds))
+        return best_of(fn, logits, md)
+
+    draws = {}
+    for label, md in (("top_p 0.95", metadata(1.0, 0.95)), ("temperature 0.7, top_k 20, top_p 0.8", qwen_defaults)):
+        draws[f"filtered draw, {label}: proposals ({FILTER_ROUNDS} at most), then the search"] = filtered_draw(
+            md, FILTER_ROUNDS)
+        draws[f"filtered draw, {label}: the search alone (before)"] = filtered_draw(md, 0)
     rows = {
+        **draws,
         "logits matmul (bf16, f32 out)": best_of(matmul, hidden, head),
         "sample, greedy": timed_sample(metadata(0.0, 1.0), False),
         "sample, temperature 1": timed_sample(metadata(1.0, 1.0), False),

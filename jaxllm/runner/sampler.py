@@ -2,8 +2,8 @@
 
 Every row carries its own parameters and its own random key, derived from (request seed, number of
 tokens it has generated so far); a row's draw therefore never depends on what else is in the batch.
-Optional work (penalties, dense biases, sorting for top-k/p, top logprobs) is switched on by static
-flags, so a batch that does not ask for it does not pay for it.
+Optional work (penalties, dense biases, the top-k/p and min-p filters, top logprobs) is switched on by
+static flags, so a batch that does not ask for it does not pay for it.
 """
 
 from __future__ import annotations
@@ -99,21 +99,10 @@ def filter_top_k_top_p_min_p(scaled: jax.Array, md: SamplingMetadata, width: int
     those at or above the smallest candidate that passes, exactly the set a sort by probability keeps
     (vLLM's definition). At batch 256 over 151,936 tokens on an H200 the 32-pass search takes 3.46 ms and
     a sort of every row 3.08 ms, each about a whole small-model decode step; on the 2-core CPU the sort is
-    9x slower (docs/benchmarks.md).
+    9x slower (docs/benchmarks.md). The sampler therefore runs it only for rows that
+    `filtered_gumbel_max`'s proposals leave open.
     """
-    v = scaled.shape[-1]
-    top = jnp.max(scaled, axis=-1, keepdims=True)  # [B, 1]
-    weights = jnp.exp(scaled - top)  # probabilities times the row's normaliser
-    total = jnp.sum(weights, axis=-1, keepdims=True)
-    k = jnp.where(md.top_k > 0, md.top_k, v)[:, None]
-    mass = jnp.where(md.top_p < 1.0, md.top_p * total[:, 0], jnp.inf)[:, None]  # top_p = 1: no nucleus
-    floor = jnp.where(md.min_p > 0, jnp.log(jnp.maximum(md.min_p, 1e-38)), -jnp.inf)[:, None]
-
-    def passes(t):  # [B, C] candidate values -> [B, C] bool: is every value >= t kept
-        above = scaled[:, :, None] > t[:, None, :]  # [B, V, C]: one read of the row for all C
-        count = jnp.sum(above, axis=1)
-        weight = jnp.sum(jnp.where(above, weights[:, :, None], 0.0), axis=1)
-        return (count < k) & ((weight < mass) | (count == 0)) & (t - top >= floor)
+    top, _, passes = _kept_predicate(scaled, md)  # passes(t [B, C]): is every value >= t kept
 
     lo = _order_key(jnp.min(scaled, axis=-1, keepdims=True))  # lowest value: kept or not
     hi = _order_key(top)  # the maximum is always kept
@@ -127,6 +116,63 @@ def filter_top_k_top_p_min_p(scaled: jax.Array, md: SamplingMetadata, width: int
         lo, hi = jnp.take_along_axis(keys, fails, axis=-1), jnp.take_along_axis(keys, fails + 1, axis=-1)
     threshold = jnp.where(keep_all, -jnp.inf, _key_value(hi))
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+
+def _kept_predicate(scaled: jax.Array, md: SamplingMetadata):
+    """(top [B, 1], weights [B, V], kept): kept(t [B, C]) -> [B, C] whether the top-k / top-p / min-p set
+    holds every value >= t (the rule `filter_top_k_top_p_min_p` searches with)."""
+    v = scaled.shape[-1]
+    top = jnp.max(scaled, axis=-1, keepdims=True)
+    weights = jnp.exp(scaled - top)  # probabilities times the row's normaliser
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    k = jnp.where(md.top_k > 0, md.top_k, v)[:, None]
+    mass = jnp.where(md.top_p < 1.0, md.top_p * total[:, 0], jnp.inf)[:, None]  # top_p = 1: no nucleus
+    floor = jnp.where(md.min_p > 0, jnp.log(jnp.maximum(md.min_p, 1e-38)), -jnp.inf)[:, None]
+
+    def kept(t):
+        above = scaled[:, :, None] > t[:, None, :]  # [B, V, C]: one read of the row for all C
+        count = jnp.sum(above, axis=1)
+        weight = jnp.sum(jnp.where(above, weights[:, :, None], 0.0), axis=1)
+        return (count < k) & ((weight < mass) | (count == 0)) & (t - top >= floor)
+
+    return top, weights, kept
+
+
+FILTER_ROUNDS = 8  # proposals a row may find outside its top-k / top-p / min-p set before the search decides
+
+
+def filtered_gumbel_max(scaled: jax.Array, is_greedy: jax.Array, md: SamplingMetadata,
+                        rounds: int = FILTER_ROUNDS) -> jax.Array:
+    """[B] int32: the argmax of scaled + Gumbel noise over each row's top-k / top-p / min-p set, the token
+    `filter_top_k_top_p_min_p` followed by the argmax gives, mostly without finding the set.
+
+    The argmax over the whole row is proposed first. If the set holds it (one pass counts the tokens
+    and the probability above it), it is also the argmax over the set, which it belongs to. If not,
+    every value at or below it is outside the set too (the rule only grows with the value), and the
+    argmax over the values above it is proposed next, with the same noise. Each proposal is a
+    Gumbel-max draw from the remaining tokens, so it lies in the set with at least the set's share of
+    their probability: one or two proposals for a nucleus of most of the mass, more for a small top-k of
+    a flat row. Rows still open after `rounds` proposals take the exact search, only when some are
+    (bench_sampler.py times both)."""
+    gumbel = gumbel_scores(scaled, is_greedy, md)
+    _, _, kept = _kept_predicate(scaled, md)
+    b = scaled.shape[0]
+
+    def propose(state):
+        r, lo, ids, done = state
+        x = jnp.argmax(jnp.where(scaled > lo[:, None], gumbel, -jnp.inf), axis=-1).astype(jnp.int32)
+        value = jnp.take_along_axis(scaled, x[:, None], axis=-1)[:, 0]
+        ok = kept(value[:, None])[:, 0]
+        return r + 1, jnp.where(done | ok, lo, value), jnp.where(done, ids, x), done | ok
+
+    start = (jnp.int32(0), jnp.full((b,), -jnp.inf, scaled.dtype), jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool))
+    _, _, ids, done = jax.lax.while_loop(lambda st: (st[0] < rounds) & ~jnp.all(st[3]), propose, start)
+
+    def search(ids):
+        exact = jnp.argmax(jnp.where(jnp.isfinite(filter_top_k_top_p_min_p(scaled, md)), gumbel, -jnp.inf), axis=-1)
+        return jnp.where(done, ids, exact.astype(jnp.int32))
+
+    return jax.lax.cond(jnp.all(done), lambda ids: ids, search, ids)
 
 
 def row_keys(md: SamplingMetadata) -> jax.Array:
@@ -198,8 +244,9 @@ def sample(
         x = apply_token_bitmask(x, md.token_bitmask)
     is_greedy, scaled = temperature_scaled(x, md)
     if use_filters:  # the filters keep every maximum, so a greedy row's argmax is unchanged
-        scaled = filter_top_k_top_p_min_p(scaled, md)
-    ids = jnp.argmax(gumbel_scores(scaled, is_greedy, md), axis=-1).astype(jnp.int32)
+        ids = filtered_gumbel_max(scaled, is_greedy, md)
+    else:
+        ids = jnp.argmax(gumbel_scores(scaled, is_greedy, md), axis=-1).astype(jnp.int32)
     top_ids = top_lp = None
     if not (use_logprobs or use_top_logprobs):
         zeros = jnp.zeros(ids.shape, jnp.float32)

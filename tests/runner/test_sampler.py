@@ -229,3 +229,31 @@ def test_filter_separates_neighbouring_floats_across_the_whole_range(width):
              min_p=np.zeros(len(rows), np.float32))
     got = np.isfinite(np.asarray(filter_top_k_top_p_min_p(jnp.asarray(scaled), md, width)))
     np.testing.assert_array_equal(got, np.tile([False, False, False, True, True, False, False], (len(rows), 1)))
+
+
+@pytest.mark.parametrize("rounds", [12, 2, 0])  # 0: every row by the exact search; 2: some rows each way
+@pytest.mark.parametrize("seed", range(4))
+def test_proposals_pick_the_token_the_search_picks(seed, rounds):
+    """The sampler's filtered draw (proposals checked against the set, the exact search for rows still
+    open) equals the argmax of the same noise over the set the search keeps, row by row."""
+    from jaxllm.runner.sampler import (filter_top_k_top_p_min_p, filtered_gumbel_max, gumbel_scores,
+                                       temperature_scaled)
+
+    rng = np.random.default_rng(100 + seed)
+    b, v = 48, 3000
+    logits = (rng.normal(size=(b, v)) * rng.uniform(0.3, 8, size=(b, 1))).astype(np.float32)
+    logits[:4] = np.round(logits[:4])  # many ties
+    logits[4, rng.integers(0, v, 900)] = -np.inf  # tokens masked before the filter
+    logits[5] = 0.0  # all equal
+    logits[6, :] = -np.inf
+    logits[6, 7] = 1.5  # a single allowed token
+    top_k = rng.choice([0, 1, 5, 50, 2000], b)
+    top_p = rng.choice([1.0, 0.95, 0.8, 0.5, 0.01, 0.9999], b).astype(np.float32)
+    min_p = rng.choice([0.0, 0.0, 0.05, 0.5], b).astype(np.float32)
+    temperature = rng.choice([0.0, 0.6, 1.0, 1.7], b).astype(np.float32)
+    md = _md(b, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seeds=rng.integers(0, 2**40, b),
+             steps=rng.integers(0, 500, b))
+    is_greedy, scaled = temperature_scaled(jnp.asarray(logits), md)
+    want = np.asarray(jnp.argmax(gumbel_scores(filter_top_k_top_p_min_p(scaled, md), is_greedy, md), axis=-1))
+    got = np.asarray(filtered_gumbel_max(scaled, is_greedy, md, rounds=rounds))
+    np.testing.assert_array_equal(got, want)
