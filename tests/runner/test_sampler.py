@@ -187,6 +187,21 @@ def _sorted_filter(scaled, top_k, top_p, min_p):
     return out, margins
 
 
+def _hard_rows(rng, b, v):
+    """(values [b, v], top_k, top_p, min_p) with the filter's hard cases: ties, masked tokens, a flat row,
+    a single allowed token, and rows of any spread."""
+    values = (rng.normal(size=(b, v)) * rng.uniform(0.3, 8, size=(b, 1))).astype(np.float32)
+    values[:4] = np.round(values[:4])  # many ties
+    values[4, rng.integers(0, v, v * 3 // 10)] = -np.inf  # tokens masked before the filter
+    values[5] = 0.0  # all equal
+    values[6, :] = -np.inf
+    values[6, 7] = 1.5  # a single allowed token
+    top_k = rng.choice([0, 1, 5, 50, 2000], b)
+    top_p = rng.choice([1.0, 0.95, 0.8, 0.5, 0.01, 0.999, 0.9999], b).astype(np.float32)
+    min_p = rng.choice([0.0, 0.0, 0.05, 0.5], b).astype(np.float32)
+    return values, top_k, top_p, min_p
+
+
 @pytest.mark.parametrize("width", [1, 2, 15])
 @pytest.mark.parametrize("seed", range(6))
 def test_filter_without_sort_keeps_what_a_sort_keeps(seed, width):
@@ -195,16 +210,8 @@ def test_filter_without_sort_keeps_what_a_sort_keeps(seed, width):
     from jaxllm.runner.sampler import filter_top_k_top_p_min_p
 
     rng = np.random.default_rng(seed)
-    b, v = 24, 1000
-    scaled = (rng.normal(size=(b, v)) * rng.uniform(0.3, 8, size=(b, 1))).astype(np.float32)
-    scaled[:4] = np.round(scaled[:4])  # many ties
-    scaled[4, rng.integers(0, v, 300)] = -np.inf  # tokens masked before the filter
-    scaled[5] = 0.0  # all equal
-    scaled[6, :] = -np.inf
-    scaled[6, 7] = 1.5  # a single allowed token
-    top_k = rng.choice([0, 1, 5, 50, 2000], b)
-    top_p = rng.choice([1.0, 0.95, 0.5, 0.01, 0.999, 0.9999], b).astype(np.float32)
-    min_p = rng.choice([0.0, 0.0, 0.05, 0.5], b).astype(np.float32)
+    b = 24
+    scaled, top_k, top_p, min_p = _hard_rows(rng, b, 1000)
     md = _md(b, top_k=top_k, top_p=top_p, min_p=min_p)
     got = np.asarray(filter_top_k_top_p_min_p(jnp.asarray(scaled), md, width))
     want, margins = _sorted_filter(scaled, top_k, top_p, min_p)
@@ -240,16 +247,8 @@ def test_proposals_pick_the_token_the_search_picks(seed, rounds):
                                        temperature_scaled)
 
     rng = np.random.default_rng(100 + seed)
-    b, v = 48, 3000
-    logits = (rng.normal(size=(b, v)) * rng.uniform(0.3, 8, size=(b, 1))).astype(np.float32)
-    logits[:4] = np.round(logits[:4])  # many ties
-    logits[4, rng.integers(0, v, 900)] = -np.inf  # tokens masked before the filter
-    logits[5] = 0.0  # all equal
-    logits[6, :] = -np.inf
-    logits[6, 7] = 1.5  # a single allowed token
-    top_k = rng.choice([0, 1, 5, 50, 2000], b)
-    top_p = rng.choice([1.0, 0.95, 0.8, 0.5, 0.01, 0.9999], b).astype(np.float32)
-    min_p = rng.choice([0.0, 0.0, 0.05, 0.5], b).astype(np.float32)
+    b = 48
+    logits, top_k, top_p, min_p = _hard_rows(rng, b, 3000)
     temperature = rng.choice([0.0, 0.6, 1.0, 1.7], b).astype(np.float32)
     md = _md(b, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seeds=rng.integers(0, 2**40, b),
              steps=rng.integers(0, 500, b))
