@@ -31,39 +31,32 @@ def device_events(trace_dir: str) -> list[dict]:
 LONG_GAP_US = 100.0
 
 
-def idle_gaps(events: list[dict]) -> tuple[float, float, int]:
-    """(idle us in gaps up to LONG_GAP_US, idle us in longer gaps, how many longer gaps) between the
-    device's kernels, over the union of their intervals (streams that overlap count once)."""
-    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events)
-    short = long_ = 0.0
-    n_long = 0
-    reach = spans[0][1]
-    for begin, finish in spans[1:]:
-        if begin > reach:
-            gap = begin - reach
-            if gap > LONG_GAP_US:
-                long_ += gap
-                n_long += 1
-            else:
-                short += gap
-        reach = max(reach, finish)
-    return short, long_, n_long
-
-
-def longest_gaps(events: list[dict], count: int = 12) -> list[str]:
-    """The `count` longest idle gaps: how long, when (ms from the first kernel), and the kernels either side."""
+def _gaps(events: list[dict]) -> list[tuple[float, float, str, str]]:
+    """Every idle gap between the device's kernels, over the union of their intervals (streams that
+    overlap count once): (length us, start us from the first kernel, kernel before, kernel after)."""
     ordered = sorted(events, key=lambda e: float(e["ts"]))
     start = float(ordered[0]["ts"])
-    gaps, reach, last = [], float(ordered[0]["ts"]) + float(ordered[0]["dur"]), ordered[0]
+    gaps, reach, last = [], start + float(ordered[0]["dur"]), ordered[0]
     for e in ordered[1:]:
         begin = float(e["ts"])
         if begin > reach:
             gaps.append((begin - reach, reach - start, last["name"], e["name"]))
         if begin + float(e["dur"]) >= reach:
             reach, last = begin + float(e["dur"]), e
-    gaps.sort(reverse=True)
+    return gaps
+
+
+def idle_gaps(events: list[dict]) -> tuple[float, float, int]:
+    """(idle us in gaps up to LONG_GAP_US, idle us in longer gaps, how many longer gaps)."""
+    lengths = [gap for gap, *_ in _gaps(events)]
+    long_ = [gap for gap in lengths if gap > LONG_GAP_US]
+    return sum(lengths) - sum(long_), sum(long_), len(long_)
+
+
+def longest_gaps(events: list[dict], count: int = 12) -> list[str]:
+    """The `count` longest idle gaps: how long, when (ms from the first kernel), and the kernels either side."""
     return [f"  {gap / 1e3:.3f} ms at {at / 1e3:.1f} ms: {before[:50]} -> {after[:50]}"
-            for gap, at, before, after in gaps[:count]]
+            for gap, at, before, after in sorted(_gaps(events), reverse=True)[:count]]
 
 
 def summarize(events: list[dict], steps: int, top: int = 25) -> str:

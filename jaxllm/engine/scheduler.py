@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from jaxllm.config import SchedulerConfig
-from jaxllm.engine.block_manager import BlockManager
+from jaxllm.engine.block_manager import BlockManager, cdiv
 from jaxllm.engine.request import Request, RequestStatus
 
 GROWTH_CLIP = 4096  # output tokens a sequence's reservation counts at most
@@ -51,8 +51,9 @@ class SchedulerOutput:
         return bool(self.requests)
 
 
-def cdiv_pages(tokens: int, page: int) -> int:
-    return -(-tokens // page)
+def _growth(request: Request) -> int:
+    """Pages `request` is expected to add before it finishes."""
+    return max(0, request.reserve_pages - len(request.block_ids))
 
 
 class Scheduler:
@@ -161,11 +162,11 @@ class Scheduler:
             if (request.wants_prompt_logprobs and not whole) or not self._admits(request, target, reserve, exclude):
                 bm.free(request)  # give back the shared prefix pages
                 break
-            reserve += max(0, request.reserve_pages - cdiv_pages(target, bm.block_size))
             request.num_computed_tokens = cached
             if request.num_preemptions == 0:
                 request.num_cached_tokens = cached
             bm.allocate(request, target)
+            reserve += _growth(request)
             request.num_new_tokens = n_new
             pure_decode = False
             self.waiting.popleft()
@@ -204,11 +205,11 @@ class Scheduler:
             if n - cached > budget or not self._admits(request, n, reserve, exclude):
                 bm.free(request)  # give back the shared prefix pages
                 break
-            reserve += max(0, request.reserve_pages - cdiv_pages(n, bm.block_size))
             request.num_computed_tokens = cached
             if request.num_preemptions == 0:
                 request.num_cached_tokens = cached
             bm.allocate(request, n)
+            reserve += _growth(request)
             n -= cached
             request.num_new_tokens = n
             self.waiting.popleft()
@@ -248,7 +249,7 @@ class Scheduler:
 
     def _growth_reserve(self, exclude) -> int:
         """Pages the running sequences are expected to add (see the module docstring)."""
-        return sum(max(0, r.reserve_pages - len(r.block_ids)) for r in self.running if r not in exclude)
+        return sum(_growth(r) for r in self.running if r not in exclude)
 
     def _admits(self, request: Request, target: int, reserve: int, exclude) -> bool:
         """Whether `request` may start now with pages for `target` tokens: they fit, and (while anything
@@ -259,8 +260,8 @@ class Scheduler:
             return False
         budget = min(request.max_tokens - len(request.output_token_ids), GROWTH_CLIP)
         expected = request.num_tokens + math.ceil(self.growth_ratio * max(0, budget))
-        request.reserve_pages = cdiv_pages(expected, bm.block_size)
-        own = max(0, request.reserve_pages - cdiv_pages(target, bm.block_size))
+        request.reserve_pages = cdiv(expected, bm.block_size)
+        own = max(0, request.reserve_pages - cdiv(target, bm.block_size))
         return need + reserve + own <= bm.num_free_blocks or not self._num_active(exclude)
 
     def _num_active(self, exclude=frozenset()) -> int:

@@ -102,7 +102,7 @@ def filter_top_k_top_p_min_p(scaled: jax.Array, md: SamplingMetadata, width: int
     9x slower (docs/benchmarks.md). The sampler therefore runs it only for rows that
     `filtered_gumbel_max`'s proposals leave open.
     """
-    top, _, passes = _kept_predicate(scaled, md)  # passes(t [B, C]): is every value >= t kept
+    top, passes = _kept_predicate(scaled, md)  # passes(t [B, C]): is every value >= t kept
 
     lo = _order_key(jnp.min(scaled, axis=-1, keepdims=True))  # lowest value: kept or not
     hi = _order_key(top)  # the maximum is always kept
@@ -119,7 +119,7 @@ def filter_top_k_top_p_min_p(scaled: jax.Array, md: SamplingMetadata, width: int
 
 
 def _kept_predicate(scaled: jax.Array, md: SamplingMetadata):
-    """(top [B, 1], weights [B, V], kept): kept(t [B, C]) -> [B, C] whether the top-k / top-p / min-p set
+    """(top [B, 1], kept): kept(t [B, C]) -> [B, C] whether the top-k / top-p / min-p set
     holds every value >= t (the rule `filter_top_k_top_p_min_p` searches with)."""
     v = scaled.shape[-1]
     top = jnp.max(scaled, axis=-1, keepdims=True)
@@ -135,7 +135,7 @@ def _kept_predicate(scaled: jax.Array, md: SamplingMetadata):
         weight = jnp.sum(jnp.where(above, weights[:, :, None], 0.0), axis=1)
         return (count < k) & ((weight < mass) | (count == 0)) & (t - top >= floor)
 
-    return top, weights, kept
+    return top, kept
 
 
 FILTER_ROUNDS = 8  # proposals a row may find outside its top-k / top-p / min-p set before the search decides
@@ -155,7 +155,7 @@ def filtered_gumbel_max(scaled: jax.Array, is_greedy: jax.Array, md: SamplingMet
     a flat row. Rows still open after `rounds` proposals take the exact search, only when some are
     (bench_sampler.py times both)."""
     gumbel = gumbel_scores(scaled, is_greedy, md)
-    _, _, kept = _kept_predicate(scaled, md)
+    _, kept = _kept_predicate(scaled, md)
     b = scaled.shape[0]
 
     def propose(state):
